@@ -1,0 +1,160 @@
+"""Run parameters of a SCALE run: the graph's typed context schema.
+
+Every value the paper parameterises has a documented default here. A field left at its
+default is taken, in order, from the environment (``SCALE_<FIELD>``, e.g. ``SCALE_THRESHOLD``,
+``SCALE_SYSTEM2_MAX_TOKENS``), the config file (``SCALE_CONFIG`` or ``./scale.toml``), and the
+endpoints recorded by ``scale servers up``. API keys are not run parameters: they never enter
+the context (which Studio shows and runs persist); see :mod:`scale_graph.servers.endpoints`.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from scale_graph.settings import ConfigError, file_settings
+
+Carry = Literal["final", "reasoning"]
+
+#: Fields that say *where* the systems are, not *how* to run: re-resolved on resume.
+ENDPOINT_FIELDS = ("system1_base_url", "system1_model", "system2_base_url", "system2_model")
+
+
+def _param(default: Any, description: str) -> Any:
+    return field(default=default, metadata={"description": description})
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Run parameters for one SCALE run (paper Eq. 1–6)."""
+
+    # --- endpoints (non-secret part) ---
+    system1_base_url: str = _param("", "System 1 (fast, non-thinking) OpenAI-compatible base URL, e.g. http://127.0.0.1:8100/v1.")
+    system1_model: str = _param("", "System 1 model name as served.")
+    system2_base_url: str = _param("", "System 2 (deliberate, thinking) OpenAI-compatible base URL.")
+    system2_model: str = _param("", "System 2 model name as served.")
+
+    # --- the method ---
+    threshold: float = _param(0.2, "τ of Eq. 4: difficulty > τ goes to System 2. Paper range 0.2–0.9, best 0.2.")
+    candidates: int = _param(8, "k of Eq. 2: number of candidate decompositions compared by `select`.")
+    max_subproblems: int = _param(12, "Largest accepted decomposition; longer candidates are rejected.")
+    planner_system: Literal[1, 2] = _param(1, "System whose endpoint (non-thinking) decomposes, selects and assesses.")
+    planner_max_tokens: int = _param(1024, "Token budget of a decomposition, selection or assessment call.")
+    planner_temperature: float = _param(0.7, "Sampling temperature of decomposition/selection/assessment.")
+    system1_max_tokens: int = _param(4096, "System 1 token budget per sub-problem (fixed in the paper).")
+    system1_temperature: float = _param(0.7, "System 1 temperature (Qwen3 non-thinking recommendation).")
+    system1_top_p: float = _param(0.8, "System 1 top-p.")
+    system1_top_k: int = _param(20, "System 1 top-k (0 = not sent).")
+    system2_max_tokens: int = _param(16384, "System 2 token budget per sub-problem (paper: 4,096–32,768).")
+    system2_temperature: float = _param(0.6, "System 2 temperature (thinking recommendation).")
+    system2_top_p: float = _param(0.95, "System 2 top-p.")
+    system2_top_k: int = _param(20, "System 2 top-k (0 = not sent).")
+    force_answer_max_tokens: int = _param(1024, "Budget of the non-thinking follow-up that turns cut-off System 2 reasoning into an answer.")
+    seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed.")
+    carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too.")
+    carry_max_chars: int = _param(4000, "Cap on each carried solution (head and tail kept).")
+    context_max_chars: int = _param(24000, "Cap on all carried solutions; older ones shrink to their boxed result first.")
+    max_problem_chars: int = _param(20000, "Longest accepted problem text.")
+    parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.")
+
+    # --- server capabilities ---
+    thinking_flag: bool = _param(True, "Send chat_template_kwargs.enable_thinking (turn off for servers that reject it).")
+    structured_output: bool = _param(True, "Ask for JSON-schema guided output where the server supports it.")
+    use_n: bool = _param(True, "Sample the k candidates in one request with n=k where the server supports it.")
+    request_timeout: float = _param(900.0, "Seconds before one HTTP request is abandoned (then retried).")
+    max_retries: int = _param(3, "Retries with backoff on connection errors, timeouts, 429 and 5xx.")
+
+    def __post_init__(self) -> None:
+        overrides = defaults_from_environment()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == f.default and f.name in overrides:
+                value = overrides[f.name]
+            setattr(self, f.name, _coerce(f.name, value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError (one line) for values outside their meaningful range."""
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
+        for name in ("candidates", "max_subproblems", "planner_max_tokens", "system1_max_tokens",
+                     "system2_max_tokens", "force_answer_max_tokens", "carry_max_chars",
+                     "context_max_chars", "max_problem_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("parse_retries", "max_retries", "system1_top_k", "system2_top_k"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("planner_temperature", "system1_temperature", "system2_temperature"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ConfigError(f"{name} must be within [0, 2], got {getattr(self, name)}")
+        for name in ("system1_top_p", "system2_top_p"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be within (0, 1], got {getattr(self, name)}")
+        if self.planner_system not in (1, 2):
+            raise ConfigError(f"planner_system must be 1 or 2, got {self.planner_system}")
+        if self.carry not in ("final", "reasoning"):
+            raise ConfigError(f"carry must be 'final' or 'reasoning', got {self.carry!r}")
+        if self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout must be positive, got {self.request_timeout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON parameters (no secrets: the context holds none) for persisting with a run."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> Context:
+        """Rebuild saved parameters; unknown keys (from other versions) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**saved, **overrides}.items() if k in known})
+
+
+def defaults_from_environment() -> dict[str, Any]:
+    """Non-default values from the servers' record, the config file and ``SCALE_*`` variables."""
+    merged = file_settings()
+    for f in fields(Context):
+        env = os.environ.get(f"SCALE_{f.name.upper()}")
+        if env is not None and env.strip() != "":
+            merged[f.name] = env
+    return merged
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert env/config strings to the field's type, with a one-line error when impossible."""
+    hint = typing.get_type_hints(Context)[name]
+    origin = typing.get_origin(hint)
+    try:
+        if origin is Literal:
+            choices = typing.get_args(hint)
+            kind = type(choices[0])
+            converted = kind(value)
+            if converted not in choices:
+                raise ValueError
+            return converted
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if hint in (int, float, str):
+            return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r} (expected {_type_name(hint)})") from None
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+__all__ = ["Context", "ConfigError", "ENDPOINT_FIELDS", "defaults_from_environment"]

@@ -1,0 +1,161 @@
+"""The call journal: every finished LLM call of a run, kept in the LangGraph store.
+
+Node logic is written once as a generator that *yields* what it needs — a :class:`ChatCall`
+to make or a :class:`Load` of earlier calls — and receives the result. :func:`node` turns such
+a generator into a LangGraph node with both a sync body (``graph.invoke``) and an async body
+(``graph.ainvoke``, many problems in flight). Each call is looked up in the journal first and
+recorded as soon as it returns, so a run resumed after a crash never repeats a finished call,
+even one made by a node that was interrupted half-way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Generator
+
+from langchain_core.runnables import RunnableLambda
+from langgraph.config import get_config, get_stream_writer
+from langgraph.runtime import get_runtime
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
+
+from scale_graph.context import Context
+from scale_graph.servers.chat import ChatCall, ChatReply, Systems
+from scale_graph.servers.endpoints import endpoints
+
+
+@dataclass
+class Load:
+    """Request: the journalled replies of these call keys (missing keys are left out)."""
+
+    keys: list[str]
+
+
+Request = ChatCall | Load
+NodeLogic = Callable[[dict, Context], Generator[Request, Any, dict]]
+
+RUNS_NAMESPACE = ("scale", "runs")
+_fallback_store = InMemoryStore()  # for a graph compiled without a store outside the platform
+
+
+def calls_namespace(run_id: str) -> tuple[str, ...]:
+    return ("scale", run_id, "calls")
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A stable seed per (base seed, purpose): distinct for every candidate and retry."""
+    return (base + zlib.crc32(":".join(map(str, parts)).encode())) % (2**31 - 1)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def current_run_id(state: dict) -> str:
+    """The run id: the state's, else the thread id, else a fresh one (no checkpointer)."""
+    if state.get("run_id"):
+        return state["run_id"]
+    thread_id = (get_config().get("configurable") or {}).get("thread_id")
+    return str(thread_id) if thread_id else new_run_id()
+
+
+def emit(event: str, **data: Any) -> None:
+    """Send a progress event to ``stream_mode="custom"`` listeners (no-op outside streaming)."""
+    try:
+        get_stream_writer()({"event": event, **data, "time": time.time()})
+    except (RuntimeError, KeyError):
+        pass
+
+
+@lru_cache(maxsize=32)
+def _systems(system1: Any, system2: Any, thinking_flag: bool, structured_output: bool, use_n: bool) -> Systems:
+    return Systems(system1, system2, thinking_flag=thinking_flag, structured_output=structured_output, use_n=use_n)
+
+
+def systems_for(context: Context) -> Systems:
+    """The shared :class:`Systems` for a context's endpoints and capability switches."""
+    return _systems(*endpoints(context), context.thinking_flag, context.structured_output, context.use_n)
+
+
+def run_context() -> Context:
+    """This run's parameters (a dict given as context, as Studio sends it, becomes a Context)."""
+    context = get_runtime(Context).context
+    return context if isinstance(context, Context) else Context(**(context or {}))
+
+
+def _runtime() -> tuple[Context, BaseStore]:
+    return run_context(), get_runtime(Context).store or _fallback_store
+
+
+def node(logic: NodeLogic) -> RunnableLambda:
+    """A LangGraph node (sync + async) that serves ``logic``'s requests through the journal."""
+
+    def run(state: dict) -> dict:
+        context, store = _runtime()
+        run_id = current_run_id(state)
+        if "run_id" not in state:  # the run's first node records what a resume needs
+            save_run(store, run_id, state.get("problem", ""), context)
+        steps = logic({**state, "run_id": run_id}, context)
+        namespace = calls_namespace(run_id)
+        answer: Any = None
+        while True:
+            try:
+                request = steps.send(answer)
+            except StopIteration as finished:
+                return finished.value
+            if isinstance(request, Load):
+                answer = {item.key: ChatReply.from_dict(item.value) for key in request.keys
+                          if (item := store.get(namespace, key)) is not None}
+                continue
+            cached = store.get(namespace, request.key)
+            if cached is not None:
+                answer = ChatReply.from_dict(cached.value)
+                continue
+            answer = systems_for(context).call(request)
+            store.put(namespace, request.key, answer.to_dict(), index=False)
+
+    async def arun(state: dict) -> dict:
+        context, store = _runtime()
+        run_id = current_run_id(state)
+        if "run_id" not in state:
+            await asave_run(store, run_id, state.get("problem", ""), context)
+        steps = logic({**state, "run_id": run_id}, context)
+        namespace = calls_namespace(run_id)
+        answer: Any = None
+        while True:
+            try:
+                request = steps.send(answer)
+            except StopIteration as finished:
+                return finished.value
+            if isinstance(request, Load):
+                items = [await store.aget(namespace, key) for key in request.keys]
+                answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
+                continue
+            cached = await store.aget(namespace, request.key)
+            if cached is not None:
+                answer = ChatReply.from_dict(cached.value)
+                continue
+            answer = await systems_for(context).acall(request)
+            await store.aput(namespace, request.key, answer.to_dict(), index=False)
+
+    run.__doc__ = arun.__doc__ = logic.__doc__
+    return RunnableLambda(run, arun, name=logic.__name__)
+
+
+# ---- run records: what a resume needs, kept beside the journal ----------------------------
+def run_record(problem: str, context: Context) -> dict[str, Any]:
+    return {"problem": problem, "params": context.to_dict(), "created": time.time()}
+
+
+def save_run(store: BaseStore, run_id: str, problem: str, context: Context) -> None:
+    if store.get(RUNS_NAMESPACE, run_id) is None:
+        store.put(RUNS_NAMESPACE, run_id, run_record(problem, context), index=False)
+
+
+async def asave_run(store: BaseStore, run_id: str, problem: str, context: Context) -> None:
+    if await store.aget(RUNS_NAMESPACE, run_id) is None:
+        await store.aput(RUNS_NAMESPACE, run_id, run_record(problem, context), index=False)

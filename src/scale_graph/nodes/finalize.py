@@ -1,0 +1,18 @@
+"""The final answer: the last \\boxed{} of S(s_n)."""
+
+from __future__ import annotations
+
+from typing import Any, Generator
+
+from scale_graph.context import Context
+from scale_graph.journal import Request, emit
+
+
+def finalize(state: dict, context: Context) -> Generator[Request, Any, dict]:
+    """Answer = last \\boxed{} of S(s_n) (Eq. 6 for i = n); null with a warning when absent."""
+    steps = state.get("steps", [])
+    answer = steps[-1].get("result") if steps else None
+    warnings = [] if answer else ["finalize: the last sub-problem's solution has no \\boxed{} answer"]
+    emit("finalized", answer=answer)
+    return {"answer": answer, "warnings": warnings}
+    yield  # a generator like every node, though it needs no call

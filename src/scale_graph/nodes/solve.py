@@ -1,0 +1,96 @@
+"""Eq. 5–6: S(s_i) = m_i(C_i, s_i) on System 1 or System 2."""
+
+from __future__ import annotations
+
+from typing import Any, Generator, Literal
+
+from scale_graph import prompts
+from scale_graph.context import Context
+from scale_graph.history import clip, messages, prompt_prefix, solution_texts
+from scale_graph.journal import Request, derive_seed, emit
+from scale_graph.parsing import last_boxed
+from scale_graph.servers.chat import ChatCall, ChatReply
+from scale_graph.state import PREVIEW_CHARS
+
+
+def solve_call(key: str, system: Literal[1, 2], user: str, context: Context, *, attempt: int) -> ChatCall:
+    """The solve request of one system, with that system's budget and sampling."""
+    return ChatCall(key=key, system=system, messages=messages(user), thinking=system == 2,
+                    max_tokens=getattr(context, f"system{system}_max_tokens"),
+                    temperature=getattr(context, f"system{system}_temperature"),
+                    top_p=getattr(context, f"system{system}_top_p"), top_k=getattr(context, f"system{system}_top_k"),
+                    seed=derive_seed(context.seed, "solve", key, attempt))
+
+
+def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Request, Any, dict]:
+    """Eq. 6: solve s_i with context C_i; cut-off System 2 thinking is finished by a short follow-up."""
+    index = len(state["steps"]) - 1
+    last = index == len(state["subproblems"]) - 1
+    prefix = yield from prompt_prefix(state, context, index)
+    user = prefix + (prompts.SOLVE_LAST if last else prompts.SOLVE).format(number=index + 1)
+    replies: list[ChatReply] = []
+    keys: list[str] = []
+    usage: dict[str, dict[str, int]] = {}
+    warnings: list[str] = []
+    forced = False
+    for attempt in range(context.parse_retries + 1):
+        key = f"solve/{index}/{attempt}"
+        reply = yield solve_call(key, system, user, context, attempt=attempt)
+        replies.append(reply)
+        keys.append(key)
+        _count(usage, f"solve_system{system}", reply)
+        warnings += reply.warnings
+        choice = reply.choices[0]
+        if choice.content.strip():
+            break
+        if system == 2 and choice.reasoning.strip():
+            forced = True
+            force_key = f"force/{index}/{attempt}"
+            follow_up = prefix + prompts.FORCE_ANSWER.format(number=index + 1, reasoning=clip(choice.reasoning, context.carry_max_chars))
+            forced_reply = yield ChatCall(key=force_key, system=1, messages=messages(follow_up), thinking=False,
+                                          max_tokens=context.force_answer_max_tokens,
+                                          temperature=context.system1_temperature, top_p=context.system1_top_p,
+                                          top_k=context.system1_top_k, seed=derive_seed(context.seed, force_key))
+            replies.append(forced_reply)
+            keys.append(force_key)
+            _count(usage, "force_answer", forced_reply)
+            warnings.append(f"solve: System 2 stopped thinking on sub-problem {index + 1} "
+                            f"(finish_reason={choice.finish_reason}); answer forced by a follow-up call")
+            if forced_reply.choices[0].content.strip():
+                break
+        elif choice.reasoning.strip():
+            warnings.append(f"solve: System 1 answered sub-problem {index + 1} only in the reasoning field; used it")
+            break
+        warnings.append(f"solve: empty solution for sub-problem {index + 1} (attempt {attempt + 1})")
+    solution, _ = solution_texts(replies)
+    result = last_boxed(solution)
+    if result is None:
+        warnings.append(f"solve: no \\boxed{{}} result in the solution of sub-problem {index + 1}")
+    step = {
+        "index": index, "system": system, "call_keys": keys, "result": result,
+        "solution_preview": solution[-PREVIEW_CHARS:], "forced_answer": forced,
+        "finish_reason": replies[0].choices[0].finish_reason,
+        "prompt_tokens": sum(r.prompt_tokens for r in replies),
+        "completion_tokens": sum(r.completion_tokens for r in replies),
+        "reasoning_tokens": sum(r.reasoning_tokens for r in replies),
+        "latency_s": round(sum(r.latency_s for r in replies), 3),
+        "warnings": state["steps"][index].get("warnings", []) + warnings,
+    }
+    emit("solved", index=index, system=system, result=result, completion_tokens=step["completion_tokens"])
+    return {"steps": [step], "usage": usage, "warnings": warnings}
+
+
+def solve_system1(state: dict, context: Context) -> Generator[Request, Any, dict]:
+    """Eq. 6 with m_i = System 1 (fast, non-thinking)."""
+    return (yield from solve(state, context, 1))
+
+
+def solve_system2(state: dict, context: Context) -> Generator[Request, Any, dict]:
+    """Eq. 6 with m_i = System 2 (deliberate, thinking)."""
+    return (yield from solve(state, context, 2))
+
+
+def _count(usage: dict[str, dict[str, int]], stage: str, reply: ChatReply) -> None:
+    target = usage.setdefault(stage, {})
+    for key, value in reply.usage.items():
+        target[key] = target.get(key, 0) + value

@@ -1,0 +1,42 @@
+"""Endpoint settings of System 1 and System 2: where they are, and their keys.
+
+Keys come from ``SCALE_SYSTEM{1,2}_API_KEY`` or the config file, only here, and are never
+part of the run parameters, so they cannot reach checkpoints, logs or results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scale_graph.context import Context
+from scale_graph.settings import ConfigError, api_key
+
+START_LOCAL_HINT = ("no System {system} endpoint configured: start the local CPU servers with "
+                    "`scale servers up` (or set SCALE_SYSTEM{system}_BASE_URL and SCALE_SYSTEM{system}_MODEL)")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One OpenAI-compatible chat endpoint."""
+
+    system: int
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 900.0
+    max_retries: int = 3
+
+
+def endpoints(context: Context) -> tuple[Endpoint, Endpoint]:
+    """The two endpoints a context points at; ConfigError names what is missing."""
+    found = []
+    for system in (1, 2):
+        base_url = getattr(context, f"system{system}_base_url").strip()
+        model = getattr(context, f"system{system}_model").strip()
+        if not base_url or not model:
+            raise ConfigError(START_LOCAL_HINT.format(system=system))
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"SCALE_SYSTEM{system}_BASE_URL must start with http:// or https://, got {base_url!r}")
+        found.append(Endpoint(system=system, base_url=base_url.rstrip("/"), model=model, api_key=api_key(system),
+                              timeout=context.request_timeout, max_retries=context.max_retries))
+    return found[0], found[1]

@@ -1,0 +1,107 @@
+"""The graph state: small, plain-JSON records that every checkpoint can afford to copy.
+
+Long text (solutions, reasoning traces, raw candidate outputs) lives in the LangGraph store
+under ``("scale", run_id, "calls")``; records point to it by key and carry short previews. That
+keeps each checkpoint snapshot small, so the SQLite file grows with the text produced rather
+than with the square of the number of sub-problems.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Literal, TypedDict
+
+Stage = Literal["decompose", "select", "assess", "solve_system1", "solve_system2", "force_answer"]
+PREVIEW_CHARS = 240
+
+
+class Usage(TypedDict, total=False):
+    """Token counts reported by the servers, summed over calls."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+
+
+class Step(TypedDict, total=False):
+    """One sub-problem s_i: its difficulty d_i (Eq. 3), system m_i (Eq. 4) and solution S(s_i) (Eq. 6)."""
+
+    index: int  # 0-based position in the chosen decomposition
+    text: str
+    difficulty: float
+    system: Literal[1, 2]
+    call_keys: list[str]  # store keys of this sub-problem's solve calls, in order
+    result: str | None  # last \boxed{} of the solution
+    solution_preview: str
+    forced_answer: bool  # System 2 ran out of thinking; answer written by a follow-up call
+    finish_reason: str | None
+    assess_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    latency_s: float
+    warnings: list[str]
+
+
+class Selection(TypedDict, total=False):
+    """Which candidate D* the model chose (Eq. 2) and how."""
+
+    chosen: int  # 0-based index into candidates
+    method: Literal["model", "single", "fallback"]
+    call_keys: list[str]
+
+
+def merge_steps(current: list[Step], updates: list[Step]) -> list[Step]:
+    """Reducer: a step update replaces the record with the same index or appends a new one."""
+    merged = list(current)
+    for update in updates:
+        index = update["index"]
+        if index < len(merged):
+            merged[index] = {**merged[index], **update}
+        else:
+            merged.append(update)
+    return merged
+
+
+def add_usage(current: dict[str, Usage], updates: dict[str, Usage]) -> dict[str, Usage]:
+    """Reducer: per-stage usage counters are summed."""
+    merged = {stage: dict(usage) for stage, usage in current.items()}
+    for stage, usage in updates.items():
+        target = merged.setdefault(stage, {})
+        for key, value in usage.items():
+            target[key] = target.get(key, 0) + value
+    return merged  # type: ignore[return-value]
+
+
+class InputState(TypedDict):
+    """What a caller provides."""
+
+    problem: str
+
+
+class OutputState(TypedDict, total=False):
+    """What a finished run returns."""
+
+    run_id: str
+    answer: str | None
+    subproblems: list[str]
+    steps: Annotated[list[Step], merge_steps]
+    usage: Annotated[dict[str, Usage], add_usage]
+    warnings: Annotated[list[str], operator.add]
+
+
+class State(InputState, OutputState, total=False):
+    """Full state: problem, candidates D_1..D_k, selection D*, per-sub-problem steps, answer."""
+
+    candidates: list[list[str]]
+    selection: Selection
+
+
+def total_usage(usage: dict[str, Usage]) -> Usage:
+    """Usage summed over all stages."""
+    total: dict[str, int] = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+    for stage_usage in usage.values():
+        for key, value in stage_usage.items():
+            total[key] = total.get(key, 0) + value
+    return total  # type: ignore[return-value]
