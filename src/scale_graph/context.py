@@ -10,6 +10,7 @@ the context (which Studio shows and runs persist); see :mod:`scale_graph.servers
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -20,6 +21,9 @@ Carry = Literal["final", "reasoning"]
 
 #: Fields that say *where* the systems are, not *how* to run: re-resolved on resume.
 ENDPOINT_FIELDS = ("system1_base_url", "system1_model", "system2_base_url", "system2_model")
+
+
+_PINNED: ContextVar[frozenset[str]] = ContextVar("scale_pinned_params", default=frozenset())
 
 
 def _param(default: Any, description: str) -> Any:
@@ -68,9 +72,10 @@ class Context:
 
     def __post_init__(self) -> None:
         overrides = defaults_from_environment()
+        pinned = _PINNED.get()
         for f in fields(self):
             value = getattr(self, f.name)
-            if value == f.default and f.name in overrides:
+            if value == f.default and f.name in overrides and f.name not in pinned:
                 value = overrides[f.name]
             setattr(self, f.name, _coerce(f.name, value))
         self.validate()
@@ -106,9 +111,21 @@ class Context:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> Context:
-        """Rebuild saved parameters; unknown keys (from other versions) are ignored."""
+        """Rebuild a run's saved parameters exactly, except where its endpoints are (re-resolved).
+
+        Unknown keys (from other versions) are ignored.
+        """
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in {**saved, **overrides}.items() if k in known})
+        values = {k: v for k, v in {**saved, **overrides}.items() if k in known}
+        current = defaults_from_environment()
+        for name in ENDPOINT_FIELDS:
+            if current.get(name) and name not in overrides:
+                values[name] = current[name]
+        token = _PINNED.set(frozenset(values))
+        try:
+            return cls(**values)
+        finally:
+            _PINNED.reset(token)
 
 
 def defaults_from_environment() -> dict[str, Any]:

@@ -1,0 +1,260 @@
+"""The ``scale`` command: solve problems, inspect/resume/delete runs, manage local servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scale_graph.context import Context
+from scale_graph.graph import build_graph
+from scale_graph.journal import new_run_id
+from scale_graph.persistence import DatabaseError, db_path, open_async
+from scale_graph.runner import InputError, UnknownRun, resume, start
+from scale_graph.runs import delete_run, list_runs, show_run, summary
+from scale_graph.servers.chat import EndpointError
+from scale_graph.settings import ConfigError
+
+app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, as a LangGraph workflow.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+runs_app = typer.Typer(help="Inspect, resume and delete stored runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+try:  # TEMP until servers.cli lands
+    from scale_graph.servers.cli import app as servers_app
+    app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
+except ImportError:
+    pass
+
+out = Console()
+err = Console(stderr=True)
+
+DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
+
+
+class UserFacingError(Exception):
+    """An error already phrased for the user; exit code attached."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run_async(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None) -> Any:
+    """Run a coroutine factory, turning every expected failure into one line and an exit code."""
+    resume_hint = f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`") if thread_id else ""
+    try:
+        return asyncio.run(work())
+    except (ConfigError, InputError) as exc:
+        _fail(str(exc), 2)
+    except UnknownRun as exc:
+        _fail(str(exc), 2)
+    except DatabaseError as exc:
+        _fail(str(exc), 2)
+    except EndpointError as exc:
+        _fail(f"{exc}{resume_hint}", 1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted{resume_hint}", 130)
+    except Exception as exc:  # a bug: still one line, and the run stays resumable
+        if os.environ.get("SCALE_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc}{resume_hint} (set SCALE_DEBUG=1 for a traceback)", 1)
+
+
+def _progress(event: dict[str, Any]) -> None:
+    kind = event.get("event")
+    if kind == "decomposed":
+        err.print(f"[dim]decompose[/] {event['candidates']} candidate(s), sizes {event['sizes']}")
+    elif kind == "selected":
+        err.print(f"[dim]select[/]    candidate {event['chosen'] + 1} ({event['method']}), "
+                  f"{len(event['subproblems'])} sub-problems")
+    elif kind == "assessed":
+        err.print(f"[dim]assess[/]    sub-problem {event['index'] + 1}: difficulty {event['difficulty']:.2f}")
+    elif kind == "solved":
+        err.print(f"[dim]solve[/]     sub-problem {event['index'] + 1} on System {event['system']}: "
+                  f"{event['completion_tokens']} tokens → {event['result']}")
+
+
+def _print_summary(shown: dict[str, Any]) -> None:
+    table = Table(title=f"run {shown['thread_id']} ({shown['status']})", show_lines=False)
+    for column in ("#", "sub-problem", "difficulty", "system", "tokens", "result"):
+        table.add_column(column, overflow="fold")
+    for row in shown["subproblems"]:
+        difficulty = f"{row['difficulty']:.2f}" if row["difficulty"] is not None else "-"
+        system = f"{row['system']}" + (" (forced)" if row.get("forced_answer") else "") if row["system"] else "-"
+        table.add_row(str(row["index"] + 1), row["text"] or "", difficulty, system,
+                      str(row["completion_tokens"]), str(row["result"]))
+    out.print(table)
+    total = shown["usage"]["total"]
+    out.print(f"answer: [bold]{shown['answer']}[/]", highlight=False)
+    out.print(f"usage: {total['calls']} calls, {total['prompt_tokens']} prompt + "
+              f"{total['completion_tokens']} completion tokens ({total['reasoning_tokens']} reasoning)")
+    for warning in shown["warnings"]:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _read_problem(problem: Optional[str], problem_file: Optional[Path]) -> str:
+    if problem_file is not None:
+        if problem:
+            raise InputError("give the problem either as an argument or with --problem-file, not both")
+        try:
+            return problem_file.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read problem file {problem_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"problem file {problem_file} is not UTF-8 text") from None
+    if problem is None:
+        raise InputError("no problem given: pass it as an argument or with --problem-file")
+    return problem
+
+
+@app.command()
+def solve(
+    problem: Optional[str] = typer.Argument(None, help="The problem text."),
+    problem_file: Optional[Path] = typer.Option(None, "--problem-file", "-f", help="Read the problem from a file."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="τ: difficulty above it goes to System 2 (default 0.2)."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="k candidate decompositions (default 8)."),
+    system1_max_tokens: Optional[int] = typer.Option(None, help="System 1 budget per sub-problem."),
+    system2_max_tokens: Optional[int] = typer.Option(None, help="System 2 budget per sub-problem."),
+    seed: Optional[int] = typer.Option(None, help="Base seed."),
+    db: Optional[Path] = DbOption,
+    thread_id: Optional[str] = typer.Option(None, "--thread-id", help="Id for the new run (default: random)."),
+    as_json: bool = JsonOption,
+    start_servers: bool = typer.Option(False, "--start-servers", help="Start the local CPU vLLM servers first if no endpoint is configured."),
+) -> None:
+    """Solve a problem with SCALE and print the answer and its sub-problems."""
+    thread = thread_id or new_run_id()
+    path = db_path(db)
+    explicit = {k: v for k, v in {"threshold": threshold, "candidates": candidates, "seed": seed,
+                                  "system1_max_tokens": system1_max_tokens,
+                                  "system2_max_tokens": system2_max_tokens}.items() if v is not None}
+
+    async def work() -> dict[str, Any]:
+        text = _read_problem(problem, problem_file)
+        if start_servers:
+            _ensure_local_servers()
+        context = Context(**explicit)
+        from scale_graph.servers.endpoints import endpoints
+
+        endpoints(context)  # fail before touching the database when nothing is configured
+        async with open_async(path) as (saver, store):
+            graph = build_graph(saver, store)
+            if not as_json:
+                err.print(f"[dim]run {thread} → {path}[/]")
+            values = await start(graph, store, text, context, thread, on_event=_progress)
+            return summary(values, thread)
+
+    shown = _run_async(work, thread_id=thread, db=db)
+    _emit(shown, as_json)
+
+
+def _ensure_local_servers() -> None:
+    from scale_graph.servers import manager
+    from scale_graph.settings import running_servers
+
+    if running_servers() is None and not os.environ.get("SCALE_SYSTEM1_BASE_URL"):
+        err.print("[dim]starting the local CPU vLLM servers (scale servers up)…[/]")
+        manager.up("local")
+
+
+def _emit(shown: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
+    else:
+        _print_summary(shown)
+
+
+@runs_app.command("list")
+def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+    """List the runs in the database, newest first."""
+    path = db_path(db)
+
+    async def work() -> list[dict[str, Any]]:
+        _require(path)
+        async with open_async(path) as (saver, store):
+            return await list_runs(build_graph(saver, store), store)
+
+    rows = _run_async(work)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"runs in {path}")
+    for column in ("thread id", "status", "sub-problems", "tokens", "answer", "problem"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["thread_id"], row["status"], str(row["subproblems"]), str(row["tokens"]),
+                      str(row["answer"]), row["problem"][:60].replace("\n", " "))
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+    """Show a run: every sub-problem with difficulty, system, tokens, and every checkpointed step."""
+    path = db_path(db)
+
+    async def work() -> dict[str, Any]:
+        _require(path)
+        async with open_async(path) as (saver, store):
+            return await show_run(build_graph(saver, store), store, thread_id)
+
+    shown = _run_async(work)
+    if as_json:
+        sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
+        return
+    _print_summary(shown)
+    out.print(f"{len(shown['checkpoints'])} checkpoints: " + " → ".join(
+        ",".join(c["next"]) or "end" for c in shown["checkpoints"]), highlight=False)
+
+
+@runs_app.command("resume")
+def runs_resume(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+    """Continue a stopped run after its last finished step, with its saved parameters."""
+    path = db_path(db)
+
+    async def work() -> dict[str, Any]:
+        _require(path)
+        async with open_async(path) as (saver, store):
+            values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress)
+            return summary(values, thread_id)
+
+    _emit(_run_async(work, thread_id=thread_id, db=db), as_json)
+
+
+@runs_app.command("delete")
+def runs_delete(thread_id: str, db: Optional[Path] = DbOption) -> None:
+    """Delete a run's checkpoints and stored texts."""
+    path = db_path(db)
+
+    async def work() -> int:
+        _require(path)
+        async with open_async(path) as (saver, store):
+            return await delete_run(saver, store, thread_id)
+
+    removed = _run_async(work)
+    out.print(f"deleted run {thread_id} ({removed} stored calls)")
+
+
+def _require(path: Path) -> None:
+    if not path.exists():
+        raise DatabaseError(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The run database: one SQLite file holding LangGraph checkpoints and the call journal (store).
+
+WAL with ``synchronous=NORMAL``: a committed step survives a killed process (only a power
+loss can take the last commits), at a fraction of the fsync cost. ``busy_timeout`` lets
+several processes share one file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import aiosqlite
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
+
+from scale_graph.settings import ConfigError
+
+DEFAULT_DB = "scale.db"
+BUSY_TIMEOUT_S = 60.0
+PRAGMAS = f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)};"
+SCHEMA_VERSION = 1  # of SCALE-Graph's own use of the file (the `scale_meta` table)
+
+
+class DatabaseError(RuntimeError):
+    """The run database cannot be used; one line for the user."""
+
+
+def db_path(explicit: str | os.PathLike | None = None) -> Path:
+    """``--db``, else ``SCALE_DB``, else ``scale.db`` in the working directory."""
+    return Path(explicit or os.environ.get("SCALE_DB") or DEFAULT_DB)
+
+
+def check_database(path: Path, *, must_exist: bool = False) -> None:
+    """Fail early and clearly on a missing, unreadable, corrupted, read-only or too-new file."""
+    if not path.exists():
+        if must_exist:
+            raise DatabaseError(f"database {path} does not exist")
+        if not path.parent.exists():
+            raise DatabaseError(f"database folder {path.parent} does not exist")
+        return
+    if path.is_dir():
+        raise DatabaseError(f"database {path} is a directory")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE name='scale_meta'").fetchone()
+            version = conn.execute("SELECT value FROM scale_meta WHERE key='schema_version'").fetchone() if has_meta else None
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"database {path} is unreadable or corrupted: {exc}") from None
+    if version and int(version[0]) > SCHEMA_VERSION:
+        raise DatabaseError(f"database {path} was written by a newer SCALE-Graph (schema {version[0]}, "
+                            f"this version reads {SCHEMA_VERSION}); upgrade scale-graph")
+
+
+MARK_SCHEMA = ("CREATE TABLE IF NOT EXISTS scale_meta (key TEXT PRIMARY KEY, value TEXT);"
+               f"INSERT OR IGNORE INTO scale_meta VALUES ('schema_version', '{SCHEMA_VERSION}');")
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        return DatabaseError(f"database {path} is read-only: {text}")
+    return DatabaseError(f"database {path}: {text}")
+
+
+@contextmanager
+def open_sync(path: str | os.PathLike | None = None) -> Iterator[tuple[SqliteSaver, SqliteStore]]:
+    """Checkpointer and store on one file, for ``graph.invoke``."""
+    path = db_path(path)
+    check_database(path)
+    saver_conn = store_conn = None
+    try:
+        saver_conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+        saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
+        store_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        store_conn.executescript(PRAGMAS)
+        saver, store = SqliteSaver(saver_conn), SqliteStore(store_conn)
+        saver.setup()
+        store.setup()
+        yield saver, store
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from None
+    finally:
+        for conn in (saver_conn, store_conn):
+            if conn is not None:
+                conn.close()
+
+
+@asynccontextmanager
+async def open_async(path: str | os.PathLike | None = None) -> AsyncIterator[tuple[AsyncSqliteSaver, AsyncSqliteStore]]:
+    """Checkpointer and store on one file, for ``graph.ainvoke`` with many runs in flight."""
+    path = db_path(path)
+    check_database(path)
+    try:
+        async with aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S) as saver_conn, \
+                aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None) as store_conn:
+            await saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
+            await store_conn.executescript(PRAGMAS)
+            saver, store = AsyncSqliteSaver(saver_conn), AsyncSqliteStore(store_conn)
+            await saver.setup()
+            await store.setup()
+            yield saver, store
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from None

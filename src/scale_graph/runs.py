@@ -1,0 +1,102 @@
+"""Inspecting stored runs: list, show (every step, from the checkpoints), delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+
+from scale_graph.history import solution_texts
+from scale_graph.journal import RUNS_NAMESPACE, calls_namespace
+from scale_graph.runner import UnknownRun, config_for
+from scale_graph.servers.chat import ChatReply
+from scale_graph.state import total_usage
+
+PAGE = 1000
+
+
+def status_of(values: dict[str, Any], next_nodes: tuple[str, ...]) -> str:
+    if not values:
+        return "not started"
+    if not next_nodes:
+        return "done"
+    return "stopped before " + ", ".join(next_nodes)
+
+
+def summary(values: dict[str, Any], thread_id: str, status: str = "done") -> dict[str, Any]:
+    """The JSON a user reads: answer, per-sub-problem rows and total usage."""
+    usage = values.get("usage", {})
+    return {
+        "thread_id": thread_id,
+        "status": status,
+        "problem": values.get("problem"),
+        "answer": values.get("answer"),
+        "subproblems": [
+            {"index": s["index"], "text": s.get("text"), "difficulty": s.get("difficulty"), "system": s.get("system"),
+             "result": s.get("result"), "prompt_tokens": s.get("prompt_tokens", 0),
+             "completion_tokens": s.get("completion_tokens", 0), "reasoning_tokens": s.get("reasoning_tokens", 0),
+             "assess_tokens": s.get("assess_tokens", 0), "forced_answer": s.get("forced_answer", False),
+             "latency_s": s.get("latency_s"), "warnings": s.get("warnings", [])}
+            for s in values.get("steps", [])],
+        "planned_subproblems": values.get("subproblems", []),
+        "selection": values.get("selection"),
+        "candidates": values.get("candidates", []),
+        "usage": {"total": total_usage(usage), "by_stage": usage},
+        "warnings": values.get("warnings", []),
+    }
+
+
+async def list_runs(graph: CompiledStateGraph, store: BaseStore) -> list[dict[str, Any]]:
+    """Every run in the database, newest first."""
+    items = await store.asearch(RUNS_NAMESPACE, limit=PAGE * 100)
+    rows = []
+    for item in items:
+        snapshot = await graph.aget_state(config_for(item.key))
+        values = snapshot.values or {}
+        rows.append({"thread_id": item.key, "created": item.value.get("created"),
+                     "status": status_of(values, snapshot.next), "problem": item.value.get("problem", ""),
+                     "answer": values.get("answer"), "subproblems": len(values.get("steps", [])),
+                     "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0)})
+    return sorted(rows, key=lambda r: r["created"] or 0, reverse=True)
+
+
+async def show_run(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, texts: bool = True) -> dict[str, Any]:
+    """Summary, every checkpointed step, and (``texts``) each sub-problem's full solution and reasoning."""
+    config = config_for(thread_id)
+    snapshot = await graph.aget_state(config)
+    record = await store.aget(RUNS_NAMESPACE, thread_id)
+    if not snapshot.values and record is None:
+        raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
+    values = snapshot.values or {"problem": record.value.get("problem") if record else None}
+    shown = summary(values, thread_id, status_of(snapshot.values, snapshot.next))
+    shown["params"] = record.value.get("params") if record else None
+    shown["checkpoints"] = [
+        {"step": s.metadata.get("step"), "source": s.metadata.get("source"), "next": list(s.next),
+         "created_at": s.created_at, "checkpoint_id": s.config["configurable"].get("checkpoint_id")}
+        for s in reversed([s async for s in graph.aget_state_history(config)])]
+    if texts:
+        namespace = calls_namespace(thread_id)
+        for row, step in zip(shown["subproblems"], values.get("steps", [])):
+            replies = [ChatReply.from_dict(item.value) for key in step.get("call_keys", [])
+                       if (item := await store.aget(namespace, key)) is not None]
+            row["solution"], row["reasoning"] = solution_texts(replies)
+    return shown
+
+
+async def delete_run(checkpointer: BaseCheckpointSaver, store: BaseStore, thread_id: str) -> int:
+    """Remove a run's checkpoints, call journal and record; returns the journal entries removed."""
+    record = await store.aget(RUNS_NAMESPACE, thread_id)
+    has_checkpoint = await checkpointer.aget_tuple(config_for(thread_id)) is not None
+    if record is None and not has_checkpoint:
+        raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
+    namespace = calls_namespace(thread_id)
+    removed = 0
+    while items := await store.asearch(namespace, limit=PAGE):
+        for item in items:
+            await store.adelete(namespace, item.key)
+            removed += 1
+    await store.adelete(RUNS_NAMESPACE, thread_id)
+    await checkpointer.adelete_thread(thread_id)
+    return removed
