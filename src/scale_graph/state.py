@@ -85,6 +85,8 @@ class OutputState(TypedDict, total=False):
 
     run_id: str
     answer: str | None
+    candidates: list[list[str]]  # D_1..D_k (usable ones)
+    selection: Selection  # D* (Eq. 2)
     subproblems: list[str]
     steps: Annotated[list[Step], merge_steps]
     usage: Annotated[dict[str, Usage], add_usage]
@@ -93,9 +95,6 @@ class OutputState(TypedDict, total=False):
 
 class State(InputState, OutputState, total=False):
     """Full state: problem, candidates D_1..D_k, selection D*, per-sub-problem steps, answer."""
-
-    candidates: list[list[str]]
-    selection: Selection
 
 
 def total_usage(usage: dict[str, Usage]) -> Usage:

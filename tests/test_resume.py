@@ -1,0 +1,109 @@
+"""Checkpoints and the call journal: a resumed run never repeats a finished LLM call."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scale_graph import build_graph
+from scale_graph.persistence import open_sync
+from scale_graph.servers.chat import EndpointError
+
+from tests.conftest import context, default_respond
+
+CONFIG = {"configurable": {"thread_id": "t1"}}
+
+
+def failing_once(at_key):
+    state = {"failed": False}
+
+    def respond(call):
+        if call.key == at_key and not state["failed"]:
+            state["failed"] = True
+            return EndpointError("System 2 endpoint is unreachable")
+        return default_respond(call)
+
+    return respond
+
+
+@pytest.mark.parametrize("at_key", ["decompose/0", "select/0", "assess/1/0", "solve/2/0"])
+def test_resume_after_injected_failure_repeats_nothing(scripted, tmp_path, at_key):
+    fake = scripted(failing_once(at_key))
+    with open_sync(tmp_path / "runs.db") as (saver, store):
+        graph = build_graph(saver, store)
+        with pytest.raises(EndpointError):
+            graph.invoke({"problem": "What is a+b?"}, CONFIG, context=context(), durability="sync")
+        calls_before = [c.key for c in fake.calls]
+        assert graph.get_state(CONFIG).next  # stopped, resumable
+        out = graph.invoke(None, CONFIG, context=context(), durability="sync")
+    assert out["answer"] == "33"
+    keys = [c.key for c in fake.calls]
+    # the failed call is made again; every call that had finished is not
+    assert keys.count(at_key) == 2
+    finished = [k for k in calls_before if k != at_key]
+    assert all(keys.count(k) == 1 for k in finished)
+    assert len(keys) == 8 + 1
+
+
+def test_journal_spares_finished_calls_of_an_interrupted_node(scripted, tmp_path):
+    """The solve call finished, its follow-up failed: resuming re-runs the node but not the solve call."""
+    state = {"failed": False}
+
+    def respond(call):
+        if call.key.startswith("solve"):
+            from scale_graph.servers.chat import ChatReply, Choice
+            return ChatReply(choices=[Choice("", "thinking...", "length")])
+        if call.key.startswith("force") and not state["failed"]:
+            state["failed"] = True
+            return EndpointError("down")
+        if call.key.startswith("force"):
+            return "\\boxed{1}"
+        return default_respond(call)
+
+    fake = scripted(respond)
+    with open_sync(tmp_path / "runs.db") as (saver, store):
+        graph = build_graph(saver, store)
+        with pytest.raises(EndpointError):
+            graph.invoke({"problem": "p"}, CONFIG, context=context(threshold=0.0), durability="sync")
+        graph.invoke(None, CONFIG, context=context(threshold=0.0), durability="sync")
+    keys = [c.key for c in fake.calls]
+    assert keys.count("solve/0/0") == 1 and keys.count("force/0/0") == 2
+
+
+def scale_env(endpoint_env, db):
+    return {**os.environ, **endpoint_env, "SCALE_DB": str(db), "SCALE_CANDIDATES": "3"}
+
+
+def test_cli_sigkill_then_resume_completes_without_repeating_calls(fake_server, endpoint_env, tmp_path):
+    fake_server.configure(latency=0.15, subproblem_count=4)
+    env = scale_env(endpoint_env, tmp_path / "base.db")
+    done = subprocess.run([sys.executable, "-m", "scale_graph.cli", "solve", "What is 2+3?", "--thread-id", "base", "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    baseline = fake_server.stats()["requests"]
+    assert baseline == 1 + 1 + 4 * 2
+
+    for kill_at, offset in ((1, 0.05), (2, 0.1), (3, 0.0), (5, 0.1), (8, 0.05), (10, 0.0)):
+        fake_server.reset()
+        env = scale_env(endpoint_env, tmp_path / f"k{kill_at}.db")
+        proc = subprocess.Popen([sys.executable, "-m", "scale_graph.cli", "solve", "What is 2+3?", "--thread-id", "k"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while fake_server.stats()["requests"] < kill_at and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(offset)  # kill while request `kill_at` is in flight or just after
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = fake_server.stats()["requests"]
+        resumed = subprocess.run([sys.executable, "-m", "scale_graph.cli", "runs", "resume", "k", "--json"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        total = fake_server.stats()["requests"]
+        # at most the one request in flight at the kill is made again
+        assert baseline <= total <= baseline + 1, (kill_at, before, total)
+        shown = subprocess.run([sys.executable, "-m", "scale_graph.cli", "runs", "show", "k", "--json"],
+                               env=env, capture_output=True, text=True, timeout=60)
+        assert '"status": "done"' in shown.stdout
