@@ -315,14 +315,15 @@ def test_drop_raw(server):
 
 
 def test_timeout_fault(server):
-    server.configure(hang_seconds=2)
+    server.configure(hang_seconds=10)
     server.inject("timeout")
     impatient = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=0.3)
     start = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         chat(impatient, SOLVE)
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 5  # the client gave up long before the server closed
     assert server.stats()["log"][0]["status"] is None
+    server.configure(hang_seconds=0.5)
     server.inject("timeout")
     patient = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=10)
     with pytest.raises(openai.APIConnectionError):  # closed after hang_seconds without an answer
@@ -338,7 +339,7 @@ def test_hanging_request_does_not_block_shutdown():
         chat(client, SOLVE)
     start = time.monotonic()
     srv.close()
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 5
 
 
 def test_content_faults(server, client):
@@ -475,6 +476,13 @@ def test_keep_alive_serves_several_requests_on_one_connection(server):
             assert headers["connection"] == "keep-alive"
             assert "\\boxed" in json.loads(reader.read(int(headers["content-length"])))["choices"][0]["message"]["content"]
     assert server.stats()["requests"] == 3
+
+
+def test_unparseable_http_is_answered_400_and_closed(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        response = sock.makefile("rb").read()
+    assert response.startswith(b"HTTP/1.1 400") and b"Content-Length" in response
 
 
 def test_128_concurrent_requests_share_the_latency(server):

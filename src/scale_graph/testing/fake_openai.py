@@ -55,13 +55,14 @@ import asyncio
 import dataclasses
 import hashlib
 import http
+import inspect
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,9 @@ class FakeOpenAIConfig:
     subproblem_count: int = 3
     """Sub-problems per decomposition."""
     difficulties: Sequence[float] | Callable[[dict[str, Any]], float] = (0.1, 0.8)
-    """Difficulty answers cycled per difficulty request, or (in-process only) a callable
-    receiving the parsed request body and returning the difficulty."""
+    """Difficulty answers cycled per difficulty request (all ``n`` choices share one), or
+    (in-process only) a callable receiving the parsed request body and returning the
+    difficulty; it runs on the server's event loop thread and must not block."""
     choice: int = 1
     """1-based decomposition index returned by the selection stage."""
     supports_json_schema: bool = True
@@ -571,7 +573,17 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._lifecycle = threading.Lock()
+        self._lifecycle = threading.Lock()  # start/stop/close; never taken on the event loop
+        self._config_lock = threading.Lock()
+        self._routes: dict[tuple[str, str], Callable[[_Request], _Reply | Awaitable[_Reply]]] = {
+            ("POST", "/v1/chat/completions"): self._chat_completions,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/_stats"): lambda _: _Reply(payload=self.stats()),
+            ("POST", "/_inject"): self._control_inject,
+            ("POST", "/_reset"): self._control_reset,
+            ("GET", "/_config"): lambda _: _Reply(payload=self._config.to_json()),
+            ("POST", "/_config"): self._control_config,
+        }
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -656,7 +668,7 @@ class FakeOpenAIServer:
         unknown = set(changes) - {f.name for f in dataclasses.fields(FakeOpenAIConfig)}
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
-        with self._lifecycle:
+        with self._config_lock:
             self._config = dataclasses.replace(self._config, **changes)
         return self._config
 
@@ -704,7 +716,8 @@ class FakeOpenAIServer:
                 if not await _send(writer, reply, keep_alive):
                     break
         except _BadRequest as exc:
-            writer.write(_head(400, {"Connection": "close", "Content-Length": str(len(str(exc)))}) + str(exc).encode())
+            message = str(exc).encode()
+            writer.write(_head(400, {"Connection": "close", "Content-Length": str(len(message))}) + message)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -716,21 +729,12 @@ class FakeOpenAIServer:
             writer.close()
 
     async def _dispatch(self, request: _Request) -> _Reply:
-        routes: dict[tuple[str, str], Callable[[_Request], Any]] = {
-            ("POST", "/v1/chat/completions"): self._chat_completions,
-            ("GET", "/v1/models"): self._models,
-            ("GET", "/_stats"): lambda _: _Reply(payload=self.stats()),
-            ("POST", "/_inject"): self._control_inject,
-            ("POST", "/_reset"): self._control_reset,
-            ("GET", "/_config"): lambda _: _Reply(payload=self._config.to_json()),
-            ("POST", "/_config"): self._control_config,
-        }
-        handler = routes.get((request.method, request.path))
+        handler = self._routes.get((request.method, request.path))
         if handler is None:
-            known_path = any(path == request.path for _, path in routes)
+            known_path = any(path == request.path for _, path in self._routes)
             return _error(405, "method not allowed") if known_path else _error(404, f"no route {request.path}")
         reply = handler(request)
-        return await reply if asyncio.iscoroutine(reply) else reply
+        return await reply if inspect.isawaitable(reply) else reply
 
     def _unauthorized(self, request: _Request) -> _Reply | None:
         key = self._config.api_key
