@@ -17,7 +17,7 @@ from scale_graph.context import Context
 from scale_graph.graph import build_graph
 from scale_graph.journal import new_run_id
 from scale_graph.persistence import DatabaseError, db_path, open_async
-from scale_graph.runner import InputError, UnknownRun, resume, start
+from scale_graph.runner import InputError, UnknownRun, resume, start, validate_problem
 from scale_graph.runs import delete_run, list_runs, show_run, summary
 from scale_graph.servers.chat import EndpointError
 from scale_graph.settings import ConfigError
@@ -148,6 +148,7 @@ def solve(
         context = Context(**explicit)
         from scale_graph.servers.endpoints import endpoints
 
+        text = validate_problem(text, context)
         endpoints(context)  # fail before touching the database when nothing is configured
         async with open_async(path) as (saver, store):
             graph = build_graph(saver, store)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
+import httpx
 import openai
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatResult
@@ -270,9 +271,23 @@ def _merge(parts: list[ChatReply], latency: float, warnings: list[str]) -> ChatR
                      warnings=list(warnings))
 
 
-@lru_cache(maxsize=64)
+_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+_clients: weakref.WeakKeyDictionary[Any, dict[Endpoint, ReasoningChatOpenAI]] = weakref.WeakKeyDictionary()
+_sync_clients: dict[Endpoint, ReasoningChatOpenAI] = {}
+
+
 def _client(endpoint: Endpoint) -> ReasoningChatOpenAI:
-    """One client (and connection pool) per endpoint, shared by every run in the process."""
-    return ReasoningChatOpenAI(model=endpoint.model, base_url=endpoint.base_url,
-                               api_key=endpoint.api_key or "EMPTY", timeout=endpoint.timeout,
-                               max_retries=endpoint.max_retries)
+    """One client (connection pool) per endpoint, shared by every run of the process — per event
+    loop for async use, since an async connection pool cannot outlive its loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    cache = _sync_clients if loop is None else _clients.setdefault(loop, {})
+    if endpoint not in cache:
+        http = ({"http_client": httpx.Client(timeout=endpoint.timeout, limits=_LIMITS)} if loop is None
+                else {"http_async_client": httpx.AsyncClient(timeout=endpoint.timeout, limits=_LIMITS)})
+        cache[endpoint] = ReasoningChatOpenAI(model=endpoint.model, base_url=endpoint.base_url,
+                                              api_key=endpoint.api_key or "EMPTY", timeout=endpoint.timeout,
+                                              max_retries=endpoint.max_retries, **http)
+    return cache[endpoint]
