@@ -52,6 +52,11 @@ class Selection(TypedDict, total=False):
     call_keys: list[str]
 
 
+def plus(total: Usage, more: Usage) -> Usage:
+    """Two usage counters added key by key."""
+    return {key: total.get(key, 0) + more.get(key, 0) for key in {*total, *more}}  # type: ignore[return-value]
+
+
 def merge_steps(current: list[Step], updates: list[Step]) -> list[Step]:
     """Reducer: a step update replaces the record with the same index or appends a new one."""
     merged = list(current)
@@ -66,12 +71,10 @@ def merge_steps(current: list[Step], updates: list[Step]) -> list[Step]:
 
 def add_usage(current: dict[str, Usage], updates: dict[str, Usage]) -> dict[str, Usage]:
     """Reducer: per-stage usage counters are summed."""
-    merged = {stage: dict(usage) for stage, usage in current.items()}
+    merged = dict(current)
     for stage, usage in updates.items():
-        target = merged.setdefault(stage, {})
-        for key, value in usage.items():
-            target[key] = target.get(key, 0) + value
-    return merged  # type: ignore[return-value]
+        merged[stage] = plus(merged.get(stage, {}), usage)
+    return merged
 
 
 class InputState(TypedDict):
@@ -99,8 +102,7 @@ class State(InputState, OutputState, total=False):
 
 def total_usage(usage: dict[str, Usage]) -> Usage:
     """Usage summed over all stages."""
-    total: dict[str, int] = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+    total: Usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
     for stage_usage in usage.values():
-        for key, value in stage_usage.items():
-            total[key] = total.get(key, 0) + value
-    return total  # type: ignore[return-value]
+        total = plus(total, stage_usage)
+    return total

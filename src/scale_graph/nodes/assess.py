@@ -9,6 +9,7 @@ from scale_graph.context import Context
 from scale_graph.history import prompt_prefix
 from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
+from scale_graph.state import plus
 from scale_graph.parsing import parse_difficulty
 
 DIFFICULTY_SCHEMA = {"name": "difficulty", "schema": {
@@ -27,7 +28,7 @@ def assess(state: dict, context: Context) -> Generator[Request, Any, dict]:
     for attempt in range(context.parse_retries + 1):
         reply = yield planner_call(f"assess/{index}/{attempt}", user, context, seed_parts=("assess", index, attempt),
                                    schema=DIFFICULTY_SCHEMA)
-        usage = {k: usage.get(k, 0) + v for k, v in reply.usage.items()}
+        usage = plus(usage, reply.usage)
         warnings += reply.warnings
         difficulty = parse_difficulty(reply.choices[0].content or reply.choices[0].reasoning)
         if difficulty is not None:

@@ -10,6 +10,7 @@ from scale_graph.history import messages
 from scale_graph.journal import Request, derive_seed, emit
 from scale_graph.parsing import parse_decomposition
 from scale_graph.servers.chat import ChatCall
+from scale_graph.state import plus
 
 
 def decomposition_schema(max_subproblems: int) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def decompose(state: dict, context: Context) -> Generator[Request, Any, dict]:
     for attempt in range(context.parse_retries + 1):
         reply = yield planner_call(f"decompose/{attempt}", user, context, seed_parts=("decompose", attempt),
                                    n=context.candidates, schema=decomposition_schema(context.max_subproblems))
-        usage = _add(usage, reply.usage)
+        usage = plus(usage, reply.usage)
         warnings += reply.warnings
         parsed = [parse_decomposition(choice.content or choice.reasoning) for choice in reply.choices]
         too_long = sum(1 for p in parsed if p and len(p) > context.max_subproblems)
@@ -55,7 +56,3 @@ def decompose(state: dict, context: Context) -> Generator[Request, Any, dict]:
         valid = [[problem]]
     emit("decomposed", candidates=len(valid), sizes=[len(c) for c in valid])
     return {"run_id": state["run_id"], "candidates": valid, "usage": {"decompose": usage}, "warnings": warnings}
-
-
-def _add(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
-    return {key: total.get(key, 0) + more.get(key, 0) for key in {*total, *more}}

@@ -8,6 +8,7 @@ from scale_graph import prompts
 from scale_graph.context import Context
 from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
+from scale_graph.state import plus
 from scale_graph.parsing import parse_choice
 
 
@@ -35,7 +36,7 @@ def select(state: dict, context: Context) -> Generator[Request, Any, dict]:
             reply = yield planner_call(key, user, context, seed_parts=("select", attempt),
                                        schema=selection_schema(len(candidates)))
             keys.append(key)
-            usage = {k: usage.get(k, 0) + v for k, v in reply.usage.items()}
+            usage = plus(usage, reply.usage)
             warnings += reply.warnings
             choice = parse_choice(reply.choices[0].content or reply.choices[0].reasoning, len(candidates))
             if choice is not None:

@@ -10,7 +10,7 @@ from scale_graph.history import clip, messages, prompt_prefix, solution_texts
 from scale_graph.journal import Request, derive_seed, emit
 from scale_graph.parsing import last_boxed
 from scale_graph.servers.chat import ChatCall, ChatReply
-from scale_graph.state import PREVIEW_CHARS
+from scale_graph.state import PREVIEW_CHARS, Usage, add_usage
 
 
 def solve_call(key: str, system: Literal[1, 2], user: str, context: Context, *, attempt: int) -> ChatCall:
@@ -30,7 +30,7 @@ def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Req
     user = prefix + (prompts.SOLVE_LAST if last else prompts.SOLVE).format(number=index + 1)
     replies: list[ChatReply] = []
     keys: list[str] = []
-    usage: dict[str, dict[str, int]] = {}
+    usage: dict[str, Usage] = {}
     warnings: list[str] = []
     forced = False
     for attempt in range(context.parse_retries + 1):
@@ -38,7 +38,7 @@ def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Req
         reply = yield solve_call(key, system, user, context, attempt=attempt)
         replies.append(reply)
         keys.append(key)
-        _count(usage, f"solve_system{system}", reply)
+        usage = add_usage(usage, {f"solve_system{system}": reply.usage})
         warnings += reply.warnings
         choice = reply.choices[0]
         if choice.content.strip():
@@ -53,7 +53,7 @@ def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Req
                                           top_k=context.system1_top_k, seed=derive_seed(context.seed, force_key))
             replies.append(forced_reply)
             keys.append(force_key)
-            _count(usage, "force_answer", forced_reply)
+            usage = add_usage(usage, {"force_answer": forced_reply.usage})
             warnings.append(f"solve: System 2 stopped thinking on sub-problem {index + 1} "
                             f"(finish_reason={choice.finish_reason}); answer forced by a follow-up call")
             if forced_reply.choices[0].content.strip():
@@ -88,9 +88,3 @@ def solve_system1(state: dict, context: Context) -> Generator[Request, Any, dict
 def solve_system2(state: dict, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 6 with m_i = System 2 (deliberate, thinking)."""
     return (yield from solve(state, context, 2))
-
-
-def _count(usage: dict[str, dict[str, int]], stage: str, reply: ChatReply) -> None:
-    target = usage.setdefault(stage, {})
-    for key, value in reply.usage.items():
-        target[key] = target.get(key, 0) + value
