@@ -8,8 +8,9 @@ than with the square of the number of sub-problems.
 
 from __future__ import annotations
 
-import operator
 from typing import Annotated, Literal, TypedDict
+
+from langgraph.channels.delta import DeltaChannel
 
 Stage = Literal["decompose", "select", "assess", "solve_system1", "solve_system2", "force_answer"]
 PREVIEW_CHARS = 240
@@ -69,6 +70,19 @@ def merge_steps(current: list[Step], updates: list[Step]) -> list[Step]:
     return merged
 
 
+def merge_step_batches(current: list[Step] | None, batches: list[list[Step]]) -> list[Step]:
+    """Batched form of :func:`merge_steps` for a delta channel (replays writes in any grouping)."""
+    merged = list(current or [])
+    for batch in batches:
+        merged = merge_steps(merged, batch)
+    return merged
+
+
+def concat_batches(current: list[str] | None, batches: list[list[str]]) -> list[str]:
+    """Batched list concatenation for a delta channel."""
+    return [*(current or []), *(item for batch in batches for item in batch)]
+
+
 def add_usage(current: dict[str, Usage], updates: dict[str, Usage]) -> dict[str, Usage]:
     """Reducer: per-stage usage counters are summed."""
     merged = dict(current)
@@ -91,9 +105,10 @@ class OutputState(TypedDict, total=False):
     candidates: list[list[str]]  # D_1..D_k (usable ones)
     selection: Selection  # D* (Eq. 2)
     subproblems: list[str]
-    steps: Annotated[list[Step], merge_steps]
+    # Delta channels: a checkpoint stores only what changed in a step, not the whole list again.
+    steps: Annotated[list[Step], DeltaChannel(merge_step_batches)]
     usage: Annotated[dict[str, Usage], add_usage]
-    warnings: Annotated[list[str], operator.add]
+    warnings: Annotated[list[str], DeltaChannel(concat_batches)]
 
 
 class State(InputState, OutputState, total=False):
