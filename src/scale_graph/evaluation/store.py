@@ -1,0 +1,192 @@
+"""The results database (SQLAlchemy 2.0 ORM): evaluation runs and one result per problem sample.
+
+A SQLite file by default (``scale-results.db``, or ``SCALE_RESULTS_DB``); any SQLAlchemy URL
+(e.g. ``postgresql+psycopg://…``) when several machines share one store; a plain path means
+``sqlite:///<path>``. A run is identified by its name; re-opening it with different parameters
+is refused, so one run never mixes results of two configurations. Configs hold run parameters
+only — the context has no API keys.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from sqlalchemy import JSON, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+
+from scale_graph.context import ENDPOINT_FIELDS
+from scale_graph.evaluation.datasets import Problem
+from scale_graph.evaluation.grading import Grade
+from scale_graph.evaluation.methods import Outcome
+from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
+from scale_graph.runner import InputError
+from scale_graph.state import total_usage
+
+DEFAULT_RESULTS_DB = "scale-results.db"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One evaluation run: a method with fixed parameters on one dataset."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    method: Mapped[str] = mapped_column(String(32))
+    dataset: Mapped[str] = mapped_column(String(255))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    results: Mapped[list[Result]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                 order_by="Result.id")
+
+
+class Result(Base):
+    """One sample of one problem: the answer, its grade, tokens by stage, and any failure."""
+
+    __tablename__ = "eval_results"
+    __table_args__ = (UniqueConstraint("run_id", "problem_id", "sample"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    problem_id: Mapped[str] = mapped_column(String(255))
+    sample: Mapped[int]
+    answer: Mapped[str | None] = mapped_column(Text)
+    gold: Mapped[str] = mapped_column(Text)
+    correct: Mapped[bool]
+    grading_note: Mapped[str] = mapped_column(String(255))
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    tokens_by_stage: Mapped[dict[str, Any]] = mapped_column(JSON)
+    iterations: Mapped[int]
+    subproblems: Mapped[int]
+    hard: Mapped[int | None]
+    latency_s: Mapped[float]
+    error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    run: Mapped[Run] = relationship(back_populates="results")
+
+
+def results_url(value: str | None = None) -> str:
+    """``--results-db``, else ``SCALE_RESULTS_DB``, else ``scale-results.db``; a path becomes a SQLite URL."""
+    value = value or os.environ.get("SCALE_RESULTS_DB") or DEFAULT_RESULTS_DB
+    return value if "://" in value else f"sqlite:///{value}"
+
+
+class ResultsStore:
+    """Runs and results in one database; every failure is a one-line DatabaseError."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = results_url(url)
+        try:
+            self.shown = make_url(self.url).render_as_string(hide_password=True)  # for messages
+        except ArgumentError:
+            raise DatabaseError(f"results database URL {url!r} is not a valid SQLAlchemy URL") from None
+        try:
+            self.engine = create_engine(self.url, connect_args=_connect_args(self.url))
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
+            raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
+
+    def open_run(self, name: str, method: str, dataset: str, config: dict[str, Any]) -> int:
+        """The id of run ``name``, created if new; InputError if it exists with other parameters."""
+        with self._session() as session:
+            run = session.scalar(select(Run).where(Run.name == name))
+            if run is None:
+                run = Run(name=name, method=method, dataset=dataset, config=config)
+                session.add(run)
+                session.flush()
+                return run.id
+            differences = _differences({"method": run.method, "dataset": run.dataset, **run.config},
+                                       {"method": method, "dataset": dataset, **config})
+            if differences:
+                raise InputError(f"run {name!r} already exists with other settings ({differences}); "
+                                 "give this evaluation another --name")
+            return run.id
+
+    def finished(self, run_id: int) -> set[tuple[str, int]]:
+        """(problem id, sample) of the results stored without an error: a re-run skips them."""
+        with self._session() as session:
+            rows = session.execute(select(Result.problem_id, Result.sample)
+                                   .where(Result.run_id == run_id, Result.error.is_(None)))
+            return {(problem_id, sample) for problem_id, sample in rows}
+
+    def save(self, run_id: int, problem: Problem, sample: int, outcome: Outcome, grade: Grade) -> None:
+        """Store (or replace, after a failure) the result of one problem sample."""
+        total = total_usage(outcome.usage)
+        values = dict(answer=outcome.answer, gold=problem.answer, correct=grade.correct, grading_note=grade.note,
+                      prompt_tokens=total["prompt_tokens"], completion_tokens=total["completion_tokens"],
+                      tokens_by_stage=outcome.usage, iterations=outcome.iterations, subproblems=outcome.subproblems,
+                      hard=outcome.hard, latency_s=outcome.latency_s, error=outcome.error)
+        with self._session() as session:
+            row = session.scalar(select(Result).where(Result.run_id == run_id, Result.problem_id == problem.id,
+                                                      Result.sample == sample))
+            if row is None:
+                session.add(Result(run_id=run_id, problem_id=problem.id, sample=sample, **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+
+    def runs(self, patterns: list[str] | None = None) -> list[Run]:
+        """Runs whose name matches any of the shell-style ``patterns`` (all when none), with results."""
+        with self._session() as session:
+            runs = session.scalars(select(Run).options(selectinload(Run.results)).order_by(Run.id)).all()
+            session.expunge_all()
+        if not patterns:
+            return list(runs)
+        chosen = [run for run in runs if any(fnmatch.fnmatchcase(run.name, p) for p in patterns)]
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(run.name, p) for run in runs)]
+        if unmatched:
+            raise InputError(f"no run named {', '.join(map(repr, unmatched))} in {self.shown} "
+                             f"(runs: {', '.join(r.name for r in runs) or 'none'})")
+        return chosen
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error; SQLAlchemy errors become DatabaseError."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
+    keys = sorted((set(stored) | set(wanted)) - set(ENDPOINT_FIELDS))
+    return ", ".join(f"{key} {stored.get(key)!r} → {wanted.get(key)!r}"
+                     for key in keys if stored.get(key) != wanted.get(key))
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    return {"timeout": BUSY_TIMEOUT_S} if url.startswith("sqlite") else {}
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return " ".join(str(original).split())[:300] or type(original).__name__
