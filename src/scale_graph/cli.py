@@ -17,20 +17,17 @@ from scale_graph.context import Context
 from scale_graph.graph import build_graph
 from scale_graph.journal import new_run_id
 from scale_graph.persistence import DatabaseError, db_path, open_async
-from scale_graph.runner import InputError, UnknownRun, resume, start, validate_problem
+from scale_graph.runner import InputError, UnknownRun, awaiting_review, resume, start, validate_problem
 from scale_graph.runs import delete_run, list_runs, show_run, summary
 from scale_graph.servers.chat import EndpointError
+from scale_graph.servers.cli import app as servers_app
 from scale_graph.settings import ConfigError
 
 app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, as a LangGraph workflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 runs_app = typer.Typer(help="Inspect, resume and delete stored runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-try:  # TEMP until servers.cli lands
-    from scale_graph.servers.cli import app as servers_app
-    app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
-except ImportError:
-    pass
+app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
 
 out = Console()
 err = Console(stderr=True)
@@ -133,13 +130,15 @@ def solve(
     thread_id: Optional[str] = typer.Option(None, "--thread-id", help="Id for the new run (default: random)."),
     as_json: bool = JsonOption,
     start_servers: bool = typer.Option(False, "--start-servers", help="Start the local CPU vLLM servers first if no endpoint is configured."),
+    review: bool = typer.Option(False, "--review", help="Pause after the decomposition is chosen, to accept or edit it."),
 ) -> None:
     """Solve a problem with SCALE and print the answer and its sub-problems."""
     thread = thread_id or new_run_id()
     path = db_path(db)
     explicit = {k: v for k, v in {"threshold": threshold, "candidates": candidates, "seed": seed,
                                   "system1_max_tokens": system1_max_tokens,
-                                  "system2_max_tokens": system2_max_tokens}.items() if v is not None}
+                                  "system2_max_tokens": system2_max_tokens,
+                                  "review": review or None}.items() if v is not None}
 
     async def work() -> dict[str, Any]:
         text = _read_problem(problem, problem_file)
@@ -155,10 +154,32 @@ def solve(
             if not as_json:
                 err.print(f"[dim]run {thread} → {path}[/]")
             values = await start(graph, store, text, context, thread, on_event=_progress)
+            pending = await awaiting_review(graph, thread)
+            if pending is not None:
+                decision = _ask_review(pending, thread)
+                if decision is None:
+                    return summary(values, thread, "awaiting review")
+                values = await resume(graph, store, thread, on_event=_progress, review=decision)
             return summary(values, thread)
 
     shown = _run_async(work, thread_id=thread, db=db)
     _emit(shown, as_json)
+
+
+def _ask_review(subproblems: list[str], thread: str) -> Any:
+    """Show D* and ask to accept or edit it; None when nobody can answer (not a terminal)."""
+    err.print("[bold]decomposition for review:[/]")
+    for number, text in enumerate(subproblems, 1):
+        err.print(f"  {number}. {text}", highlight=False)
+    if not sys.stdin.isatty():
+        err.print(f"run {thread} is waiting for review: `scale runs resume {thread} --accept` "
+                  f"or `--subproblems-file FILE` (one sub-problem per line)")
+        return None
+    if typer.confirm("accept this decomposition?", default=True, err=True):
+        return "accept"
+    err.print("enter the sub-problems, one per line; an empty line ends")
+    lines = iter(lambda: input("> ").strip(), "")
+    return list(lines) or "accept"
 
 
 def _ensure_local_servers() -> None:
@@ -220,14 +241,23 @@ def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = Jso
 
 
 @runs_app.command("resume")
-def runs_resume(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+def runs_resume(
+    thread_id: str,
+    db: Optional[Path] = DbOption,
+    as_json: bool = JsonOption,
+    accept: bool = typer.Option(False, "--accept", help="Accept the decomposition of a run waiting for review."),
+    subproblems_file: Optional[Path] = typer.Option(None, "--subproblems-file", help="Replace it: one sub-problem per line."),
+) -> None:
     """Continue a stopped run after its last finished step, with its saved parameters."""
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
         _require(path)
+        decision: Any = "accept" if accept else None
+        if subproblems_file is not None:
+            decision = [line for line in _read_problem(None, subproblems_file).splitlines() if line.strip()]
         async with open_async(path) as (saver, store):
-            values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress)
+            values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress, review=decision)
             return summary(values, thread_id)
 
     _emit(_run_async(work, thread_id=thread_id, db=db), as_json)

@@ -62,6 +62,7 @@ class Context:
     context_max_chars: int = _param(24000, "Cap on all carried solutions; older ones shrink to their boxed result first.")
     max_problem_chars: int = _param(20000, "Longest accepted problem text.")
     parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.")
+    review: bool = _param(False, "Pause after `select` for a human to accept or edit the decomposition.")
 
     # --- server capabilities ---
     thinking_flag: bool = _param(True, "Send chat_template_kwargs.enable_thinking (turn off for servers that reject it).")

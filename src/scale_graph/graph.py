@@ -1,9 +1,9 @@
 """The SCALE workflow (paper Fig. 1) as a LangGraph graph.
 
-START → decompose → select → assess ─route─┬→ solve_system1 ─┐
-                               ▲           └→ solve_system2 ─┤
-                               └──── more sub-problems ◄──────┘
-                                     done → finalize → END
+START → decompose → select → (review) → assess ─route─┬→ solve_system1 ─┐
+                                          ▲             └→ solve_system2 ─┤
+                                          └──── more sub-problems ◄───────┘
+                                                done → finalize → END
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from scale_graph.journal import node
 from scale_graph.nodes.assess import assess
 from scale_graph.nodes.decompose import decompose
 from scale_graph.nodes.finalize import finalize
+from scale_graph.nodes.review import after_select, review
 from scale_graph.nodes.route import next_subproblem, route
 from scale_graph.nodes.select import select
 from scale_graph.nodes.solve import solve_system1, solve_system2
@@ -34,6 +35,7 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     builder.add_node("decompose", node(decompose))
     builder.add_node("select", node(select))
+    builder.add_node("review", node(review))
     builder.add_node("assess", node(assess))
     builder.add_node("solve_system1", node(solve_system1))
     builder.add_node("solve_system2", node(solve_system2))
@@ -41,7 +43,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
 
     builder.add_edge(START, "decompose")
     builder.add_edge("decompose", "select")
-    builder.add_edge("select", "assess")
+    builder.add_conditional_edges("select", after_select)
+    builder.add_edge("review", "assess")
     builder.add_conditional_edges("assess", route)
     builder.add_conditional_edges("solve_system1", next_subproblem)
     builder.add_conditional_edges("solve_system2", next_subproblem)

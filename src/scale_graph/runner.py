@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
+from langgraph.types import Command
 
 from scale_graph.context import Context
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
@@ -32,6 +33,12 @@ def validate_problem(problem: str | None, context: Context) -> str:
     return text
 
 
+async def awaiting_review(graph: CompiledStateGraph, thread_id: str) -> list[str] | None:
+    """The decomposition a paused run shows for review, or None when it is not paused."""
+    snapshot = await graph.aget_state(config_for(thread_id))
+    return snapshot.interrupts[0].value["subproblems"] if snapshot.interrupts else None
+
+
 def config_for(thread_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": thread_id}}
 
@@ -47,8 +54,11 @@ async def start(graph: CompiledStateGraph, store: BaseStore, problem: str, conte
 
 
 async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
-                 on_event: EventHandler | None = None, **overrides: Any) -> dict[str, Any]:
-    """Continue run ``thread_id`` after its last finished node, with its saved parameters."""
+                 on_event: EventHandler | None = None, review: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Continue run ``thread_id`` after its last finished node, with its saved parameters.
+
+    A run paused for review continues with ``review`` ("accept" or edited sub-problems).
+    """
     record = await store.aget(RUNS_NAMESPACE, thread_id)
     snapshot = await graph.aget_state(config_for(thread_id))
     if record is None and not snapshot.values:
@@ -56,7 +66,12 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
     context = Context.from_dict(record.value["params"] if record else {}, **overrides)
     if snapshot.values and not snapshot.next:
         return snapshot.values  # already finished
-    inputs = None if snapshot.values else {"problem": record.value["problem"]}
+    inputs: Any = None if snapshot.values else {"problem": record.value["problem"]}
+    if snapshot.interrupts:
+        if review is None:
+            raise InputError(f"run {thread_id} is waiting for review of its decomposition: "
+                             f"resume with --accept or --subproblems-file FILE")
+        inputs = Command(resume=review)
     return await _drive(graph, inputs, thread_id, context, on_event)
 
 

@@ -49,7 +49,7 @@ class Selection(TypedDict, total=False):
     """Which candidate D* the model chose (Eq. 2) and how."""
 
     chosen: int  # 0-based index into candidates
-    method: Literal["model", "single", "fallback"]
+    method: Literal["model", "single", "fallback", "human"]
     call_keys: list[str]
 
 

@@ -1,0 +1,44 @@
+"""Optional human review of the chosen decomposition D* before any sub-problem is solved."""
+
+from __future__ import annotations
+
+from typing import Any, Generator, Literal
+
+from langgraph.types import interrupt
+
+from scale_graph.context import Context
+from scale_graph.journal import Request, emit, run_context
+
+ACCEPT = ("accept", "yes", "ok", "")
+
+
+def review(state: dict, context: Context) -> Generator[Request, Any, dict]:
+    """Pause after Eq. 2 with interrupt(); resume with "accept" or an edited list of sub-problems."""
+    decision = interrupt({"subproblems": state["subproblems"], "candidates": state.get("candidates", []),
+                          "resume_with": "'accept', or a list of sub-problem strings replacing D*"})
+    edited = reviewed_subproblems(decision, context)
+    emit("reviewed", accepted=edited is None, subproblems=edited or state["subproblems"])
+    if edited is None:
+        return {}
+    return {"subproblems": edited, "selection": {**state.get("selection", {}), "method": "human"}}
+    yield  # a generator like every node, though it needs no call
+
+
+def reviewed_subproblems(decision: Any, context: Context) -> list[str] | None:
+    """None to accept D*, else the edited sub-problems; ValueError for anything else."""
+    if decision is None or decision is True or (isinstance(decision, str) and decision.strip().lower() in ACCEPT):
+        return None
+    if isinstance(decision, dict):
+        if decision.get("accept"):
+            return None
+        decision = decision.get("subproblems")
+    if isinstance(decision, list):
+        steps = [str(s).strip() for s in decision if str(s).strip()]
+        if steps and len(steps) <= context.max_subproblems:
+            return steps
+    raise ValueError(f"review: resume with 'accept' or 1 to {context.max_subproblems} sub-problem strings, got {decision!r}")
+
+
+def after_select(state: dict) -> Literal["review", "assess"]:
+    """Human review of D* when the run asks for it, else straight to Eq. 3."""
+    return "review" if run_context().review else "assess"

@@ -1,0 +1,67 @@
+"""Optional human review of the decomposition: interrupt after select, resume with a decision."""
+
+import json
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+from typer.testing import CliRunner
+
+from scale_graph import build_graph
+from scale_graph.cli import app
+
+from tests.conftest import context
+
+CONFIG = {"configurable": {"thread_id": "rv"}}
+
+
+def test_review_off_by_default_never_pauses(scripted):
+    scripted()
+    graph = build_graph(InMemorySaver())
+    graph.invoke({"problem": "p"}, CONFIG, context=context())
+    assert not graph.get_state(CONFIG).interrupts
+
+
+@pytest.mark.parametrize("decision, expected, method", [
+    ("accept", ["find a", "find b", "find a+b"], "model"),
+    (["only step"], ["only step"], "human"),
+    ({"subproblems": ["x", "y"]}, ["x", "y"], "human"),
+])
+def test_review_pauses_and_resumes(scripted, decision, expected, method):
+    fake = scripted()
+    graph = build_graph(InMemorySaver())
+    graph.invoke({"problem": "p"}, CONFIG, context=context(review=True))
+    snapshot = graph.get_state(CONFIG)
+    assert snapshot.next == ("review",)
+    assert snapshot.interrupts[0].value["subproblems"] == ["find a", "find b", "find a+b"]
+    assert fake.stage_calls("assess") == []  # nothing solved before the review
+    out = graph.invoke(Command(resume=decision), CONFIG, context=context(review=True))
+    assert out["subproblems"] == expected and out["selection"]["method"] == method
+    assert len(out["steps"]) == len(expected) and out["answer"]
+
+
+def test_bad_review_decision_is_rejected(scripted):
+    scripted()
+    graph = build_graph(InMemorySaver())
+    graph.invoke({"problem": "p"}, CONFIG, context=context(review=True))
+    with pytest.raises(ValueError, match="review: resume with"):
+        graph.invoke(Command(resume=[]), CONFIG, context=context(review=True))
+
+
+def test_cli_review_then_accept_or_edit(endpoint_env, tmp_path):
+    runner = CliRunner()
+    paused = runner.invoke(app, ["solve", "What is 1+1?", "-k", "2", "--review", "--thread-id", "a", "--json"])
+    assert paused.exit_code == 0, paused.output
+    assert json.loads(paused.stdout)["status"] == "awaiting review"
+    assert "scale runs resume a --accept" in paused.stderr
+    refused = runner.invoke(app, ["runs", "resume", "a"])
+    assert refused.exit_code == 2 and "waiting for review" in refused.stderr
+    done = runner.invoke(app, ["runs", "resume", "a", "--accept", "--json"])
+    assert done.exit_code == 0 and len(json.loads(done.stdout)["subproblems"]) == 3
+
+    runner.invoke(app, ["solve", "What is 1+1?", "-k", "2", "--review", "--thread-id", "b"])
+    edited = tmp_path / "steps.txt"
+    edited.write_text("first thing\n\nsecond thing\n")
+    done = runner.invoke(app, ["runs", "resume", "b", "--subproblems-file", str(edited), "--json"])
+    assert done.exit_code == 0, done.output
+    assert [s["text"] for s in json.loads(done.stdout)["subproblems"]] == ["first thing", "second thing"]
