@@ -1,6 +1,6 @@
 """One sample of one problem by one method — SCALE or a baseline of the paper — as an Outcome.
 
-- ``scale``: the checkpointed workflow (thread ``eval/<run>/<problem>/<sample>``, so a re-run
+- ``scale``: the checkpointed workflow (one thread per run, problem and sample, so a re-run
   resumes an interrupted problem after its last finished node).
 - ``cot``: one System 2 call with the paper's prompt, thinking on, budget ``system2_max_tokens``.
 - ``majority``: ``votes`` CoT samples in one ``n=k`` request; the most common answer up to
@@ -16,15 +16,16 @@ own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
 from scale_graph import journal, runner
-from scale_graph.context import Context
+from scale_graph.context import ENDPOINT_FIELDS, Context
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import equivalent
 from scale_graph.nodes.solve import solve_call
@@ -45,6 +46,11 @@ INFTYTHINK_SUMMARY = (
     "taken and the intermediate results obtained, enough to continue from. Do not give a final answer."
 )
 INFTYTHINK_PREVIOUS = "Summary of the earlier reasoning:\n{summary}\n\n"
+_SYSTEM2 = ("seed", "system2_max_tokens", "system2_temperature", "system2_top_p", "system2_top_k")
+#: The run parameters each baseline uses (SCALE uses them all).
+BASELINE_PARAMS = {"cot": _SYSTEM2, "majority": _SYSTEM2, "inftythink": (*_SYSTEM2, "system1_top_p", "system1_top_k")}
+#: How to talk to the servers, not what to compute: may change between invocations of a run.
+SERVER_PARAMS = ("request_timeout", "max_retries", "thinking_flag", "structured_output", "use_n")
 SUMMARY_MAX_TOKENS = 1024
 SUMMARY_TEMPERATURE = 0.5
 
@@ -78,6 +84,14 @@ class Setup:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
+    def config(self, method: str) -> dict[str, Any]:
+        """The parameters that define a run of ``method`` (what it uses, and where the endpoints are)."""
+        params = {key: value for key, value in self.context.to_dict().items() if key not in SERVER_PARAMS}
+        if method in BASELINE_PARAMS:
+            params = {key: params[key] for key in (*ENDPOINT_FIELDS, *BASELINE_PARAMS[method])}
+        options = {"majority": {"votes": self.votes}, "inftythink": {"max_iterations": self.max_iterations}}
+        return {**params, **options.get(method, {})}
+
 
 Method = Callable[[Problem, int, Setup], Awaitable[Outcome]]
 
@@ -94,13 +108,21 @@ async def solve(method: str, problem: Problem, sample: int, setup: Setup) -> Out
 
 
 def thread_id(run: str, problem_id: str, sample: int) -> str:
-    """The checkpoint thread of a SCALE problem sample: stable, so a re-run resumes it."""
-    return f"eval/{run}/{problem_id}/{sample}"
+    """The checkpoint thread of a SCALE problem sample: stable, so a re-run resumes it.
+
+    Readable, without the periods the store's namespaces refuse, and told apart by a digest
+    of the exact (run, problem, sample).
+    """
+    exact = "\0".join((run, problem_id, str(sample)))
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
+    return f"eval/{run}/{problem_id}/{sample}#{digest}".replace(".", "_")
 
 
 def sample_context(context: Context, sample: int) -> Context:
-    """The run's parameters with a seed of this sample's own (samples must differ)."""
-    return Context.from_dict({**context.to_dict(), "seed": journal.derive_seed(context.seed, "sample", sample)})
+    """The run's parameters with a seed of this sample's own (samples must differ), never
+    pausing for a human review (evaluations are unattended)."""
+    seed = journal.derive_seed(context.seed, "sample", sample)
+    return Context.from_dict({**context.to_dict(), "seed": seed, "review": False})
 
 
 async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:

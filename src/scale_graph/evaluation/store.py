@@ -13,6 +13,7 @@ import fnmatch
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import JSON, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event, select
@@ -89,12 +90,16 @@ def results_url(value: str | None = None) -> str:
 class ResultsStore:
     """Runs and results in one database; every failure is a one-line DatabaseError."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, must_exist: bool = False) -> None:
         self.url = results_url(url)
         try:
-            self.shown = make_url(self.url).render_as_string(hide_password=True)  # for messages
+            parsed = make_url(self.url)
         except ArgumentError:
             raise DatabaseError(f"results database URL {url!r} is not a valid SQLAlchemy URL") from None
+        self.shown = parsed.render_as_string(hide_password=True)  # for messages
+        if must_exist and parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+            raise DatabaseError(f"results database {parsed.database or self.shown} does not exist "
+                                "(results are stored where `scale eval` ran, or in --results-db/SCALE_RESULTS_DB)")
         try:
             self.engine = create_engine(self.url, connect_args=_connect_args(self.url))
             if self.engine.dialect.name == "sqlite":
@@ -119,12 +124,12 @@ class ResultsStore:
                                  "give this evaluation another --name")
             return run.id
 
-    def finished(self, run_id: int) -> set[tuple[str, int]]:
-        """(problem id, sample) of the results stored without an error: a re-run skips them."""
+    def finished(self, run_id: int) -> dict[tuple[str, int], bool]:
+        """Correctness by (problem id, sample) of the results stored without an error: a re-run skips them."""
         with self._session() as session:
-            rows = session.execute(select(Result.problem_id, Result.sample)
+            rows = session.execute(select(Result.problem_id, Result.sample, Result.correct)
                                    .where(Result.run_id == run_id, Result.error.is_(None)))
-            return {(problem_id, sample) for problem_id, sample in rows}
+            return {(problem_id, sample): correct for problem_id, sample, correct in rows}
 
     def save(self, run_id: int, problem: Problem, sample: int, outcome: Outcome, grade: Grade) -> None:
         """Store (or replace, after a failure) the result of one problem sample."""

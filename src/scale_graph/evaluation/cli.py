@@ -1,0 +1,128 @@
+"""``scale eval`` and ``scale report``: typer command functions the main CLI registers with
+``app.command("eval")(eval_command)`` and ``app.command("report")(report_command)``.
+
+Errors follow the main CLI: one red line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from scale_graph.evaluation import datasets
+from scale_graph.evaluation.report import report
+from scale_graph.evaluation.runner import DEFAULT_CONCURRENCY, evaluate, plan
+from scale_graph.evaluation.store import ResultsStore
+from scale_graph.persistence import db_path
+from scale_graph.runner import InputError
+
+out = Console()
+err = Console(stderr=True)
+
+ResultsDbOption = typer.Option(None, "--results-db", help="Results database: SQLAlchemy URL or SQLite path "
+                               "(default: $SCALE_RESULTS_DB or ./scale-results.db).")
+
+
+def eval_command(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Preset (aime24, aime25, amc23) or a JSONL path; "
+                                "comma-separated for several."),
+    method: str = typer.Option("scale", "--method", "-m", help="scale, cot, majority or inftythink; "
+                               "comma-separated for several."),
+    samples: int = typer.Option(8, "--samples", "-n", help="Samples per problem (Acc = pass@1 averaged over them)."),
+    threshold: Optional[str] = typer.Option(None, "--threshold", "-t", help="SCALE's τ (default 0.2); a comma "
+                                            "list such as 0.2,0.3 sweeps: one run per value."),
+    system2_max_tokens: Optional[str] = typer.Option(None, "--system2-max-tokens", help="System 2 budget (per "
+                                                     "sub-problem, sample or InftyThink iteration); a comma list sweeps."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="SCALE: candidate decompositions (default 8)."),
+    votes: int = typer.Option(8, "--votes", help="Majority voting: samples voted on per problem sample (k)."),
+    max_iterations: int = typer.Option(10, "--max-iterations", help="InftyThink: most iterations per problem sample."),
+    concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each dataset."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default <method>-<dataset>, suffixed per "
+                                       "swept value). Re-running the same command resumes."),
+    db: Optional[Path] = typer.Option(None, "--db", help="SQLite checkpoint database for SCALE problems "
+                                      "(default: $SCALE_DB or ./scale.db)."),
+    results_db: Optional[str] = ResultsDbOption,
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
+                                            "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
+) -> None:
+    """Evaluate SCALE and baselines on math benchmarks; results are stored and a re-run resumes."""
+
+    async def work() -> tuple[Any, list[Any]]:
+        if limit is not None and limit < 1:
+            raise InputError(f"--limit must be at least 1, got {limit}")
+        loaded = [datasets.load(source, data_dir) for source in _split(dataset, "--dataset")]
+        if limit is not None:
+            loaded = [datasets.Dataset(d.name, d.problems[:limit]) for d in loaded]
+        plans = plan(loaded, _split(method, "--method"), params={} if candidates is None else {"candidates": candidates},
+                     thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
+                     budgets=[_number(v, int, "--system2-max-tokens") for v in _split(system2_max_tokens, "--system2-max-tokens")],
+                     votes=votes, max_iterations=max_iterations, name=name)
+        store = ResultsStore(results_db)
+        try:
+            err.print(f"[dim]{len(plans)} run(s): {', '.join(p.name for p in plans)} → {store.shown} "
+                      "(re-run the same command to resume)[/]", highlight=False)
+            totals = await evaluate(plans, store, samples=samples, checkpoint_db=db_path(db),
+                                    concurrency=concurrency, console=err)
+            return totals, store.runs([p.name for p in plans])
+        finally:
+            store.close()
+
+    totals, runs = _run(work)
+    report(runs, console=out)
+    if totals.failed:
+        err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "
+                  "re-run the same command to retry them", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def report_command(
+    runs: Optional[list[str]] = typer.Argument(None, help="Run names or shell patterns such as 'scale-*' (default: all)."),
+    results_db: Optional[str] = ResultsDbOption,
+    out_dir: Path = typer.Option(Path("scale-report"), "--out", "-o", help="Folder for report.md and the PNG plots."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables instead of terminal tables."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write every run's metrics as CSV."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every run's metrics as JSON."),
+) -> None:
+    """Tables (paper Tables 1 and 2), plots (Figure 2 style) and exports of stored evaluation runs."""
+
+    async def work() -> list[Path]:
+        store = ResultsStore(results_db, must_exist=True)
+        try:
+            chosen = store.runs(runs or [])
+        finally:
+            store.close()
+        if not chosen:
+            raise InputError(f"no evaluation runs in {store.shown} (run `scale eval` first)")
+        try:
+            return report(chosen, console=out, out_dir=out_dir, markdown=markdown, csv_path=csv_path,
+                          json_path=json_path)
+        except OSError as exc:
+            raise InputError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+
+    written = _run(work)
+    err.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]", highlight=False, soft_wrap=True)
+
+
+def _run(work: Callable[[], Any]) -> Any:
+    """The main CLI's runner: expected failures become one red line and an exit code."""
+    from scale_graph.cli import _run_async  # imported late: the main CLI imports this module
+
+    return _run_async(work)
+
+
+def _split(value: str | None, option: str) -> list[str]:
+    items = [item.strip() for item in (value or "").split(",")]
+    if value is not None and not all(items):
+        raise InputError(f"{option}: empty item in {value!r}")
+    return [item for item in items if item]
+
+
+def _number(text: str, kind: type, option: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None

@@ -1,0 +1,245 @@
+"""Reports of stored runs: the paper's Table 1 (method × dataset: Acc, Tpi, Tok) and Table 2
+(threshold: Acc, Tok, Hard) in the terminal (rich) or as Markdown, Figure-2-style plots
+(PNG, matplotlib Agg), and CSV/JSON exports of every run's metrics.
+
+Rows are labelled by method, plus whichever of model, τ, System 2 budget, votes and
+iterations differ between the runs of that method shown together.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from scale_graph.evaluation.metrics import RunMetrics, run_metrics
+
+
+@dataclass
+class Table:
+    """A table independent of how it is shown."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None, markdown: bool = False,
+           csv_path: Path | None = None, json_path: Path | None = None) -> list[Path]:
+    """Print the tables of stored ``runs``; write plots and ``report.md`` to ``out_dir`` and the
+    exports; return the files written."""
+    metrics = [run_metrics(run) for run in runs]
+    tables = [t for t in (runs_table(metrics), comparison_table(metrics), threshold_table(metrics)) if t.rows]
+    for table in tables:
+        if markdown:
+            console.print(to_markdown(table), markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(to_rich(table))
+    written: list[Path] = []
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summary = out_dir / "report.md"
+        summary.write_text("\n".join(to_markdown(t) for t in tables), encoding="utf-8")
+        written += [summary, *plots(metrics, out_dir)]
+    if csv_path is not None:
+        written.append(export_csv(metrics, csv_path))
+    if json_path is not None:
+        written.append(export_json(metrics, json_path))
+    return written
+
+
+# ---- tables --------------------------------------------------------------------------------
+def runs_table(metrics: Sequence[RunMetrics]) -> Table:
+    """Every run on one line, with sample counts and failures."""
+    rows = [[m.name, m.method, m.dataset, _num(m.threshold, "{:g}"), _num(m.budget), str(m.problems), str(m.samples),
+             str(m.failed), _acc(m), _num(m.tpi), _num(m.tok), _num(m.tok_overhead), _num(m.hard, "{:.1f}")]
+            for m in metrics]
+    return Table("Runs", ["run", "method", "dataset", "τ", "S2 budget", "problems", "samples", "failed", "Acc (%)",
+                          "Tpi", "Tok", "overhead Tok", "Hard (%)"], rows)
+
+
+def comparison_table(metrics: Sequence[RunMetrics]) -> Table:
+    """Table 1: one row per method variant, Acc/Tpi/Tok per dataset, average accuracy."""
+    datasets = list(dict.fromkeys(m.dataset for m in metrics))
+    cells: dict[str, dict[str, RunMetrics]] = defaultdict(dict)
+    for m, label in zip(metrics, labels(metrics)):
+        cells[label][m.dataset] = m
+    headers = ["method"] + [f"{d} {column}" for d in datasets for column in ("Acc (%)", "Tpi", "Tok")]
+    rows = []
+    for label, by_dataset in cells.items():
+        row = [label]
+        for dataset in datasets:
+            m = by_dataset.get(dataset)
+            row += [_acc(m), _num(m.tpi if m else None), _num(m.tok if m else None)]
+        accuracies = [m.accuracy for m in by_dataset.values() if m.accuracy is not None]
+        if len(datasets) > 1:
+            row.append(_num(sum(accuracies) / len(accuracies) if len(accuracies) == len(datasets) else None, "{:.2f}"))
+        rows.append(row)
+    if len(datasets) > 1:
+        headers.append("Avg. Acc (%)")
+    return Table("Comparison (paper Table 1)", headers, rows)
+
+
+def threshold_table(metrics: Sequence[RunMetrics]) -> Table:
+    """Table 2: SCALE by threshold τ — Acc, Tok and Hard per dataset."""
+    scale = [m for m in metrics if m.method == "scale"]
+    datasets = list(dict.fromkeys(m.dataset for m in scale))
+    settings = labels(scale, ignore=("threshold",))
+    cells: dict[tuple[str, float], dict[str, RunMetrics]] = defaultdict(dict)
+    for m, setting in zip(scale, settings):
+        cells[setting, m.threshold][m.dataset] = m
+    shown_setting = len(set(settings)) > 1
+    headers = ["τ"] + (["setting"] if shown_setting else []) + [
+        f"{d} {column}" for d in datasets for column in ("Acc (%)", "Tok", "Hard (%)")]
+    rows = []
+    for (setting, threshold), by_dataset in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1])):
+        row = [_num(threshold, "{:g}")] + ([setting] if shown_setting else [])
+        for dataset in datasets:
+            m = by_dataset.get(dataset)
+            row += [_acc(m), _num(m.tok if m else None), _num(m.hard if m else None, "{:.2f}")]
+        rows.append(row)
+    return Table("SCALE by difficulty threshold τ (paper Table 2)", headers, rows)
+
+
+VARIANT_FIELDS = (("model", "{}"), ("threshold", "τ={:g}"), ("budget", "S2 {}"))
+
+
+def labels(metrics: Sequence[RunMetrics], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Row label of each run: its method plus the parameters that vary among that method's runs;
+    runs that would still share a label on one dataset are told apart by name."""
+    varying: dict[str, list[str]] = {}
+    for method in {m.method for m in metrics}:
+        same = [m for m in metrics if m.method == method]
+        varying[method] = [name for name, _ in VARIANT_FIELDS
+                           if name not in ignore and len({getattr(m, name) for m in same}) > 1]
+    result = []
+    for m in metrics:
+        parts = [fmt.format(getattr(m, name)) for name, fmt in VARIANT_FIELDS
+                 if name in varying[m.method] and getattr(m, name) is not None]
+        result.append(m.method + (f" ({', '.join(parts)})" if parts else ""))
+    identity = [(label, m.dataset, *(getattr(m, name) for name in ignore)) for m, label in zip(metrics, result)]
+    shared = Counter(identity)
+    return [f"{label} [{m.name}]" if shared[key] > 1 else label for m, label, key in zip(metrics, result, identity)]
+
+
+def to_rich(table: Table) -> RichTable:
+    shown = RichTable(title=table.title)
+    for index, header in enumerate(table.headers):
+        shown.add_column(header, justify="left" if index == 0 else "right", overflow="fold")
+    for row in table.rows:
+        shown.add_row(*row)
+    return shown
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def _acc(m: RunMetrics | None) -> str:
+    if m is None or m.accuracy is None:
+        return "–"
+    return f"{m.accuracy:.2f}" + (f" ± {m.accuracy_se:.2f}" if m.accuracy_se is not None else "")
+
+
+def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+# ---- plots ---------------------------------------------------------------------------------
+def plots(metrics: Sequence[RunMetrics], out_dir: Path) -> list[Path]:
+    """PNG figures for whatever the runs cover: accuracy (and Hard %) vs τ, accuracy vs the
+    System 2 budget, accuracy vs tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    graded = [m for m in metrics if m.accuracy is not None]
+    written = []
+    scale = [m for m in graded if m.method == "scale" and m.threshold is not None]
+    if scale:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        hard_axis = axis.twinx()
+        for (setting, dataset), points in _series(scale, "threshold", ignore=("threshold",)).items():
+            name = dataset + (f" {setting}" if setting != "scale" else "")
+            line, = axis.plot([p.threshold for p in points], [p.accuracy for p in points], marker="o", label=f"{name} Acc")
+            hard = [p for p in points if p.hard is not None]
+            hard_axis.plot([p.threshold for p in hard], [p.hard for p in hard], marker="x", linestyle="--",
+                           color=line.get_color(), alpha=0.6, label=f"{name} Hard")
+        axis.set(xlabel="difficulty threshold τ", ylabel="Acc (%)", title="SCALE: accuracy and Hard % vs threshold")
+        hard_axis.set(ylabel="Hard (% of sub-problems on System 2)", ylim=(0, 100))
+        axis.set_ylim(0, 100)
+        _legend(axis, hard_axis)
+        written.append(_save(figure, out_dir / "accuracy_vs_threshold.png"))
+    budgeted = [m for m in graded if m.budget is not None]
+    if budgeted:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for (label, dataset), points in _series(budgeted, "budget", ignore=("budget",)).items():
+            axis.plot([p.budget for p in points], [p.accuracy for p in points], marker="o", label=f"{label} · {dataset}")
+        axis.set_xscale("log", base=2)
+        axis.set(xlabel="System 2 token budget", ylabel="Acc (%)", ylim=(0, 100), title="Accuracy vs System 2 budget (paper Fig. 2)")
+        axis.legend(fontsize="small")
+        written.append(_save(figure, out_dir / "accuracy_vs_budget.png"))
+    if graded:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        by_method: dict[str, list[RunMetrics]] = defaultdict(list)
+        for m in graded:
+            by_method[m.method].append(m)
+        for method, points in by_method.items():
+            axis.scatter([p.tok for p in points], [p.accuracy for p in points], label=method)
+            for p in points:
+                axis.annotate(p.dataset, (p.tok, p.accuracy), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+        axis.set(xlabel="Tok (response tokens per problem)", ylabel="Acc (%)", ylim=(0, 100), title="Accuracy vs tokens")
+        axis.legend(fontsize="small")
+        written.append(_save(figure, out_dir / "accuracy_vs_tokens.png"))
+    return written
+
+
+def _series(metrics: Sequence[RunMetrics], x: str, ignore: tuple[str, ...]) -> dict[tuple[str, str], list[RunMetrics]]:
+    """Runs grouped into lines (label without the x parameter, dataset), sorted along x."""
+    lines: dict[tuple[str, str], list[RunMetrics]] = defaultdict(list)
+    for m, label in zip(metrics, labels(metrics, ignore=ignore)):
+        lines[label, m.dataset].append(m)
+    return {key: sorted(points, key=lambda p: getattr(p, x)) for key, points in lines.items()}
+
+
+def _legend(*axes: Any) -> None:
+    handles, names = [], []
+    for axis in axes:
+        h, n = axis.get_legend_handles_labels()
+        handles += h
+        names += n
+    axes[0].legend(handles, names, fontsize="small")
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---- exports -------------------------------------------------------------------------------
+def export_csv(metrics: Sequence[RunMetrics], path: Path) -> Path:
+    names = [f.name for f in fields(RunMetrics)]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(m.to_dict() for m in metrics)
+    return path
+
+
+def export_json(metrics: Sequence[RunMetrics], path: Path) -> Path:
+    path.write_text(json.dumps([m.to_dict() for m in metrics], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

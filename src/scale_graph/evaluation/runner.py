@@ -1,0 +1,172 @@
+"""Evaluation runs: plan them (methods × datasets × swept values) and execute every problem
+sample with bounded concurrency, resuming where an earlier invocation stopped.
+
+All runs of one command share one semaphore, so the endpoints see a steady number of requests
+in flight, and — for SCALE — one checkpoint database (one shared async saver). A sample whose
+result is stored is skipped; one that failed is stored with its error and retried next time
+(SCALE then resumes it from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from scale_graph.context import Context
+from scale_graph.evaluation import grading
+from scale_graph.evaluation.datasets import Dataset, Problem
+from scale_graph.evaluation.grading import Grade
+from scale_graph.evaluation.methods import METHODS, Setup, solve
+from scale_graph.evaluation.store import ResultsStore
+from scale_graph.graph import build_graph
+from scale_graph.persistence import open_async
+from scale_graph.runner import InputError
+from scale_graph.servers.endpoints import endpoints
+from scale_graph.settings import ConfigError
+from scale_graph.state import total_usage
+
+DEFAULT_CONCURRENCY = 16
+
+
+@dataclass
+class RunPlan:
+    """One run: a method with fixed parameters on a dataset."""
+
+    name: str
+    method: str
+    dataset: Dataset
+    setup: Setup
+
+
+@dataclass
+class Totals:
+    """What one invocation did."""
+
+    done: int = 0  # samples computed now
+    skipped: int = 0  # samples already stored
+    failed: int = 0
+    first_error: str | None = None
+
+
+@dataclass
+class _Tally:
+    """A run's progress figures, shown by the progress bar."""
+
+    correct: int = 0
+    graded: int = 0
+    failed: int = 0
+    tokens: int = 0  # completion tokens produced by this invocation
+
+
+def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[str, Any],
+         thresholds: Sequence[float] = (), budgets: Sequence[int] = (), votes: int = 8,
+         max_iterations: int = 10, name: str | None = None) -> list[RunPlan]:
+    """One run per dataset × method × System 2 budget (× threshold, for SCALE).
+
+    Names are ``<method>-<dataset>`` (``<name>`` when given, with the method and dataset added
+    when there are several), plus ``-t<τ>`` / ``-b<budget>`` for each swept value.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"unknown method {', '.join(map(repr, unknown)) or '(none)'} "
+                         f"(choose from {', '.join(METHODS)})")
+    plans: dict[str, RunPlan] = {}
+    for dataset in datasets:
+        for method in dict.fromkeys(methods):
+            for budget in budgets or [None]:
+                for threshold in (thresholds or [None]) if method == "scale" else [None]:
+                    values = {**params, **({"threshold": threshold} if threshold is not None else {}),
+                              **({"system2_max_tokens": budget} if budget is not None else {})}
+                    parts = [name] if name else []
+                    if not name or len(set(methods)) > 1:
+                        parts.append(method)
+                    if not name or len(datasets) > 1:
+                        parts.append(dataset.name)
+                    if threshold is not None and len(thresholds) > 1:
+                        parts.append(f"t{threshold:g}")
+                    if budget is not None and len(budgets) > 1:
+                        parts.append(f"b{budget}")
+                    run = "-".join(parts)
+                    plans[run] = RunPlan(run, method, dataset, Setup(run, Context(**values), votes, max_iterations))
+    return list(plans.values())
+
+
+async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: int, checkpoint_db: Path,
+                   concurrency: int = DEFAULT_CONCURRENCY, console: Console | None = None) -> Totals:
+    """Every missing (run, problem, sample) result, ``concurrency`` at a time; returns what was done."""
+    for name, value in (("samples", samples), ("concurrency", concurrency)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    for run in plans:
+        endpoints(run.setup.context)  # fail before any work when an endpoint is not configured
+    totals = Totals()
+    semaphore = asyncio.Semaphore(concurrency)
+    async with AsyncExitStack() as stack:
+        if any(run.method == "scale" for run in plans):
+            saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
+            graph = build_graph(saver, checkpoint_store)
+            for run in plans:
+                run.setup.graph, run.setup.store = graph, checkpoint_store
+        progress = stack.enter_context(_progress(console))
+        jobs = []
+        for run in plans:
+            run_id = store.open_run(run.name, run.method, run.dataset.name, run.setup.config(run.method))
+            stored = store.finished(run_id)
+            grid = [(problem, sample) for problem in run.dataset.problems for sample in range(samples)]
+            todo = [(p, s) for p, s in grid if (p.id, s) not in stored]
+            previous = [stored[p.id, s] for p, s in grid if (p.id, s) in stored]
+            totals.skipped += len(previous)
+            tally = _Tally(correct=sum(previous), graded=len(previous))
+            task = progress.add_task(run.name, total=len(grid), completed=len(previous), **asdict(tally))
+            jobs += [_one(run, run_id, problem, sample, store, semaphore, progress, task, tally, totals)
+                     for problem, sample in todo]
+        await asyncio.gather(*jobs)
+    return totals
+
+
+async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: ResultsStore,
+               semaphore: asyncio.Semaphore, progress: Progress, task: Any, tally: _Tally, totals: Totals) -> None:
+    async with semaphore:
+        outcome = await solve(run.method, problem, sample, run.setup)
+    if outcome.error is None:
+        grade = await asyncio.to_thread(grading.grade, problem.answer, outcome.answer)
+    else:
+        grade = Grade(False, "failed")
+        totals.failed += 1
+        totals.first_error = totals.first_error or f"{run.name} {problem.id} sample {sample}: {outcome.error}"
+    store.save(run_id, problem, sample, outcome, grade)
+    totals.done += 1
+    tally.correct += grade.correct
+    tally.graded += outcome.error is None
+    tally.failed += outcome.error is not None
+    tally.tokens += total_usage(outcome.usage)["completion_tokens"]
+    progress.update(task, advance=1, **asdict(tally))
+
+
+class _Accuracy(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        graded, failed = task.fields["graded"], task.fields["failed"]
+        shown = f"acc {100 * task.fields['correct'] / graded:5.1f}%" if graded else "acc    – "
+        return Text(shown + (f" ({failed} failed)" if failed else ""), style="green" if not failed else "yellow")
+
+
+class _TokensPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.fields["tokens"] / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:,.0f} tok/s", style="cyan")
+
+
+def _progress(console: Console | None) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Accuracy(),
+                    _TokensPerSecond(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    disable=console is None, refresh_per_second=4)
+
+
