@@ -1,0 +1,260 @@
+"""Evaluation building blocks without a server: datasets, grading, voting, metrics, report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from scale_graph.evaluation import datasets, grading
+from scale_graph.evaluation.datasets import Problem
+from scale_graph.evaluation.grading import grade
+from scale_graph.evaluation.methods import Outcome, Setup, answer_of, thread_id, vote
+from scale_graph.evaluation.metrics import compute
+from scale_graph.evaluation.report import report
+from scale_graph.evaluation.runner import plan
+from scale_graph.evaluation.store import ResultsStore
+from scale_graph.runner import InputError
+from scale_graph.servers.chat import Choice
+from scale_graph.settings import ConfigError
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+# ---- datasets ------------------------------------------------------------------------------
+def write(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_presets_from_a_data_dir_and_from_the_environment(monkeypatch):
+    aime = datasets.load("aime24", DATA)
+    assert aime.name == "aime24" and len(aime.problems) == 30
+    assert aime.problems[0].id == "aime24-2024-I-01" and aime.problems[0].answer == "204"
+    monkeypatch.setenv("SCALE_DATA_DIR", str(DATA))
+    assert len(datasets.load("amc23").problems) == 40
+
+
+def test_field_variants(tmp_path):
+    path = write(tmp_path / "mixed.jsonl",
+                 '{"idx": 7, "question": "Q1", "final_answer": "3"}',
+                 '',
+                 '{"unique_id": "test/x.json", "problem": "Q2", "solution": "so \\\\boxed{\\\\frac{1}{2}} done"}',
+                 '{"problem": "Q3", "answer": 27.0}',
+                 '{"Problem": "Q4", "Answer": "x+1", "solution": "ignored"}')
+    loaded = datasets.load(str(path))
+    assert loaded.name == "mixed"
+    assert [(p.id, p.problem, p.answer) for p in loaded.problems] == [
+        ("7", "Q1", "3"), ("test/x.json", "Q2", "\\frac{1}{2}"), ("3", "Q3", "27"), ("4", "Q4", "x+1")]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"problem": "a", "answer": "1"}', '{"problem": "b", "answer": '], "line 2: not valid JSON"),
+    (['{"answer": "1"}'], "line 1: no problem text"),
+    (['{"problem": "a"}'], "line 1: no answer"),
+    (['{"problem": "a", "answer": ""}'], "line 1: no answer"),
+    (['[1, 2]'], "expected a JSON object"),
+    (['{"id": 1, "problem": "a", "answer": "1"}', '{"id": "1", "problem": "b", "answer": "2"}'], "duplicate id '1'"),
+    ([''], "has no problems"),
+])
+def test_malformed_files_give_one_line_errors(tmp_path, lines, message):
+    path = write(tmp_path / "bad.jsonl", *lines)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")) as caught:
+        datasets.load(str(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_file_missing_preset_file_and_no_hub(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="neither a preset"):
+        datasets.load(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(InputError, match=r"aime25\.jsonl does not exist"):
+        datasets.load("aime25", tmp_path)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(InputError, match="needs the Hugging Face `datasets` library.*--data-dir"):
+        datasets.load("aime24")
+
+
+def test_hub_offline_and_hub_rows(monkeypatch):
+    def offline(name):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(InputError, match="cannot load HuggingFaceH4/aime_2024 .*ConnectionError.*--data-dir"):
+        datasets.load("aime24")
+    rows = {"test": [{"question": "What?", "answer": 5.0}]}
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda name: rows))
+    assert datasets.load("amc23").problems == [Problem("1", "What?", "5")]
+
+
+# ---- grading and voting ---------------------------------------------------------------------
+@pytest.mark.parametrize("gold, answer, correct, note", [
+    ("\\frac{1}{2}", "0.5", True, "equivalent"),
+    ("0.5", "1/2", True, "equivalent"),
+    ("\\frac{1}{2}", "\\dfrac12", True, "equivalent"),
+    ("025", "25", True, "equivalent"),
+    ("25", "025", True, "equivalent"),
+    ("27", "27.0", True, "equivalent"),
+    ("204", "$204$", True, "equivalent"),
+    ("x^2+1", "1+x^2", True, "equivalent"),
+    ("3", "4", False, "not equivalent"),
+    ("3", None, False, "no answer"),
+    ("3", "  ", False, "no answer"),
+])
+def test_grading(gold, answer, correct, note):
+    assert grade(gold, answer) == grading.Grade(correct, note)
+
+
+def test_grading_is_safe_off_the_main_thread():
+    results = []
+    worker = threading.Thread(target=lambda: results.append(grade("\\frac{1}{2}", "0.5")))
+    worker.start()
+    worker.join()
+    assert results == [grading.Grade(True, "equivalent")]
+
+
+def test_grading_time_is_bounded(monkeypatch):
+    monkeypatch.setattr(grading, "_compare", lambda gold, answer: time.sleep(5))
+    started = time.perf_counter()
+    assert grade("1", "1", timeout=0.2) == grading.Grade(False, "grading timed out after 0.2 s")
+    assert time.perf_counter() - started < 2
+
+    def broken(gold, answer):
+        raise RecursionError("deep")
+
+    monkeypatch.setattr(grading, "_compare", broken)
+    assert grade("1", "1") == grading.Grade(False, "grading failed: RecursionError: deep")
+
+
+def test_vote_groups_equivalent_answers_skips_empty_and_breaks_ties_by_first_seen():
+    assert vote(["3", "\\frac{1}{2}", None, "0.5", "", "1/2", "3"]) == "\\frac{1}{2}"
+    assert vote(["4", "3", "3", "4"]) == "4"
+    assert vote(["7"]) == "7"
+    assert vote([None, " ", ""]) is None
+
+
+def test_answer_taken_from_reasoning_only_when_the_answer_text_is_empty():
+    assert answer_of(Choice("so \\boxed{5}", "maybe \\boxed{4}", "stop")) == "5"
+    assert answer_of(Choice("", "cut off ... \\boxed{4} and then", "length")) == "4"
+    assert answer_of(Choice("no box here", "\\boxed{4}", "stop")) is None
+
+
+def test_thread_ids_are_stable_distinct_and_store_safe():
+    first = thread_id("scale-aime24-t0.2", "a.b", 1)
+    assert first == thread_id("scale-aime24-t0.2", "a.b", 1)
+    assert "." not in first and first.startswith("eval/scale-aime24-t0_2/a_b/1#")
+    assert first != thread_id("scale-aime24-t0_2", "a_b", 1)
+
+
+# ---- planning -------------------------------------------------------------------------------
+def test_sweeps_expand_to_one_run_per_value():
+    aime, amc = datasets.Dataset("aime24", []), datasets.Dataset("amc23", [])
+    names = [p.name for p in plan([aime], ["scale", "cot"], params={}, thresholds=[0.2, 0.3], budgets=[4096, 8192])]
+    assert names == ["scale-aime24-t0.2-b4096", "scale-aime24-t0.3-b4096", "scale-aime24-t0.2-b8192",
+                     "scale-aime24-t0.3-b8192", "cot-aime24-b4096", "cot-aime24-b8192"]
+    runs = plan([aime, amc], ["cot"], params={}, name="mine")
+    assert [p.name for p in runs] == ["mine-aime24", "mine-amc23"]
+    single = plan([aime], ["scale"], params={"candidates": 3}, thresholds=[0.4], name="mine")[0]
+    assert single.name == "mine" and single.setup.context.threshold == 0.4 and single.setup.context.candidates == 3
+    with pytest.raises(InputError, match="unknown method 'best'"):
+        plan([aime], ["scale", "best"], params={})
+    with pytest.raises(ConfigError, match="threshold must be within"):
+        plan([aime], ["scale"], params={}, thresholds=[1.5])
+    with pytest.raises(ConfigError, match="votes must be at least 1"):
+        plan([aime], ["majority"], params={}, votes=0)
+
+
+def test_baseline_configs_hold_only_what_the_baseline_uses():
+    setup = Setup("r", plan([datasets.Dataset("d", [])], ["cot"], params={})[0].setup.context, votes=5)
+    assert "threshold" not in setup.config("cot") and setup.config("majority")["votes"] == 5
+    assert setup.config("scale")["threshold"] == 0.2 and "request_timeout" not in setup.config("scale")
+
+
+# ---- metrics --------------------------------------------------------------------------------
+def result(problem, correct, tokens, iterations, hard=None, error=None, stages=None):
+    return SimpleNamespace(problem_id=problem, correct=correct, completion_tokens=tokens, iterations=iterations,
+                           hard=hard, error=error, tokens_by_stage=stages or {"solve_system2": {"completion_tokens": tokens}})
+
+
+def test_scale_metrics_split_overhead_and_count_hard_subproblems():
+    results = [
+        result("a", True, 100, 3, hard=2, stages={"decompose": {"completion_tokens": 10}, "assess": {"completion_tokens": 5},
+                                                   "solve_system2": {"completion_tokens": 85}}),
+        result("a", False, 50, 2, hard=0, stages={"select": {"completion_tokens": 5}, "solve_system1": {"completion_tokens": 45}}),
+        result("b", True, 60, 1, hard=1),
+        result("b", False, 0, 0, error="EndpointError: down"),
+    ]
+    m = compute(results)
+    assert (m.problems, m.samples, m.failed) == (2, 3, 1)
+    assert m.accuracy == pytest.approx(75.0)  # problem a: 1/2, problem b: 1/1 (the failure is not graded)
+    assert m.accuracy_se == pytest.approx(25.0)  # stdev(0.5, 1.0) / sqrt(2)
+    assert m.tok == pytest.approx(70.0) and m.tok_overhead == pytest.approx(20 / 3)
+    assert m.tok_solve == pytest.approx(70.0 - 20 / 3)
+    assert m.tpi == pytest.approx(190 / 6)  # solving tokens per sub-problem solved
+    assert m.hard == pytest.approx(50.0)  # 3 of 6 sub-problems on System 2
+
+
+def test_baseline_metrics_tpi_is_tok_per_iteration():
+    cot = compute([result("a", True, 700, 1), result("b", False, 900, 1)])
+    assert cot.tpi == cot.tok == 800 and cot.hard is None and cot.tok_overhead == 0
+    majority = compute([result("a", True, 8000, 8), result("b", True, 8800, 8)])
+    assert majority.tok == 8400 and majority.tpi == 8400 / 8 and majority.accuracy == 100
+    infty = compute([result("a", True, 6000, 6, stages={"solve_system2": {"completion_tokens": 5000},
+                                                         "summarize": {"completion_tokens": 1000}})])
+    assert infty.tpi == 1000 and infty.tok_overhead == 0 and infty.accuracy_se is None
+
+
+def test_metrics_of_nothing_graded():
+    m = compute([result("a", False, 0, 0, error="boom")])
+    assert (m.samples, m.failed, m.accuracy, m.tok, m.tpi, m.hard) == (0, 1, None, None, None, None)
+
+
+# ---- store and report -----------------------------------------------------------------------
+def stored_runs(tmp_path):
+    store = ResultsStore(str(tmp_path / "results.db"))
+    specs = [("scale-t0.2", "scale", {"threshold": 0.2, "system2_max_tokens": 4096}, [True, True], 2),
+             ("scale-t0.5", "scale", {"threshold": 0.5, "system2_max_tokens": 4096}, [True, False], 0),
+             ("cot", "cot", {"system2_max_tokens": 4096}, [False, True], None)]
+    for name, method, config, marks, hard in specs:
+        run_id = store.open_run(name, method, "aime24", config)
+        for index, correct in enumerate(marks):
+            outcome = Outcome(answer="1", usage={"solve_system2": {"calls": 1, "prompt_tokens": 5, "completion_tokens": 100,
+                                                                  "reasoning_tokens": 90}},
+                              iterations=2 if method == "scale" else 1, subproblems=2, hard=hard)
+            store.save(run_id, Problem(f"p{index}", "?", "1"), 0, outcome, grading.Grade(correct, "x"))
+    return store
+
+
+def test_report_tables_plots_and_exports(tmp_path):
+    store = stored_runs(tmp_path)
+    console = Console(record=True, width=200)
+    written = report(store.runs(), console=console, out_dir=tmp_path / "out", markdown=True,
+                     csv_path=tmp_path / "m.csv", json_path=tmp_path / "m.json")
+    names = {p.name for p in written}
+    assert names == {"report.md", "accuracy_vs_threshold.png", "accuracy_vs_budget.png", "accuracy_vs_tokens.png",
+                     "m.csv", "m.json"}
+    assert all(p.stat().st_size > 0 for p in written)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written if p.suffix == ".png")
+    text = console.export_text()
+    assert "Comparison (paper Table 1)" in text and "| scale (τ=0.2) | 100.00 ± 0.00 | 50 | 100 |" in text
+    assert "| 0.5 | 50.00 ± 50.00 | 100 | 0.00 |" in text  # Table 2: τ, Acc, Tok, Hard
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert [r["name"] for r in rows] == ["scale-t0.2", "scale-t0.5", "cot"] and rows[2]["accuracy"] == "50.0"
+    assert json.loads((tmp_path / "m.json").read_text())[0]["hard"] == 100.0
+
+
+def test_store_refuses_other_settings_under_one_name_and_unknown_runs(tmp_path):
+    store = stored_runs(tmp_path)
+    assert store.open_run("cot", "cot", "aime24", {"system2_max_tokens": 4096, "system2_base_url": "elsewhere"})
+    with pytest.raises(InputError, match="other settings .*system2_max_tokens 4096 → 8192"):
+        store.open_run("cot", "cot", "aime24", {"system2_max_tokens": 8192})
+    with pytest.raises(InputError, match="no run named 'nope'"):
+        store.runs(["nope"])
+    assert [r.name for r in store.runs(["scale-*"])] == ["scale-t0.2", "scale-t0.5"]
