@@ -63,8 +63,6 @@ def eval_command(
                      votes=votes, max_iterations=max_iterations, name=name)
         store = ResultsStore(results_db)
         try:
-            err.print(f"[dim]{len(plans)} run(s): {', '.join(p.name for p in plans)} → {store.shown} "
-                      "(re-run the same command to resume)[/]", highlight=False)
             totals = await evaluate(plans, store, samples=samples, checkpoint_db=db_path(db),
                                     concurrency=concurrency, console=err)
             return totals, store.runs([p.name for p in plans])

@@ -56,12 +56,10 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
 
 # ---- tables --------------------------------------------------------------------------------
 def runs_table(metrics: Sequence[RunMetrics]) -> Table:
-    """Every run on one line, with sample counts and failures."""
-    rows = [[m.name, m.method, m.dataset, _num(m.threshold, "{:g}"), _num(m.budget), str(m.problems), str(m.samples),
-             str(m.failed), _acc(m), _num(m.tpi), _num(m.tok), _num(m.tok_overhead), _num(m.hard, "{:.1f}")]
-            for m in metrics]
-    return Table("Runs", ["run", "method", "dataset", "τ", "S2 budget", "problems", "samples", "failed", "Acc (%)",
-                          "Tpi", "Tok", "overhead Tok", "Hard (%)"], rows)
+    """Every run on one line, with sample counts and failures (parameters are in the exports)."""
+    rows = [[m.name, str(m.problems), str(m.samples), str(m.failed), _acc(m), _num(m.tpi), _num(m.tok),
+             _num(m.tok_overhead), _num(m.hard, "{:.1f}")] for m in metrics]
+    return Table("Runs", ["run", "problems", "samples", "failed", "Acc (%)", "Tpi", "Tok", "overhead", "Hard (%)"], rows)
 
 
 def comparison_table(metrics: Sequence[RunMetrics]) -> Table:

@@ -106,6 +106,9 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             raise ConfigError(f"{name} must be at least 1, got {value}")
     for run in plans:
         endpoints(run.setup.context)  # fail before any work when an endpoint is not configured
+    if console is not None:
+        console.print(f"[dim]{len(plans)} run(s): {', '.join(run.name for run in plans)} → {store.shown} "
+                      "(re-run the same command to resume)[/]", highlight=False)
     totals = Totals()
     semaphore = asyncio.Semaphore(concurrency)
     async with AsyncExitStack() as stack:
