@@ -107,3 +107,18 @@ def test_cli_sigkill_then_resume_completes_without_repeating_calls(fake_server, 
         shown = subprocess.run([sys.executable, "-m", "scale_graph.cli", "runs", "show", "k", "--json"],
                                env=env, capture_output=True, text=True, timeout=60)
         assert '"status": "done"' in shown.stdout
+
+
+def test_a_fork_with_edited_state_makes_new_calls(scripted, tmp_path):
+    """Time travel in Studio: re-running from an earlier checkpoint with other inputs must not reuse replies."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    fake = scripted()
+    graph = build_graph(InMemorySaver())
+    graph.invoke({"problem": "p"}, CONFIG, context=context())
+    before_assess = [s for s in graph.get_state_history(CONFIG) if s.next == ("assess",)][-1]  # right after select
+    forked = graph.update_state(before_assess.config, {"subproblems": ["other a", "other b", "other c"]})
+    count = len(fake.calls)
+    out = graph.invoke(None, forked, context=context())
+    assert [s["text"] for s in out["steps"]] == ["other a", "other b", "other c"]
+    assert len(fake.calls) == count + 6  # every assess and solve made again for the new sub-problems

@@ -82,13 +82,18 @@ def systems_for(context: Context) -> Systems:
 
 
 def run_context() -> Context:
-    """This run's parameters (a dict given as context, as Studio sends it, becomes a Context)."""
-    context = get_runtime(Context).context
+    """This run's parameters (a dict given as context, as Studio sends it, becomes a Context).
+
+    Outside a run (routing re-evaluated by ``update_state``) the defaults apply.
+    """
+    runtime = get_runtime(Context)
+    context = runtime.context if runtime is not None else None
     return context if isinstance(context, Context) else Context(**(context or {}))
 
 
 def _runtime() -> tuple[Context, BaseStore]:
-    return run_context(), get_runtime(Context).store or _fallback_store
+    runtime = get_runtime(Context)
+    return run_context(), (runtime.store if runtime is not None else None) or _fallback_store
 
 
 def node(logic: NodeLogic) -> RunnableLambda:
@@ -111,12 +116,12 @@ def node(logic: NodeLogic) -> RunnableLambda:
                 answer = {item.key: ChatReply.from_dict(item.value) for key in request.keys
                           if (item := store.get(namespace, key)) is not None}
                 continue
-            cached = store.get(namespace, request.key)
+            cached = store.get(namespace, request.journal_key)
             if cached is not None:
                 answer = ChatReply.from_dict(cached.value)
                 continue
             answer = systems_for(context).call(request)
-            store.put(namespace, request.key, answer.to_dict(), index=False)
+            store.put(namespace, request.journal_key, answer.to_dict(), index=False)
 
     async def arun(state: dict) -> dict:
         context, store = _runtime()
@@ -135,12 +140,12 @@ def node(logic: NodeLogic) -> RunnableLambda:
                 items = [await store.aget(namespace, key) for key in request.keys]
                 answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
                 continue
-            cached = await store.aget(namespace, request.key)
+            cached = await store.aget(namespace, request.journal_key)
             if cached is not None:
                 answer = ChatReply.from_dict(cached.value)
                 continue
             answer = await systems_for(context).acall(request)
-            await store.aput(namespace, request.key, answer.to_dict(), index=False)
+            await store.aput(namespace, request.journal_key, answer.to_dict(), index=False)
 
     run.__doc__ = arun.__doc__ = logic.__doc__
     return RunnableLambda(run, arun, name=logic.__name__)

@@ -32,10 +32,10 @@ def select(state: dict, context: Context) -> Generator[Request, Any, dict]:
         user = prompts.PROBLEM.format(problem=state["problem"]) + prompts.SELECT.format(count=len(candidates), candidates=listing)
         method = "fallback"
         for attempt in range(context.parse_retries + 1):
-            key = f"select/{attempt}"
-            reply = yield planner_call(key, user, context, seed_parts=("select", attempt),
-                                       schema=selection_schema(len(candidates)))
-            keys.append(key)
+            call = planner_call(f"select/{attempt}", user, context, seed_parts=("select", attempt),
+                                schema=selection_schema(len(candidates)))
+            reply = yield call
+            keys.append(call.journal_key)
             usage = plus(usage, reply.usage)
             warnings += reply.warnings
             choice = parse_choice(reply.choices[0].content or reply.choices[0].reasoning, len(candidates))

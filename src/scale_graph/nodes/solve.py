@@ -34,10 +34,10 @@ def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Req
     warnings: list[str] = []
     forced = False
     for attempt in range(context.parse_retries + 1):
-        key = f"solve/{index}/{attempt}"
-        reply = yield solve_call(key, system, user, context, attempt=attempt)
+        call = solve_call(f"solve/{index}/{attempt}", system, user, context, attempt=attempt)
+        reply = yield call
         replies.append(reply)
-        keys.append(key)
+        keys.append(call.journal_key)
         usage = add_usage(usage, {f"solve_system{system}": reply.usage})
         warnings += reply.warnings
         choice = reply.choices[0]
@@ -47,12 +47,13 @@ def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Req
             forced = True
             force_key = f"force/{index}/{attempt}"
             follow_up = prefix + prompts.FORCE_ANSWER.format(number=index + 1, reasoning=clip(choice.reasoning, context.carry_max_chars))
-            forced_reply = yield ChatCall(key=force_key, system=1, messages=messages(follow_up), thinking=False,
-                                          max_tokens=context.force_answer_max_tokens,
-                                          temperature=context.system1_temperature, top_p=context.system1_top_p,
-                                          top_k=context.system1_top_k, seed=derive_seed(context.seed, force_key))
+            force_call = ChatCall(key=force_key, system=1, messages=messages(follow_up), thinking=False,
+                                  max_tokens=context.force_answer_max_tokens,
+                                  temperature=context.system1_temperature, top_p=context.system1_top_p,
+                                  top_k=context.system1_top_k, seed=derive_seed(context.seed, force_key))
+            forced_reply = yield force_call
             replies.append(forced_reply)
-            keys.append(force_key)
+            keys.append(force_call.journal_key)
             usage = add_usage(usage, {"force_answer": forced_reply.usage})
             warnings.append(f"solve: System 2 stopped thinking on sub-problem {index + 1} "
                             f"(finish_reason={choice.finish_reason}); answer forced by a follow-up call")

@@ -11,6 +11,8 @@ feature, and turns transport failures (after the client's bounded retries) into
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +62,15 @@ class ChatCall:
     seed: int | None = None
     n: int = 1
     schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}}
+
+    @property
+    def journal_key(self) -> str:
+        """``key`` plus a digest of the request: a run forked with other inputs (e.g. edited state
+        in Studio) makes new calls, while a resumed run finds the calls it already made."""
+        request = asdict(self)
+        del request["key"]
+        digest = hashlib.blake2b(json.dumps(request, sort_keys=True).encode(), digest_size=6).hexdigest()
+        return f"{self.key}#{digest}"
 
 
 @dataclass
