@@ -155,28 +155,22 @@ def test_scale_problem_resumes_from_its_checkpoints(endpoint_env, fake_server, m
 
 def test_interrupted_evaluation_recomputes_no_finished_result(endpoint_env, fake_server):
     fake_server.configure(latency=0.05)
-    problems = datasets.load("aime24", DATA)
-    small = datasets.Dataset("aime24", problems.problems[:2])
+    small = datasets.Dataset("aime24", datasets.load("aime24", DATA).problems[:2])
 
     async def run(stop_after: int | None) -> int:
+        """Evaluate 2 problems × 4 samples, cancelled once ``stop_after`` results are stored; results stored."""
+        runs = plan([small], ["cot"], params={})
         store = ResultsStore()
-        try:
-            work = asyncio.ensure_future(evaluate(plan([small], ["cot"], params={}), store, samples=4,
-                                                  checkpoint_db=Path("scale.db"), concurrency=2))
-            while stop_after is not None and not work.done():
-                run_id = store.open_run("cot-aime24", "cot", "aime24", plan([small], ["cot"], params={})[0].setup.config("cot"))
-                if len(store.finished(run_id)) >= stop_after:
-                    work.cancel()
-                    break
+        run_id = store.open_run(runs[0].name, "cot", "aime24", runs[0].setup.config("cot"))
+        work = asyncio.ensure_future(evaluate(runs, store, samples=4, checkpoint_db=Path("scale.db"), concurrency=2))
+        if stop_after is not None:
+            while not work.done() and len(store.finished(run_id)) < stop_after:
                 await asyncio.sleep(0.01)
-            try:
-                await work
-            except asyncio.CancelledError:
-                pass
-            return len(store.finished(store.open_run("cot-aime24", "cot", "aime24",
-                                                     plan([small], ["cot"], params={})[0].setup.config("cot"))))
-        finally:
-            store.close()
+            work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        stored = len(store.finished(run_id))
+        store.close()
+        return stored
 
     finished = asyncio.run(run(stop_after=3))
     assert 3 <= finished < 8

@@ -70,6 +70,7 @@ def eval_command(
             store.close()
 
     totals, runs = _run(work)
+    err.print(f"[dim]{totals.done} problem sample(s) evaluated now, {totals.skipped} already stored[/]")
     report(runs, console=out)
     if totals.failed:
         err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "
