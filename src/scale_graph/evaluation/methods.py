@@ -165,9 +165,8 @@ async def inftythink(problem: Problem, sample: int, setup: Setup) -> Outcome:
         usage = add_usage(usage, {"solve_system2": reply.usage})
         choice = reply.choices[0]
         answer = answer_of(choice)
-        if choice.finish_reason == "stop" and last_boxed(choice.content) is not None:
-            break
-        if iteration == setup.max_iterations:
+        finished = choice.finish_reason == "stop" and last_boxed(choice.content) is not None
+        if finished or iteration == setup.max_iterations:
             break
         reasoning = "\n".join(text for text in (choice.reasoning, choice.content) if text.strip())
         previous = INFTYTHINK_PREVIOUS.format(summary=summary_text) if summary_text else ""

@@ -1,0 +1,96 @@
+"""The baselines' call logic with a scripted chat layer: what each sends, and what it makes of the replies."""
+
+from __future__ import annotations
+
+import asyncio
+
+from scale_graph.evaluation.datasets import Problem
+from scale_graph.evaluation.methods import Setup, solve
+from scale_graph.servers.chat import ChatReply, Choice
+from tests.conftest import context
+
+PROBLEM = Problem("p1", "Find x.", "42")
+
+
+def reply(*choices: tuple[str, str, str], tokens: int = 10) -> ChatReply:
+    return ChatReply(choices=[Choice(*c) for c in choices], prompt_tokens=5, completion_tokens=tokens * len(choices))
+
+
+def run(method: str, **options):
+    return asyncio.run(solve(method, PROBLEM, 0, Setup("r", context(system2_max_tokens=512), **options)))
+
+
+def test_cot_sends_the_paper_prompt_with_thinking_and_reads_cut_reasoning(scripted):
+    fake = scripted(lambda call: reply(("", "… so x = \\boxed{42} and then", "length"), tokens=512))
+    outcome = run("cot")
+    (call,) = fake.calls
+    assert call.messages == [("user", "Find x.\nPlease reason step by step, and put your final answer within \\boxed{}.")]
+    assert (call.system, call.thinking, call.max_tokens, call.temperature, call.top_p) == (2, True, 512, 0.6, 0.95)
+    assert outcome.answer == "42" and outcome.iterations == 1 and outcome.error is None
+    assert outcome.usage == {"solve_system2": {"calls": 1, "prompt_tokens": 5, "completion_tokens": 512,
+                                               "reasoning_tokens": 0}}
+
+
+def test_majority_votes_over_equivalent_forms_in_one_n_request(scripted):
+    fake = scripted(lambda call: reply(("\\boxed{3}", "", "stop"), ("\\boxed{\\frac{1}{2}}", "", "stop"),
+                                       ("no answer", "", "stop"), ("\\boxed{0.5}", "", "stop"),
+                                       ("\\boxed{1/2}", "", "stop"), ("\\boxed{3}", "", "stop")))
+    outcome = run("majority", votes=6)
+    assert [call.n for call in fake.calls] == [6]
+    assert outcome.answer == "\\frac{1}{2}"  # 3 equivalent votes beat 2 for 3; the empty one is skipped
+    assert outcome.iterations == 6 and outcome.usage["solve_system2"]["completion_tokens"] == 60
+
+
+def test_samples_get_their_own_seeds(scripted):
+    fake = scripted(lambda call: reply(("\\boxed{1}", "", "stop")))
+    setup = Setup("r", context())
+    asyncio.run(solve("cot", PROBLEM, 0, setup))
+    asyncio.run(solve("cot", PROBLEM, 1, setup))
+    assert fake.calls[0].seed != fake.calls[1].seed
+
+
+def inftythink_script(cut_iterations: int):
+    """Reasoning cut ``cut_iterations`` times (the first stop without a box), then a boxed answer."""
+
+    def respond(call):
+        kind, _, number = call.key.partition("/")
+        if kind == "summary":
+            return reply((f"- step {number}: x is even", "", "stop"))
+        if int(number) <= cut_iterations:
+            if int(number) == 1:
+                return reply(("I give up", "thinking", "stop"))  # finished without a boxed answer: go on
+            return reply(("", f"partial {number} \\boxed{{{number}}}", "length"))
+        return reply(("x = \\boxed{42}", "done", "stop"))
+
+    return respond
+
+
+def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(scripted):
+    fake = scripted(inftythink_script(cut_iterations=2))
+    outcome = run("inftythink")
+    assert [c.key for c in fake.calls] == ["reason/1", "summary/1", "reason/2", "summary/2", "reason/3"]
+    reason, summary = fake.calls[2], fake.calls[3]
+    assert (reason.system, reason.thinking, reason.max_tokens) == (2, True, 512)
+    assert "- step 1: x is even" in reason.messages[0][1] and "Find x." in reason.messages[0][1]
+    assert (summary.system, summary.thinking, summary.max_tokens, summary.temperature) == (1, False, 1024, 0.5)
+    prompt = summary.messages[0][1]
+    assert "- step 1: x is even" in prompt and "partial 2" in prompt and "Do not give a final answer" in prompt
+    assert "- step 2: x is even" in fake.calls[4].messages[0][1] and "step 1:" not in fake.calls[4].messages[0][1]
+    assert outcome.answer == "42" and outcome.iterations == 3
+    assert outcome.usage["solve_system2"]["calls"] == 3 and outcome.usage["summarize"]["calls"] == 2
+
+
+def test_inftythink_stops_at_the_cap_with_the_last_reasoning_answer(scripted):
+    fake = scripted(inftythink_script(cut_iterations=99))
+    outcome = run("inftythink", max_iterations=4)
+    assert len(fake.calls) == 7 and fake.calls[-1].key == "reason/4"  # no summary after the last iteration
+    assert outcome.answer == "4" and outcome.iterations == 4
+
+
+def test_a_failing_call_becomes_the_outcome_error(scripted):
+    from scale_graph.servers.chat import EndpointError
+
+    scripted(lambda call: EndpointError("System 2 endpoint http://x is unreachable after 3 retries"))
+    outcome = run("cot")
+    assert outcome.error == "EndpointError: System 2 endpoint http://x is unreachable after 3 retries"
+    assert outcome.answer is None and outcome.latency_s >= 0
