@@ -40,12 +40,13 @@ def batched_node(logic):
                 items = await store.abatch([GetOp(namespace, key) for key in request.keys]) if request.keys else []
                 answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
                 continue
-            cached = await store.aget(namespace, request.key)
+            key = getattr(request, "journal_key", request.key)  # journal_key: newer package versions
+            cached = await store.aget(namespace, key)
             if cached is not None:
                 answer = ChatReply.from_dict(cached.value)
                 continue
             answer = await journal.systems_for(context).acall(request)
-            await store.aput(namespace, request.key, answer.to_dict(), index=False)
+            await store.aput(namespace, key, answer.to_dict(), index=False)
 
     return RunnableLambda(original.func, arun, name=logic.__name__)
 
@@ -70,3 +71,129 @@ def batched_load_graph(checkpointer=None, store=None):
 
     with batched_load():
         return build_graph(checkpointer, store)
+
+
+# ---- "database is locked" with many problems in flight --------------------------------------
+# AsyncSqliteStore batches the gets and puts of concurrent tasks into one transaction opened
+# with a plain (deferred) BEGIN: its SELECTs take a read snapshot, and the INSERT must then
+# upgrade it to a write lock. If the checkpointer's connection committed in between, SQLite
+# answers SQLITE_BUSY at once (a stale WAL snapshot cannot be upgraded; busy_timeout does not
+# apply). Starting the store's transactions with BEGIN IMMEDIATE takes the write lock first
+# (waiting up to busy_timeout), so there is no upgrade to fail.
+def immediate_store_class():
+    from contextlib import asynccontextmanager
+
+    from langgraph.store.sqlite import AsyncSqliteStore
+
+    class ImmediateAsyncSqliteStore(AsyncSqliteStore):
+        @asynccontextmanager
+        async def _cursor(self, *, transaction: bool = True):
+            if not self.is_setup:
+                await self.setup()
+            async with self.lock:
+                if transaction:
+                    await self.conn.execute("BEGIN IMMEDIATE")
+                async with self.conn.cursor() as cur:
+                    try:
+                        yield cur
+                    except BaseException:
+                        if transaction:
+                            await self.conn.execute("ROLLBACK")
+                        raise
+                    else:
+                        if transaction:
+                            await self.conn.execute("COMMIT")
+
+    return ImmediateAsyncSqliteStore
+
+
+def open_async_immediate(path):
+    """``scale_graph.persistence.open_async`` with the store's transactions started IMMEDIATE."""
+    from contextlib import asynccontextmanager
+
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from scale_graph import persistence
+
+    store_class = immediate_store_class()
+
+    @asynccontextmanager
+    async def opened():
+        db = persistence.db_path(path)
+        persistence.check_database(db)
+        async with aiosqlite.connect(db, timeout=persistence.BUSY_TIMEOUT_S) as saver_conn, \
+                aiosqlite.connect(db, timeout=persistence.BUSY_TIMEOUT_S, isolation_level=None) as store_conn:
+            await saver_conn.executescript(persistence.PRAGMAS + persistence.MARK_SCHEMA)
+            await store_conn.executescript(persistence.PRAGMAS)
+            saver, store = AsyncSqliteSaver(saver_conn), store_class(store_conn)
+            await saver.setup()
+            await store.setup()
+            yield saver, store
+
+    return opened()
+
+
+# ---- HTTP transport under many requests in flight -------------------------------------------
+# scale_graph.servers.chat._client gives ChatOpenAI an ``httpx.AsyncClient`` (httpcore 1.x
+# pool, up to 1024 connections). httpcore's pool re-scans every connection (with a poll()
+# syscall each, ``is_socket_readable``) for every queued request on every request/response
+# event, so CPU per call grows with the number of requests in flight. openai's aiohttp transport
+# (``openai.DefaultAioHttpClient``) has no such scan.
+@contextmanager
+def aiohttp_transport() -> Iterator[None]:
+    """While active, the package's async chat clients use ``openai.DefaultAioHttpClient``."""
+    import asyncio
+
+    import openai
+
+    from scale_graph.servers import chat
+
+    saved = chat._client
+    clients: dict = {}
+
+    def client(endpoint):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return saved(endpoint)
+        cache = clients.setdefault(id(loop), {})
+        if endpoint not in cache:
+            cache[endpoint] = chat.ReasoningChatOpenAI(
+                model=endpoint.model, base_url=endpoint.base_url, api_key=endpoint.api_key or "EMPTY",
+                timeout=endpoint.timeout, max_retries=endpoint.max_retries,
+                http_async_client=openai.DefaultAioHttpClient(timeout=endpoint.timeout))
+        return cache[endpoint]
+
+    chat._client = client
+    try:
+        yield
+    finally:
+        chat._client = saved
+
+
+def open_async_shared(path):
+    """Saver and store on ONE aiosqlite connection (autocommit; the store's explicit
+    BEGIN…COMMIT and the saver's statements serialised by one shared asyncio lock), so the two
+    never wait for each other's SQLite write lock (busy_timeout sleeps)."""
+    from contextlib import asynccontextmanager
+
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    from langgraph.store.sqlite import AsyncSqliteStore
+
+    from scale_graph import persistence
+
+    @asynccontextmanager
+    async def opened():
+        db = persistence.db_path(path)
+        persistence.check_database(db)
+        async with aiosqlite.connect(db, timeout=persistence.BUSY_TIMEOUT_S, isolation_level=None) as conn:
+            await conn.executescript(persistence.PRAGMAS + persistence.MARK_SCHEMA)
+            saver, store = AsyncSqliteSaver(conn), AsyncSqliteStore(conn)
+            await saver.setup()
+            await store.setup()
+            store.lock = saver.lock  # one lock: a store transaction never interleaves with the saver
+            yield saver, store
+
+    return opened()
