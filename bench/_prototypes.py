@@ -9,8 +9,8 @@ sequential ``store.aget`` calls (k transactions).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator
 
 from langgraph.store.base import GetOp
 
@@ -140,9 +140,10 @@ def open_async_immediate(path):
 # syscall each, ``is_socket_readable``) for every queued request on every request/response
 # event, so CPU per call grows with the number of requests in flight. openai's aiohttp transport
 # (``openai.DefaultAioHttpClient``) has no such scan.
-@contextmanager
-def aiohttp_transport() -> Iterator[None]:
-    """While active, the package's async chat clients use ``openai.DefaultAioHttpClient``."""
+@asynccontextmanager
+async def aiohttp_transport() -> AsyncIterator[None]:
+    """While active (inside one event loop), the package's async chat clients use
+    ``openai.DefaultAioHttpClient``; the clients are closed on exit."""
     import asyncio
 
     import openai
@@ -150,34 +151,37 @@ def aiohttp_transport() -> Iterator[None]:
     from scale_graph.servers import chat
 
     saved = chat._client
-    clients: dict = {}
+    made: dict = {}
+    loop = asyncio.get_running_loop()
 
     def client(endpoint):
         try:
-            loop = asyncio.get_running_loop()
+            current = asyncio.get_running_loop()
         except RuntimeError:
+            current = None
+        if current is not loop:
             return saved(endpoint)
-        cache = clients.setdefault(id(loop), {})
-        if endpoint not in cache:
-            cache[endpoint] = chat.ReasoningChatOpenAI(
+        if endpoint not in made:
+            http = openai.DefaultAioHttpClient(timeout=endpoint.timeout)
+            made[endpoint] = (http, chat.ReasoningChatOpenAI(
                 model=endpoint.model, base_url=endpoint.base_url, api_key=endpoint.api_key or "EMPTY",
-                timeout=endpoint.timeout, max_retries=endpoint.max_retries,
-                http_async_client=openai.DefaultAioHttpClient(timeout=endpoint.timeout))
-        return cache[endpoint]
+                timeout=endpoint.timeout, max_retries=endpoint.max_retries, http_async_client=http))
+        return made[endpoint][1]
 
     chat._client = client
     try:
         yield
     finally:
         chat._client = saved
+        for http, _ in made.values():
+            await http.aclose()
 
 
 def open_async_shared(path):
     """Saver and store on ONE aiosqlite connection (autocommit; the store's explicit
     BEGIN…COMMIT and the saver's statements serialised by one shared asyncio lock), so the two
-    never wait for each other's SQLite write lock (busy_timeout sleeps)."""
-    from contextlib import asynccontextmanager
-
+    never wait for each other's SQLite write lock (busy_timeout sleeps) and never meet a stale
+    WAL snapshot."""
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.store.sqlite import AsyncSqliteStore
