@@ -1,0 +1,202 @@
+"""Kill anywhere: SIGKILL `scale solve` at every stage, then `scale runs resume`.
+
+Every kill point gets its own fake server and database, and all of them run in parallel. The
+SIGKILL is sent either by the server itself (a :class:`KillingServer`, from its event loop, at
+an exact moment of the conversation) or by a thread watching the run's SQLite file (right
+after a journal entry, a checkpoint or a WAL write appears). The run: k=3 candidates, 4 sub-problems with difficulties
+0.1/0.8/0.1/0.9 (τ=0.2: System 1, 2, 1, 2) and a System 2 budget too small to finish
+thinking, so both System 2 solves need the forced-answer follow-up. Its 12 requests:
+
+    1 decompose  2 select  3 assess#1  4 solve#1 (S1)  5 assess#2  6 solve#2 (S2)  7 force#2
+    8 assess#3  9 solve#3 (S1)  10 assess#4  11 solve#4 (S2)  12 force#4   → finalize
+
+For every kill point the resumed run must equal an uninterrupted run (answer, candidates,
+selection, sub-problems, difficulties, systems, results, tokens, warnings, solution and
+reasoning texts), and at most the one request in flight at the kill may be sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from scale_graph import build_graph
+from scale_graph.persistence import open_async, open_sync
+from scale_graph.journal import calls_namespace
+from scale_graph.runs import show_run
+
+from tests.reliability_helpers import (CLI, KillingServer, comparable, difficulty_by_index, endpoint_env,
+                                       kill_on_database_event, last_json, request_bodies, scale)
+
+PROBLEM = "What is 2+3?"
+THREAD = "k"
+LATENCY = 0.15
+SERVER = {"latency": LATENCY, "subproblem_count": 4, "reasoning_bytes": 800}
+DIFFICULTIES = [0.1, 0.8, 0.1, 0.9]
+RUN = {"candidates": 3, "system2_max_tokens": 100}  # 100 tokens = 400 chars < 800: System 2 is cut off
+REQUESTS = 12
+IN_FLIGHT = LATENCY / 2
+PROCESS_TIMEOUT = 300  # generous: the machine may be shared; normally a few seconds
+WORKERS = 8
+
+#: (what is happening, trigger, …). Server triggers ("arrival"/"answer", request, delay) are
+#: fired by the server itself: "arrival" kills while that request is in flight, "answer" that long
+#: after it was answered. Database triggers watch the run's SQLite file from this process and
+#: kill as soon as it shows the n-th journalled call, the n-th checkpoint, or a write to the WAL
+#: after a given answer (inside or right after a write transaction).
+KILL_POINTS = [
+    ("decompose in flight", "arrival", "decompose", IN_FLIGHT),
+    ("decompose journalled (checkpoint pending)", "journal", 1),
+    ("select in flight", "arrival", "select", IN_FLIGHT),
+    ("checkpoint after select written", "checkpoints", 4),
+    ("assess #1 in flight", "arrival", "assess#1", IN_FLIGHT),
+    ("solve #1 (System 1) in flight", "arrival", "solve#1", IN_FLIGHT),
+    ("assess #2 in flight", "arrival", "assess#2", IN_FLIGHT),
+    ("solve #2 (System 2) in flight", "arrival", "solve#2", IN_FLIGHT),
+    ("solve #2 cut off, journalled, before the follow-up", "journal", 6),
+    ("forced-answer follow-up #2 in flight", "arrival", "force#2", IN_FLIGHT),
+    ("WAL write after assess #3 answered", "wal", "assess#3"),
+    ("solve #3 (System 1) in flight", "arrival", "solve#3", IN_FLIGHT),
+    ("assess #4 in flight", "arrival", "assess#4", IN_FLIGHT),
+    ("solve #4 (System 2) in flight", "arrival", "solve#4", IN_FLIGHT),
+    ("forced-answer follow-up #4 in flight", "arrival", "force#4", IN_FLIGHT),
+    ("force #4 answered: journal/checkpoint write", "answer", "force#4", 0.0),
+    ("checkpoint after solve #4 written: finalize", "checkpoints", 12),
+]
+ORDER = ["decompose", "select", "assess#1", "solve#1", "assess#2", "solve#2", "force#2",
+         "assess#3", "solve#3", "assess#4", "solve#4", "force#4"]
+
+
+def new_server() -> KillingServer:
+    server = KillingServer(**SERVER, difficulties=difficulty_by_index(DIFFICULTIES))
+    server.start()
+    return server
+
+
+def shown_in_process(db: Path) -> dict:
+    async def main():
+        async with open_async(db) as (saver, store):
+            return await show_run(build_graph(saver, store), store, THREAD)
+
+    return asyncio.run(main())
+
+
+def stopped_where(db: Path, scratch: Path) -> tuple[str, int]:
+    """Where a killed run stands, read from a copy of its files: (next node(s), journalled calls)."""
+    scratch.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{db}{suffix}").exists():
+            shutil.copy(f"{db}{suffix}", scratch / f"copy.db{suffix}")
+    with open_sync(scratch / "copy.db") as (saver, store):
+        snapshot = build_graph(saver, store).get_state({"configurable": {"thread_id": THREAD}})
+        calls = len(store.search(calls_namespace(THREAD), limit=1000))
+    if not snapshot.values:
+        return "not started", calls
+    return (",".join(snapshot.next) or "done"), calls
+
+
+def baseline(tmp: Path) -> dict:
+    server = new_server()
+    try:
+        env = endpoint_env(server.base_url, tmp / "baseline.db", **RUN)
+        done = scale("solve", PROBLEM, "--thread-id", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
+        assert done.returncode == 0, done.stderr
+        stats = server.stats()
+        return {"json": last_json(done.stdout), "requests": stats["requests"], "arrivals": server.arrivals, "bodies": request_bodies(stats["log"]),
+                "shown": shown_in_process(tmp / "baseline.db")}
+    finally:
+        server.close()
+
+
+def kill_and_resume(tmp: Path, number: int, point: tuple) -> dict:
+    _, trigger, *how = point
+    work = tmp / f"k{number:02d}"
+    work.mkdir()
+    db = work / "runs.db"
+    server = new_server()
+    try:
+        env = endpoint_env(server.base_url, db, **RUN)
+        with open(work / "solve.out", "wb") as out, open(work / "solve.err", "wb") as err:
+            proc = subprocess.Popen([*CLI, "solve", PROBLEM, "--thread-id", THREAD, "--json"], env=env,
+                                    stdout=out, stderr=err)
+            if trigger in ("arrival", "answer"):
+                server.arm(proc.pid, how[0], trigger, how[1])
+            elif trigger == "wal":
+                kill_on_database_event(proc.pid, db, THREAD, "wal", after=lambda: how[0] in server.answered)
+            else:
+                kill_on_database_event(proc.pid, db, THREAD, trigger, how[0])
+            code = proc.wait(timeout=PROCESS_TIMEOUT)
+        # the request in flight at the kill is still answered (to nobody) after the latency
+        deadline = time.time() + 10
+        while server.stats()["requests"] < len(server.arrivals) and time.time() < deadline:
+            time.sleep(0.02)
+        at_kill = server.stats()
+        where, journalled = stopped_where(db, work / "inspect")
+        resumed = scale("runs", "resume", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
+        stats = server.stats()
+        return {"code": code, "stderr": (work / "solve.err").read_text(errors="replace"),
+                "requests_at_kill": at_kill["requests"], "where": where, "journalled": journalled,
+                "resumed": resumed, "requests": stats["requests"], "bodies": request_bodies(stats["log"]),
+                "shown": shown_in_process(db) if resumed.returncode == 0 else None,
+                "arrivals": server.arrivals, "log_at_kill": at_kill["log"]}
+    finally:
+        server.close()
+
+
+def strip_volatile(result: dict) -> dict:
+    """A `--json` summary without the thread id and wall-clock latencies."""
+    rows = [{k: v for k, v in row.items() if k != "latency_s"} for row in result["subproblems"]]
+    return {**{k: v for k, v in result.items() if k not in ("thread_id", "subproblems")}, "subproblems": rows}
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path):
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        base_future = pool.submit(baseline, tmp_path)
+        futures = [pool.submit(kill_and_resume, tmp_path, n, point) for n, point in enumerate(KILL_POINTS)]
+        base = base_future.result()
+        outcomes = [f.result() for f in futures]
+
+    # the uninterrupted run is what the design says, and asks nothing twice
+    assert base["requests"] == REQUESTS and base["arrivals"] == ORDER
+    assert len(set(base["bodies"])) == REQUESTS
+    assert [r["system"] for r in base["json"]["subproblems"]] == [1, 2, 1, 2]
+    assert [r["forced_answer"] for r in base["json"]["subproblems"]] == [False, True, False, True]
+    expected = comparable(base["shown"])
+    expected_json = strip_volatile(base["json"])
+
+    print("\n" + "\n".join(
+        f"{label:52s} killed={o['code'] == -signal.SIGKILL} answered={o['requests_at_kill']:2d} "
+        f"journal={o['journalled']:2d} stopped before {o['where']:14s} requests in all {o['requests']}"
+        for (label, *_), o in zip(KILL_POINTS, outcomes)))
+    for (label, *_), outcome in zip(KILL_POINTS, outcomes):
+        assert outcome["code"] == -signal.SIGKILL, (label, "the run finished before the kill", outcome["stderr"])
+        resumed = outcome["resumed"]
+        assert resumed.returncode == 0, (label, resumed.stderr)
+        assert "Traceback" not in resumed.stderr
+        # the same final state as the uninterrupted run …
+        assert strip_volatile(last_json(resumed.stdout)) == expected_json, label
+        assert comparable(outcome["shown"]) == expected, label
+        # … and no finished call repeated: at most the request in flight at the kill
+        assert REQUESTS <= outcome["requests"] <= REQUESTS + 1, (label, outcome["requests"])
+        counts = Counter(outcome["bodies"])
+        twice = [body for body, count in counts.items() if count > 1]
+        assert all(counts[body] == 2 for body in twice) and len(twice) <= 1, label
+        if twice:  # the repeated request is the last one sent before the kill
+            in_flight = request_bodies(outcome["log_at_kill"])[-1]
+            assert twice[0] == in_flight, (label, "a finished call other than the one in flight was repeated")
+        assert set(outcome["bodies"]) == set(base["bodies"]), (label, "a request differs from the uninterrupted run's")
+
+    # the kills landed in every node that talks to a server
+    stops = {o["where"] for o in outcomes}
+    assert {"decompose", "select", "assess", "solve_system1", "solve_system2"} <= stops, stops
+    # and between a reply reaching the journal and the node's checkpoint (nothing to repeat then)
+    assert any(o["requests"] == REQUESTS for o in outcomes)
