@@ -162,70 +162,72 @@ def plots(metrics: Sequence[RunMetrics], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     graded = [m for m in metrics if m.accuracy is not None]
+    figures = {"accuracy_vs_threshold.png": _threshold_plot(plt, [m for m in graded if m.method == "scale"]),
+               "accuracy_vs_budget.png": _budget_plot(plt, [m for m in graded if m.budget is not None]),
+               "accuracy_vs_tokens.png": _tokens_plot(plt, graded)}
     written = []
-    scale = [m for m in graded if m.method == "scale" and m.threshold is not None]
-    if scale:
-        figure, axis = plt.subplots(figsize=(7, 4.5))
-        hard_axis = axis.twinx()
-        for (setting, dataset), points in _series(scale, "threshold", ignore=("threshold",)).items():
-            name = dataset + (f" {setting}" if setting != "scale" else "")
-            line, = axis.plot([p.threshold for p in points], [p.accuracy for p in points], marker="o", label=f"{name} Acc")
-            hard = [p for p in points if p.hard is not None]
-            hard_axis.plot([p.threshold for p in hard], [p.hard for p in hard], marker="x", linestyle="--",
-                           color=line.get_color(), alpha=0.6, label=f"{name} Hard")
-        axis.set(xlabel="difficulty threshold τ", ylabel="Acc (%)", title="SCALE: accuracy and Hard % vs threshold")
-        hard_axis.set(ylabel="Hard (% of sub-problems on System 2)", ylim=(0, 100))
-        axis.set_ylim(0, 100)
-        _legend(axis, hard_axis)
-        written.append(_save(figure, out_dir / "accuracy_vs_threshold.png"))
-    budgeted = [m for m in graded if m.budget is not None]
-    if budgeted:
-        figure, axis = plt.subplots(figsize=(7, 4.5))
-        for (label, dataset), points in _series(budgeted, "budget", ignore=("budget",)).items():
-            axis.plot([p.budget for p in points], [p.accuracy for p in points], marker="o", label=f"{label} · {dataset}")
-        axis.set_xscale("log", base=2)
-        axis.set(xlabel="System 2 token budget", ylabel="Acc (%)", ylim=(0, 100), title="Accuracy vs System 2 budget (paper Fig. 2)")
-        axis.legend(fontsize="small")
-        written.append(_save(figure, out_dir / "accuracy_vs_budget.png"))
-    if graded:
-        figure, axis = plt.subplots(figsize=(7, 4.5))
-        by_method: dict[str, list[RunMetrics]] = defaultdict(list)
-        for m in graded:
-            by_method[m.method].append(m)
-        for method, points in by_method.items():
-            axis.scatter([p.tok for p in points], [p.accuracy for p in points], label=method)
-            for p in points:
-                axis.annotate(p.dataset, (p.tok, p.accuracy), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
-        axis.set(xlabel="Tok (response tokens per problem)", ylabel="Acc (%)", ylim=(0, 100), title="Accuracy vs tokens")
-        axis.legend(fontsize="small")
-        written.append(_save(figure, out_dir / "accuracy_vs_tokens.png"))
+    for name, figure in figures.items():
+        if figure is not None:
+            figure.tight_layout()
+            figure.savefig(out_dir / name, dpi=120)
+            plt.close(figure)
+            written.append(out_dir / name)
     return written
 
 
-def _series(metrics: Sequence[RunMetrics], x: str, ignore: tuple[str, ...]) -> dict[tuple[str, str], list[RunMetrics]]:
-    """Runs grouped into lines (label without the x parameter, dataset), sorted along x."""
+def _threshold_plot(plt: Any, scale: Sequence[RunMetrics]) -> Any:
+    if not scale:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    hard_axis = axis.twinx()
+    for (setting, dataset), points in _series(scale, "threshold").items():
+        name = dataset + (f" {setting}" if setting != "scale" else "")
+        thresholds = [p.threshold for p in points]
+        line, = axis.plot(thresholds, [p.accuracy for p in points], marker="o", label=f"{name} Acc")
+        hard_axis.plot(thresholds, [p.hard for p in points], marker="x", linestyle="--", color=line.get_color(),
+                       alpha=0.6, label=f"{name} Hard")
+    axis.set(xlabel="difficulty threshold τ", ylabel="Acc (%)", ylim=(0, 100),
+             title="SCALE: accuracy and Hard % vs threshold (paper Table 2)")
+    hard_axis.set(ylabel="Hard (% of sub-problems on System 2)", ylim=(0, 100))
+    lines, names = axis.get_legend_handles_labels()
+    hard_lines, hard_names = hard_axis.get_legend_handles_labels()
+    axis.legend(lines + hard_lines, names + hard_names, fontsize="small")
+    return figure
+
+
+def _budget_plot(plt: Any, budgeted: Sequence[RunMetrics]) -> Any:
+    if not budgeted:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for (label, dataset), points in _series(budgeted, "budget").items():
+        axis.plot([p.budget for p in points], [p.accuracy for p in points], marker="o", label=f"{label} · {dataset}")
+    axis.set_xscale("log", base=2)
+    axis.set(xlabel="System 2 token budget", ylabel="Acc (%)", ylim=(0, 100),
+             title="Accuracy vs System 2 budget (paper Figure 2)")
+    axis.legend(fontsize="small")
+    return figure
+
+
+def _tokens_plot(plt: Any, graded: Sequence[RunMetrics]) -> Any:
+    if not graded:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(m.method for m in graded):
+        points = [m for m in graded if m.method == method]
+        axis.scatter([p.tok for p in points], [p.accuracy for p in points], label=method)
+        for p in points:
+            axis.annotate(p.dataset, (p.tok, p.accuracy), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    axis.set(xlabel="Tok (response tokens per problem)", ylabel="Acc (%)", ylim=(0, 100), title="Accuracy vs tokens")
+    axis.legend(fontsize="small")
+    return figure
+
+
+def _series(metrics: Sequence[RunMetrics], x: str) -> dict[tuple[str, str], list[RunMetrics]]:
+    """Runs grouped into lines (label without the ``x`` parameter, dataset), sorted along ``x``."""
     lines: dict[tuple[str, str], list[RunMetrics]] = defaultdict(list)
-    for m, label in zip(metrics, labels(metrics, ignore=ignore)):
+    for m, label in zip(metrics, labels(metrics, ignore=(x,))):
         lines[label, m.dataset].append(m)
     return {key: sorted(points, key=lambda p: getattr(p, x)) for key, points in lines.items()}
-
-
-def _legend(*axes: Any) -> None:
-    handles, names = [], []
-    for axis in axes:
-        h, n = axis.get_legend_handles_labels()
-        handles += h
-        names += n
-    axes[0].legend(handles, names, fontsize="small")
-
-
-def _save(figure: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 # ---- exports -------------------------------------------------------------------------------
