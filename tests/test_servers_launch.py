@@ -499,6 +499,41 @@ def test_up_twice_does_nothing_the_second_time(fake_script, state_dir):
         manager.up("qwen3", state_dir=state_dir, specs=[fake_spec(fake_script)], timeout=30)
 
 
+def test_up_refuses_running_servers_that_do_not_answer(fake_script, state_dir, monkeypatch):
+    spec = fake_spec(fake_script)
+    manager.up("local", state_dir=state_dir, specs=[spec], timeout=30, poll_interval=0.1)
+    pid = json.loads((state_dir / "servers.json").read_text())["servers"][0]["process"]["pid"]
+    monkeypatch.setattr(manager, "ALREADY_UP_PATIENCE", 0.5)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(manager.ServerError, match="do not answer"):
+            manager.up("local", state_dir=state_dir, specs=[fake_spec(fake_script)], timeout=30)
+        assert pid_alive(pid), "a busy or hung server is not killed by `up`"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_up_restarts_after_an_interrupted_start(fake_script, state_dir):
+    spec = fake_spec(fake_script)
+    manager.up("local", state_dir=state_dir, specs=[spec], timeout=30, poll_interval=0.1)
+    pid = json.loads((state_dir / "servers.json").read_text())["servers"][0]["process"]["pid"]
+    (state_dir / "endpoints.json").unlink()  # as if `up` had been killed while waiting
+    assert manager.running_endpoints(state_dir) is None
+    endpoints = manager.up(
+        "local", state_dir=state_dir, specs=[fake_spec(fake_script)], timeout=30, poll_interval=0.1
+    )
+    assert not pid_alive(pid)
+    assert manager.running_endpoints(state_dir) == endpoints
+
+
+def test_local_profile_with_a_model_folder_of_ones_own_uses_the_packaged_template(tmp_path):
+    (spec,) = launch.servers_for_profile("local", ProfileOptions(model=str(tmp_path)))
+    argv = list(spec.argv)
+    template = Path(argv[argv.index("--chat-template") + 1])
+    assert template == local_model.packaged_template_path()
+    assert template.read_text() == local_model.template_text()
+
+
 def test_two_servers_paired(fake_script, state_dir):
     port = free_port()
     port1 = free_port()

@@ -168,7 +168,14 @@ def local_servers(options: ProfileOptions) -> list[ServerSpec]:
     model_dir = options.model or options.local_model_dir
     if not model_dir:
         raise LaunchError("the local profile needs the converted model folder (local_model_dir)")
-    template = options.local_chat_template or str(Path(model_dir) / "chat_template.jinja")
+    template = options.local_chat_template
+    if not template:
+        template = str(Path(model_dir) / "chat_template.jinja")
+        if options.model and not Path(template).is_file():
+            # a model folder of the user's own: use the packaged Qwen3-style template
+            from scale_graph.servers.local_model import packaged_template_path
+
+            template = str(packaged_template_path())
     argv = _api_server(options, str(model_dir), options.port)
     argv += [
         "--served-model-name",

@@ -79,6 +79,11 @@ def template_text() -> str:
     )
 
 
+def packaged_template_path() -> Path:
+    """The template file shipped in the package (for ``--chat-template`` with another folder)."""
+    return Path(str(importlib.resources.files("scale_graph.servers").joinpath(TEMPLATE_RESOURCE)))
+
+
 def chat_template_path(model_dir: Path) -> Path:
     """The template file to pass to vLLM with ``--chat-template``."""
     return Path(model_dir) / TEMPLATE_FILENAME
@@ -239,6 +244,7 @@ __all__ = [
     "default_model_dir",
     "find_gguf",
     "is_prepared",
+    "packaged_template_path",
     "prepare_local_model",
     "template_text",
 ]

@@ -27,7 +27,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +51,8 @@ LOG_DIR = "logs"
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_STOP_GRACE = 30.0
 LOG_TAIL_LINES = 20
+# How long `up` keeps asking already-running servers before calling them unresponsive.
+ALREADY_UP_PATIENCE = 20.0
 
 
 class ServerError(RuntimeError):
@@ -326,13 +327,21 @@ def _any_ours_alive(state: dict) -> bool:
     return any(is_same_process(p) for s in state.get("servers") or [] for p in _server_records(s))
 
 
-def _answering(endpoints: dict) -> bool:
-    for system in ("system1", "system2"):
-        entry = endpoints.get(system) or {}
-        models = probe_models(entry.get("base_url", ""))
-        if models is None or entry.get("model") not in models:
-            return False
-    return True
+def _answering(endpoints: dict, patience: float = 0.0) -> bool:
+    """Both endpoints list their model; retried for ``patience`` seconds (a busy CPU server
+    can be slow to answer)."""
+    deadline = time.monotonic() + patience
+    while True:
+        ok = True
+        for system in ("system1", "system2"):
+            entry = endpoints.get(system) or {}
+            models = probe_models(entry.get("base_url", ""), timeout=5.0)
+            if models is None or entry.get("model") not in models:
+                ok = False
+                break
+        if ok or time.monotonic() >= deadline:
+            return ok
+        time.sleep(1.0)
 
 
 def up(
@@ -360,21 +369,22 @@ def up(
         endpoints = _read_json(root / ENDPOINTS_FILE)
         if existing is not None:
             has_servers = bool(existing.get("servers"))
-            if (
-                has_servers
-                and endpoints is not None
-                and _all_ours_alive(existing)
-                and _answering(endpoints)
-            ):
+            if has_servers and endpoints is not None and _all_ours_alive(existing):
                 if existing.get("profile") != profile:
                     raise ServerError(
                         f"servers of the {existing.get('profile')!r} profile are already running "
                         f"(state in {root}); stop them first with: scale servers down"
                     )
+                if not _answering(endpoints, patience=ALREADY_UP_PATIENCE):
+                    raise ServerError(
+                        f"the servers recorded in {root} are running but do not answer "
+                        "/v1/models; see their logs, or stop them with: scale servers down"
+                    )
                 _say(console, f"Servers of the {profile!r} profile are already up; nothing to do.")
                 return endpoints
             if _any_ours_alive(existing):
-                _say(console, "Stopping the servers of an earlier run that are not ready…")
+                # an interrupted `up`, or one server of a pair died: start afresh
+                _say(console, "Stopping the leftovers of an earlier start…")
                 for record in existing.get("servers") or []:
                     _stop_server(record)
             _remove_state(root)
@@ -585,6 +595,3 @@ __all__ = [
     "status",
     "up",
 ]
-
-if sys.platform == "win32":  # pragma: no cover
-    raise ImportError("scale_graph.servers.manager supports POSIX systems only")
