@@ -193,6 +193,15 @@ def test_local_max_model_len_sets_the_batch_budget(tmp_path):
     assert spec.port == 8123
 
 
+def test_local_run_defaults_are_context_fields():
+    from dataclasses import fields
+
+    from scale_graph.context import Context
+
+    names = {f.name for f in fields(Context)}
+    assert set(launch.LOCAL_RUN_DEFAULTS) <= names
+
+
 def test_local_run_defaults_are_small():
     assert launch.LOCAL_RUN_DEFAULTS["system2_max_tokens"] <= 256
     assert launch.LOCAL_RUN_DEFAULTS["system1_max_tokens"] <= 256

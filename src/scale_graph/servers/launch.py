@@ -56,12 +56,18 @@ LOCAL_KVCACHE_SPACE_GIB = 1
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 # Recommended run settings for the tiny local model (read by the workflow through
-# endpoints.json "run_defaults"): small budgets so that a System 2 call that never closes its
-# thinking (the tiny model never does) costs seconds, not minutes (~18 tokens/s per request).
+# endpoints.json "run_defaults"; the keys are fields of scale_graph.Context): small budgets so
+# that a System 2 call that never closes its thinking (the tiny model never does) costs
+# seconds, not minutes (~18 tokens/s for one request on 2 cores), and short carried context
+# because prefill runs at only ~100 tokens/s and a prompt is prefilled in one step.
 LOCAL_RUN_DEFAULTS: dict = {
     "system1_max_tokens": 192,
     "system2_max_tokens": 192,
     "candidates": 2,
+    "planner_max_tokens": 256,
+    "force_answer_max_tokens": 128,
+    "carry_max_chars": 2000,
+    "context_max_chars": 8000,
 }
 
 
