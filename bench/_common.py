@@ -171,7 +171,18 @@ def versions() -> str:
     return ", ".join(found)
 
 
+def package_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return out.stdout.strip()[:70] + (" (src modified)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def header(title: str) -> None:
     print(f"== {title}")
     print(f"   {machine_line()}")
     print(f"   {versions()}")
+    print(f"   package at commit {package_commit()}")
