@@ -14,7 +14,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable, Generator
 
 from langchain_core.runnables import RunnableLambda
@@ -96,56 +96,61 @@ def _runtime() -> tuple[Context, BaseStore]:
     return run_context(), (runtime.store if runtime is not None else None) or _fallback_store
 
 
+def _operations(logic: NodeLogic, state: dict, context: Context) -> Generator[tuple, Any, dict]:
+    """Serve ``logic``'s requests as primitive operations — ("get", namespace, key),
+    ("put", namespace, key, value), ("call", ChatCall) — so the journal logic is written once for
+    the sync and the async executor."""
+    run_id = current_run_id(state)
+    if "run_id" not in state:  # the run's first node records what a resume needs
+        if (yield ("get", RUNS_NAMESPACE, run_id)) is None:
+            yield ("put", RUNS_NAMESPACE, run_id, run_record(state.get("problem", ""), context))
+    namespace = calls_namespace(run_id)
+    steps = logic({**state, "run_id": run_id}, context)
+    answer: Any = None
+    while True:
+        try:
+            request = steps.send(answer)
+        except StopIteration as finished:
+            return finished.value
+        if isinstance(request, Load):
+            answer = {}
+            for key in request.keys:
+                if (item := (yield ("get", namespace, key))) is not None:
+                    answer[key] = ChatReply.from_dict(item.value)
+            continue
+        key = request.journal_key
+        cached = yield ("get", namespace, key)
+        if cached is not None:
+            answer = ChatReply.from_dict(cached.value)
+            continue
+        answer = yield ("call", request)
+        yield ("put", namespace, key, answer.to_dict())
+
+
 def node(logic: NodeLogic) -> RunnableLambda:
     """A LangGraph node (sync + async) that serves ``logic``'s requests through the journal."""
 
     def run(state: dict) -> dict:
         context, store = _runtime()
-        run_id = current_run_id(state)
-        if "run_id" not in state:  # the run's first node records what a resume needs
-            save_run(store, run_id, state.get("problem", ""), context)
-        steps = logic({**state, "run_id": run_id}, context)
-        namespace = calls_namespace(run_id)
-        answer: Any = None
+        execute = {"get": store.get, "put": partial(store.put, index=False), "call": lambda call: systems_for(context).call(call)}
+        operations, result = _operations(logic, state, context), None
         while True:
             try:
-                request = steps.send(answer)
+                operation, *arguments = operations.send(result)
             except StopIteration as finished:
                 return finished.value
-            if isinstance(request, Load):
-                answer = {item.key: ChatReply.from_dict(item.value) for key in request.keys
-                          if (item := store.get(namespace, key)) is not None}
-                continue
-            cached = store.get(namespace, request.journal_key)
-            if cached is not None:
-                answer = ChatReply.from_dict(cached.value)
-                continue
-            answer = systems_for(context).call(request)
-            store.put(namespace, request.journal_key, answer.to_dict(), index=False)
+            result = execute[operation](*arguments)
 
     async def arun(state: dict) -> dict:
         context, store = _runtime()
-        run_id = current_run_id(state)
-        if "run_id" not in state:
-            await asave_run(store, run_id, state.get("problem", ""), context)
-        steps = logic({**state, "run_id": run_id}, context)
-        namespace = calls_namespace(run_id)
-        answer: Any = None
+        execute = {"get": store.aget, "put": partial(store.aput, index=False), "call": lambda call: systems_for(context).acall(call)}
+        operations, result = _operations(logic, state, context), None
         while True:
             try:
-                request = steps.send(answer)
+                operation, *arguments = operations.send(result)
             except StopIteration as finished:
                 return finished.value
-            if isinstance(request, Load):
-                items = [await store.aget(namespace, key) for key in request.keys]
-                answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
-                continue
-            cached = await store.aget(namespace, request.journal_key)
-            if cached is not None:
-                answer = ChatReply.from_dict(cached.value)
-                continue
-            answer = await systems_for(context).acall(request)
-            await store.aput(namespace, request.journal_key, answer.to_dict(), index=False)
+            result = await execute[operation](*arguments)
 
     run.__doc__ = arun.__doc__ = logic.__doc__
     return RunnableLambda(run, arun, name=logic.__name__)
@@ -154,11 +159,6 @@ def node(logic: NodeLogic) -> RunnableLambda:
 # ---- run records: what a resume needs, kept beside the journal ----------------------------
 def run_record(problem: str, context: Context) -> dict[str, Any]:
     return {"problem": problem, "params": context.to_dict(), "created": time.time()}
-
-
-def save_run(store: BaseStore, run_id: str, problem: str, context: Context) -> None:
-    if store.get(RUNS_NAMESPACE, run_id) is None:
-        store.put(RUNS_NAMESPACE, run_id, run_record(problem, context), index=False)
 
 
 async def asave_run(store: BaseStore, run_id: str, problem: str, context: Context) -> None:
