@@ -179,8 +179,6 @@ def test_interrupted_evaluation_recomputes_no_finished_result(endpoint_env, fake
     assert fake_server.stats()["requests"] == 8 - finished
 
 
-@pytest.mark.xfail(reason="concurrent SCALE problems on one SQLite store hit 'database is locked' until the "
-                          "store's transactions begin IMMEDIATE (persistence.open_async)", strict=False)
 def test_concurrent_scale_problems(endpoint_env, fake_server):
     evaluate_ok("--dataset", "aime24", "--data-dir", DATA, "--limit", "2", "--samples", "2", "-k", "2",
                 "--concurrency", "4")

@@ -49,7 +49,7 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _run_async(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None) -> Any:
+def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None) -> Any:
     """Run a coroutine factory, turning every expected failure into one line and an exit code."""
     resume_hint = f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`") if thread_id else ""
     try:
@@ -162,7 +162,7 @@ def solve(
                 values = await resume(graph, store, thread, on_event=_progress, review=decision)
             return summary(values, thread)
 
-    shown = _run_async(work, thread_id=thread, db=db)
+    shown = run_guarded(work, thread_id=thread, db=db)
     _emit(shown, as_json)
 
 
@@ -208,7 +208,7 @@ def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None
         async with open_async(path) as (saver, store):
             return await list_runs(build_graph(saver, store), store)
 
-    rows = _run_async(work)
+    rows = run_guarded(work)
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
         return
@@ -231,7 +231,7 @@ def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = Jso
         async with open_async(path) as (saver, store):
             return await show_run(build_graph(saver, store), store, thread_id)
 
-    shown = _run_async(work)
+    shown = run_guarded(work)
     if as_json:
         sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
         return
@@ -260,7 +260,7 @@ def runs_resume(
             values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress, review=decision)
             return summary(values, thread_id)
 
-    _emit(_run_async(work, thread_id=thread_id, db=db), as_json)
+    _emit(run_guarded(work, thread_id=thread_id, db=db), as_json)
 
 
 @runs_app.command("delete")
@@ -273,13 +273,24 @@ def runs_delete(thread_id: str, db: Optional[Path] = DbOption) -> None:
         async with open_async(path) as (saver, store):
             return await delete_run(saver, store, thread_id)
 
-    removed = _run_async(work)
+    removed = run_guarded(work)
     out.print(f"deleted run {thread_id} ({removed} stored calls)")
 
 
 def _require(path: Path) -> None:
     if not path.exists():
         raise DatabaseError(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)")
+
+
+def _register_evaluation() -> None:
+    # Imported here: the evaluation commands reuse this module's error handling.
+    from scale_graph.evaluation.cli import eval_command, report_command
+
+    app.command("eval", help="Evaluate SCALE and the baselines on a problem set (paper Tables 1-2, Figure 2).")(eval_command)
+    app.command("report", help="Tables and plots from stored evaluation runs.")(report_command)
+
+
+_register_evaluation()
 
 
 def main() -> None:

@@ -26,6 +26,48 @@ PRAGMAS = f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_time
 SCHEMA_VERSION = 1  # of SCALE-Graph's own use of the file (the `scale_meta` table)
 
 
+class _ImmediateSqliteStore(SqliteStore):
+    """SqliteStore whose transactions take the write lock up front (``BEGIN IMMEDIATE``).
+
+    The stock store opens deferred transactions that read, then write; when another connection
+    (the checkpointer, another process) commits in between, SQLite refuses the write at once
+    instead of waiting ``busy_timeout`` — "database is locked" under concurrency.
+    """
+
+    @contextmanager
+    def _cursor(self, *, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
+        if not self.is_setup:
+            self.setup()
+        with self.lock:
+            if transaction:
+                self.conn.execute("BEGIN IMMEDIATE")
+            cur = self.conn.cursor()
+            try:
+                yield cur
+            finally:
+                if transaction:
+                    self.conn.execute("COMMIT")
+                cur.close()
+
+
+class _ImmediateAsyncSqliteStore(AsyncSqliteStore):
+    """AsyncSqliteStore with ``BEGIN IMMEDIATE`` transactions (see :class:`_ImmediateSqliteStore`)."""
+
+    @asynccontextmanager
+    async def _cursor(self, *, transaction: bool = True) -> AsyncIterator[aiosqlite.Cursor]:
+        if not self.is_setup:
+            await self.setup()
+        async with self.lock:
+            if transaction:
+                await self.conn.execute("BEGIN IMMEDIATE")
+            async with self.conn.cursor() as cur:
+                try:
+                    yield cur
+                finally:
+                    if transaction:
+                        await self.conn.execute("COMMIT")
+
+
 class DatabaseError(RuntimeError):
     """The run database cannot be used; one line for the user."""
 
@@ -79,7 +121,7 @@ def open_sync(path: str | os.PathLike | None = None) -> Iterator[tuple[SqliteSav
         saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
         store_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         store_conn.executescript(PRAGMAS)
-        saver, store = SqliteSaver(saver_conn), SqliteStore(store_conn)
+        saver, store = SqliteSaver(saver_conn), _ImmediateSqliteStore(store_conn)
         saver.setup()
         store.setup()
         yield saver, store
@@ -101,7 +143,7 @@ async def open_async(path: str | os.PathLike | None = None) -> AsyncIterator[tup
                 aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None) as store_conn:
             await saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
             await store_conn.executescript(PRAGMAS)
-            saver, store = AsyncSqliteSaver(saver_conn), AsyncSqliteStore(store_conn)
+            saver, store = AsyncSqliteSaver(saver_conn), _ImmediateAsyncSqliteStore(store_conn)
             await saver.setup()
             await store.setup()
             yield saver, store

@@ -108,9 +108,9 @@ def report_command(
 
 def _run(work: Callable[[], Any]) -> Any:
     """The main CLI's runner: expected failures become one red line and an exit code."""
-    from scale_graph.cli import _run_async  # imported late: the main CLI imports this module
+    from scale_graph.cli import run_guarded  # imported late: the main CLI imports this module
 
-    return _run_async(work)
+    return run_guarded(work)
 
 
 def _split(value: str | None, option: str) -> list[str]:
