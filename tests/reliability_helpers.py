@@ -188,17 +188,28 @@ def kill_on_database_event(pid: int, db: Path, thread_id: str, kind: str, count:
         except ProcessLookupError:
             return False
 
+    connection: list[sqlite3.Connection] = []
+
     def reached() -> bool:
-        if kind == "wal":
-            return False
         try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as conn:
-                sql, arg = queries[kind]
-                return conn.execute(sql, (arg,)).fetchone()[0] >= count
-        except sqlite3.Error:
+            if not connection:  # one read-only connection: each query sees the latest commit
+                connection.append(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05))
+            sql, arg = queries[kind]
+            return connection[0].execute(sql, (arg,)).fetchone()[0] >= count
+        except sqlite3.Error:  # not created yet
+            for conn in connection:
+                conn.close()
+            connection.clear()
             return False
 
     def watch() -> None:
+        try:
+            _watch()
+        finally:
+            for conn in connection:
+                conn.close()
+
+    def _watch() -> None:
         wal = Path(f"{db}-wal")
         size: Any = False
         while alive():
@@ -216,7 +227,7 @@ def kill_on_database_event(pid: int, db: Path, thread_id: str, kind: str, count:
                 elif current != size:
                     os.kill(pid, signal.SIGKILL)
                     return
-            elif reached():
+            elif kind != "wal" and reached():
                 os.kill(pid, signal.SIGKILL)
                 return
             time.sleep(poll)
