@@ -34,8 +34,8 @@ def test_decompose_samples_k_candidates_in_one_call_with_schema(scripted):
     assert call.n == 5 and call.schema["name"] == "decomposition" and call.thinking is False
 
 
-@pytest.mark.parametrize("difficulty, threshold, system", [(0.2, 0.2, 1), (0.2001, 0.2, 2), (0.0, 0.0, 1),
-                                                           (1.0, 1.0, 1), (0.5, 0.0, 2)])
+@pytest.mark.parametrize("difficulty, threshold, system", [(0.2, 0.2, 1), (0.2001, 0.2, 2), (0.0, 0.0, 2),
+                                                           (0.01, 0.01, 1), (1.0, 1.0, 1), (0.5, 0.0, 2)])
 def test_route_at_threshold_boundary(scripted, difficulty, threshold, system):
     fake = scripted(lambda c: f'{{"difficulty": {difficulty}}}' if c.key.startswith("assess") else default_respond(c))
     out = run(context(threshold=threshold))
