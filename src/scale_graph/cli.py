@@ -19,6 +19,7 @@ from scale_graph.journal import new_run_id
 from scale_graph.persistence import DatabaseError, db_path, open_async
 from scale_graph.runner import InputError, UnknownRun, awaiting_review, resume, start, validate_problem
 from scale_graph.runs import delete_run, list_runs, show_run, summary
+from scale_graph.serve import serve_command
 from scale_graph.servers.chat import EndpointError
 from scale_graph.servers.cli import app as servers_app
 from scale_graph.settings import ConfigError
@@ -28,6 +29,7 @@ app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, a
 runs_app = typer.Typer(help="Inspect, resume and delete stored runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
+app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")(serve_command)
 
 out = Console()
 err = Console(stderr=True)

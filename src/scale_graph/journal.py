@@ -52,7 +52,8 @@ def derive_seed(base: int, *parts: object) -> int:
 
 
 def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
+    """A UUID, so a run started from the CLI can also be opened in LangGraph Studio."""
+    return str(uuid.uuid4())
 
 
 def current_run_id(state: dict) -> str:

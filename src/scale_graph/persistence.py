@@ -44,9 +44,14 @@ class _ImmediateSqliteStore(SqliteStore):
             cur = self.conn.cursor()
             try:
                 yield cur
-            finally:
+            except BaseException:
+                if transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            else:
                 if transaction:
                     self.conn.execute("COMMIT")
+            finally:
                 cur.close()
 
 
@@ -63,7 +68,11 @@ class _ImmediateAsyncSqliteStore(AsyncSqliteStore):
             async with self.conn.cursor() as cur:
                 try:
                     yield cur
-                finally:
+                except BaseException:
+                    if transaction:
+                        await self.conn.execute("ROLLBACK")
+                    raise
+                else:
                     if transaction:
                         await self.conn.execute("COMMIT")
 

@@ -8,9 +8,10 @@ than with the square of the number of sub-problems.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal
 
 from langgraph.channels.delta import DeltaChannel
+from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this one on Python < 3.12
 
 Stage = Literal["decompose", "select", "assess", "solve_system1", "solve_system2", "force_answer"]
 PREVIEW_CHARS = 240
