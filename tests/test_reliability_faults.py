@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scale_graph.cli import app
+from scale_graph.servers import chat
 from scale_graph.testing.fake_openai import FakeOpenAIServer
 
 from tests.reliability_helpers import difficulty_by_index
@@ -33,6 +34,8 @@ FULL_RUN = 8
 
 @pytest.fixture
 def server(monkeypatch):
+    # features an endpoint refused (HTTP 400) are remembered per process by base URL: start clean
+    monkeypatch.setattr(chat, "_refused", {})
     with FakeOpenAIServer(hang_seconds=5, difficulties=difficulty_by_index([0.1, 0.8, 0.1])) as fake:
         for system in (1, 2):
             monkeypatch.setenv(f"SCALE_SYSTEM{system}_BASE_URL", fake.base_url)
@@ -254,3 +257,17 @@ def test_server_stopped_mid_run_fails_clearly_then_resumes(server):
     # the request cut by stop() may be asked again; nothing that had been answered to the client
     bodies = answered_bodies(server)
     assert FULL_RUN <= len(bodies) <= FULL_RUN + 1 and len(set(bodies)) == FULL_RUN
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: one HTTP 400 (any cause) strips the feature from the endpoint for the "
+                                       "rest of the process (servers/chat.py `_refused`): later runs silently send "
+                                       "System 1 requests without enable_thinking=false, and record no warning")
+def test_a_single_400_does_not_silently_degrade_later_runs(server):
+    server.inject("400", times=1, stage="solve")  # the first solve is System 1's
+    first = solved("--thread-id", "first")
+    assert any("System 1 endpoint refused thinking_flag" in w for w in all_warnings(first))
+    server.reset()
+    later = solved("--thread-id", "later")  # same process, e.g. `scale eval` or `scale serve`
+    system1 = [e["body"] for e in server.stats()["log"] if e["model"] == "scale-system1"]
+    flagged = all(b.get("chat_template_kwargs") == {"enable_thinking": False} for b in system1)
+    assert flagged or all_warnings(later), "System 1 now runs with the server's default thinking mode, silently"

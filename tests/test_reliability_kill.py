@@ -3,12 +3,15 @@
 Every kill point gets its own fake server and database, and all of them run in parallel. The
 SIGKILL is sent either by the server itself (a :class:`KillingServer`, from its event loop, at
 an exact moment of the conversation) or by a thread watching the run's SQLite file (right
-after a journal entry, a checkpoint or a WAL write appears). The run: k=3 candidates, 4 sub-problems with difficulties
-0.1/0.8/0.1/0.9 (τ=0.2: System 1, 2, 1, 2) and a System 2 budget too small to finish
+after a journal entry, a checkpoint or a WAL write appears). The run: k=3 candidates, 4
+sub-problems with difficulties 0.1/0.8/0.1/0.9 (τ=0.2: System 1, 2, 1, 2) and a System 2 budget too small to finish
 thinking, so both System 2 solves need the forced-answer follow-up. Its 12 requests:
 
     1 decompose  2 select  3 assess#1  4 solve#1 (S1)  5 assess#2  6 solve#2 (S2)  7 force#2
     8 assess#3  9 solve#3 (S1)  10 assess#4  11 solve#4 (S2)  12 force#4   → finalize
+
+A SIGKILL inside `finalize` (a node without I/O that lasts milliseconds) is also reproduced
+deterministically by rewinding a finished run's file to the state such a kill leaves.
 
 For every kill point the resumed run must equal an uninterrupted run (answer, candidates,
 selection, sub-problems, difficulties, systems, results, tokens, warnings, solution and
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -54,7 +58,6 @@ WORKERS = 8
 #: after a given answer (inside or right after a write transaction).
 KILL_POINTS = [
     ("decompose in flight", "arrival", "decompose", IN_FLIGHT),
-    ("decompose journalled (checkpoint pending)", "journal", 1),
     ("select in flight", "arrival", "select", IN_FLIGHT),
     ("checkpoint after select written", "checkpoints", 4),
     ("assess #1 in flight", "arrival", "assess#1", IN_FLIGHT),
@@ -67,7 +70,6 @@ KILL_POINTS = [
     ("solve #3 (System 1) in flight", "arrival", "solve#3", IN_FLIGHT),
     ("assess #4 in flight", "arrival", "assess#4", IN_FLIGHT),
     ("solve #4 (System 2) in flight", "arrival", "solve#4", IN_FLIGHT),
-    ("forced-answer follow-up #4 in flight", "arrival", "force#4", IN_FLIGHT),
     ("force #4 answered: journal/checkpoint write", "answer", "force#4", 0.0),
     ("checkpoint after solve #4 written: finalize", "checkpoints", 12),
 ]
@@ -103,6 +105,19 @@ def stopped_where(db: Path, scratch: Path) -> tuple[str, int]:
     return (",".join(snapshot.next) or "done"), calls
 
 
+def rewind_into_finalize(source: Path, target: Path) -> None:
+    """A copy of a finished run as a SIGKILL inside `finalize` leaves it: the last checkpoint and
+    the writes finalize made against the one before are gone (deterministic, unlike a real kill
+    in a node that takes a few milliseconds)."""
+    shutil.copy(source, target)
+    with sqlite3.connect(target) as conn:
+        (last,), (before,) = conn.execute("SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? "
+                                          "ORDER BY checkpoint_id DESC LIMIT 2", (THREAD,)).fetchall()
+        conn.execute("DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_id = ?", (THREAD, last))
+        conn.execute("DELETE FROM writes WHERE thread_id = ? AND checkpoint_id IN (?, ?)", (THREAD, last, before))
+    conn.close()
+
+
 def baseline(tmp: Path) -> dict:
     server = new_server()
     try:
@@ -110,8 +125,19 @@ def baseline(tmp: Path) -> dict:
         done = scale("solve", PROBLEM, "--thread-id", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
         assert done.returncode == 0, done.stderr
         stats = server.stats()
-        return {"json": last_json(done.stdout), "requests": stats["requests"], "arrivals": server.arrivals, "bodies": request_bodies(stats["log"]),
-                "shown": shown_in_process(tmp / "baseline.db")}
+        result = {"json": last_json(done.stdout), "requests": stats["requests"], "arrivals": server.arrivals,
+                  "bodies": request_bodies(stats["log"]), "shown": shown_in_process(tmp / "baseline.db")}
+        # killed inside finalize: resuming runs finalize again and asks the servers nothing
+        rewound = tmp / "rewound" / "runs.db"
+        rewound.parent.mkdir()
+        rewind_into_finalize(tmp / "baseline.db", rewound)
+        result["rewound_where"] = stopped_where(rewound, tmp / "rewound" / "inspect")[0]
+        resumed = scale("runs", "resume", THREAD, "--json", env={**env, "SCALE_DB": str(rewound)}, timeout=PROCESS_TIMEOUT)
+        assert resumed.returncode == 0, resumed.stderr
+        result["rewound_json"] = last_json(resumed.stdout)
+        result["rewound_shown"] = shown_in_process(rewound)
+        result["requests_after_rewind"] = server.stats()["requests"]
+        return result
     finally:
         server.close()
 
@@ -172,6 +198,9 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert [r["forced_answer"] for r in base["json"]["subproblems"]] == [False, True, False, True]
     expected = comparable(base["shown"])
     expected_json = strip_volatile(base["json"])
+    assert base["rewound_where"] == "finalize"
+    assert strip_volatile(base["rewound_json"]) == expected_json and comparable(base["rewound_shown"]) == expected
+    assert base["requests_after_rewind"] == REQUESTS
 
     print("\n" + "\n".join(
         f"{label:52s} killed={o['code'] == -signal.SIGKILL} answered={o['requests_at_kill']:2d} "
