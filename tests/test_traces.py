@@ -87,11 +87,20 @@ def test_select_drops_incomplete_and_with_correct_only_the_wrong():
     traces = [make("1", 0), make("1", 1, answer="41"), make("2", 0, answer=None), make("3", 0, subs=[]),
               make("4", 0, subs=[SubproblemTrace("never solved", None)])]
     everything = select(traces, ExportOptions())
-    assert [(k.trace.problem_id, k.trace.sample) for k in everything.kept] == [("1", 0), ("1", 1)]
-    assert everything.dropped == Counter(incomplete=3)
+    assert [(k.trace.problem_id, k.trace.sample) for k in everything.kept] == [("1", 0), ("1", 1), ("2", 0)]
+    assert everything.dropped == Counter(incomplete=2)
     correct = select(traces, ExportOptions(correct_only=True), Counter(failed=2))
     assert [(k.trace.problem_id, k.trace.sample) for k in correct.kept] == [("1", 0)]
-    assert correct.dropped == Counter(incomplete=3, incorrect=1, failed=2)
+    assert correct.dropped == Counter(incomplete=2, incorrect=2, failed=2)
+
+
+def test_a_trace_without_final_answer_says_so_and_never_agrees():
+    unanswered = make("2", 0, answer=None, gold="42")  # its last solution boxes 42 but the run had no answer
+    response = render(unanswered)
+    assert response.endswith("Adding gives \\boxed{42}.\n\nNo final answer was reached.")
+    stats = statistics(select([unanswered, make("1", 0)], ExportOptions()), problems=2, traces=2,
+                       options=ExportOptions())
+    assert (stats["kept"], stats["unanswered"], stats["answer_agreement"]) == (2, 1, 0.5)
 
 
 def test_dedup_drops_whitespace_variants_within_a_problem_only():

@@ -138,6 +138,8 @@ def print_statistics(stats: dict[str, Any], console: Console) -> None:
     table.add_column("value", justify="right")
     rows = [("problems", stats["problems"]), ("problems with a kept trace", stats["problems_kept"]),
             ("traces", stats["traces"]), ("kept after filtering", stats["kept"])]
+    if stats["unanswered"]:
+        rows.append(("  kept without a final answer", stats["unanswered"]))
     rows += [(f"  dropped: {reason.replace('_', ' ')}", stats["dropped"][reason])
              for reason in DROP_REASONS if stats["dropped"][reason]]
     rows += [("mean completion tokens (whole run)", _fmt(stats["mean_completion_tokens"], 0)),

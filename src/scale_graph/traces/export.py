@@ -9,10 +9,10 @@ The run's sub-problems, solutions and reasoning come from the checkpoint databas
 Selection, in order:
 
 1. results that failed, or whose checkpoints are missing, are dropped;
-2. incomplete traces (a sub-problem never solved, or no final ``\\boxed{}`` answer) are
-   dropped: they teach nothing;
+2. incomplete traces (no sub-problem, or one never solved) are dropped;
 3. ``correct_only``: traces whose answer is not equivalent to the reference are dropped (the
-   paper's Setting 2 filter);
+   paper's Setting 2 filter) — among them every trace without a final answer, which is kept
+   otherwise (rendered ending "No final answer was reached.", counted as ``unanswered``);
 4. ``dedup``: per problem, a response identical to an earlier one up to whitespace is dropped;
 5. ``max_per_problem``: per problem, the best N are kept — correct before wrong, then shorter
    responses (characters), then lower sample numbers.
@@ -128,7 +128,9 @@ def statistics(selection: Selection, *, problems: int, traces: int, options: Exp
     """The export's figures: counts, mean lengths, share of System 2 sub-problems, answer agreement."""
     kept = selection.kept
     subproblems = sum(len(k.trace.subproblems) for k in kept)
-    agreeing = sum(grading.grade(k.trace.gold, last_boxed(k.response)).correct for k in kept)
+    # the response's final boxed answer; a trace without a final answer disagrees, whatever
+    # intermediate result its last \boxed{} holds
+    agreeing = sum(k.trace.answered and grading.grade(k.trace.gold, last_boxed(k.response)).correct for k in kept)
     return {
         "run": run,
         "file": str(path) if path else None,
@@ -137,6 +139,7 @@ def statistics(selection: Selection, *, problems: int, traces: int, options: Exp
         "problems_kept": len({k.trace.problem_id for k in kept}),
         "traces": traces,
         "kept": len(kept),
+        "unanswered": sum(not k.trace.answered for k in kept),
         "dropped": {reason: selection.dropped.get(reason, 0) for reason in DROP_REASONS},
         "mean_completion_tokens": _mean(k.trace.completion_tokens for k in kept),
         "mean_solve_tokens": _mean(k.trace.solve_tokens for k in kept),

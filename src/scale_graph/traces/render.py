@@ -21,17 +21,19 @@ as one coherent response, following this template (``{…}`` are filled in, ``[�
     {solution 2}
     […]
 
-    Therefore, the final answer is \\boxed{answer}.
+    Therefore, the final answer is \\boxed{answer}.      (or: No final answer was reached.)
 
 - The plan lists the chosen decomposition D* (Eq. 2) in order; each sub-problem then appears
-  with its solution S(s_i) verbatim (the text that was carried forward as context, ending with
-  its own ``\\boxed{}`` result).
+  with its solution S(s_i) verbatim (in full, not the capped copy carried forward as context),
+  which ends with its own ``\\boxed{}`` result.
 - A ``<think>…</think>`` block appears only with ``include_reasoning`` and only before the
   solution of a sub-problem solved by System 2 (difficulty above τ) whose reasoning was
   captured: the student learns to think at length where SCALE did and to answer directly
   elsewhere. Without ``include_reasoning`` the response has no thinking at all.
 - The last line restates the run's final answer (the last ``\\boxed{}`` of S(s_n)), so the last
-  ``\\boxed{}`` of the response is always the answer that was graded.
+  ``\\boxed{}`` of the response is always the answer that was graded. A run whose last solution
+  has no ``\\boxed{}`` ends with "No final answer was reached." instead (such traces are never
+  correct, so ``--correct-only`` leaves them out).
 - Difficulty scores, system numbers and token counts are not written into the response; they
   stay in the run (``scale runs show``) and in the export statistics.
 
@@ -57,6 +59,7 @@ HEADER = "### Sub-problem {number}: {text}"
 THINK = "<think>\n{reasoning}\n</think>\n"
 NO_SOLUTION = "(no solution text)"
 FINAL = "Therefore, the final answer is \\boxed{{{answer}}}."
+NO_FINAL = "No final answer was reached."
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,12 @@ class Trace:
 
     @property
     def complete(self) -> bool:
-        """Usable for training: every sub-problem solved and a final answer."""
-        return bool(self.answer and self.answer.strip() and self.subproblems
-                    and all(s.system for s in self.subproblems))
+        """The run got through its plan: at least one sub-problem, every one solved."""
+        return bool(self.subproblems) and all(s.system for s in self.subproblems)
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.answer and self.answer.strip())
 
     @property
     def solve_tokens(self) -> int:
@@ -126,7 +132,7 @@ def render(trace: Trace, *, include_reasoning: bool = False) -> str:
         if include_reasoning and row.system == 2 and row.reasoning:
             parts.append(THINK.format(reasoning=row.reasoning))
         parts += [row.solution or NO_SOLUTION, ""]
-    parts.append(FINAL.format(answer=(trace.answer or "").strip()))
+    parts.append(FINAL.format(answer=trace.answer.strip()) if trace.answered else NO_FINAL)
     return "\n".join(parts)
 
 
