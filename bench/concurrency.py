@@ -53,7 +53,7 @@ async def timed(coro) -> tuple[float, BaseException | None]:
 
 GRAPH_VARIANTS = ("as-is", "fix-lock", "fix-shared", "fix-shared+aio", "fix-all", "aio-memjournal", "aio-nopersist")
 DIRECT_VARIANTS = ("direct-httpx", "direct-aio")
-DEFAULT_PLAN = "process:as-is:1,8,32,128;process:fix-all:128;process:direct-aio:1,128"
+DEFAULT_PLAN = "process:as-is:1,8,32,128;process:direct-aio:128"
 PLANS = {
     "full": ("process:as-is:1,8,32,128;process:fix-shared:128;process:fix-shared+aio:1,8,32,128;process:fix-all:128;"
              "process:aio-memjournal:128;process:aio-nopersist:1,128;process:direct-httpx:128;process:direct-aio:1,128;"
