@@ -55,8 +55,7 @@ def env_keys(tmp: Path, record: Recorder) -> None:
         done = record("solve", "What is 1+1?", "--thread-id", "env", "--json", env=env)
         assert done.returncode == 0, done.stderr
         assert last_json(done.stdout)["answer"] is not None
-        for command in (["runs", "list"], ["runs", "list", "--json"], ["runs", "show", "env", "--json"],
-                        ["runs", "show", "env"]):
+        for command in (["runs", "list"], ["runs", "show", "env", "--json"], ["runs", "show", "env"]):
             assert record(*command, env=env).returncode == 0
         assert server.stats()["requests"] == 8
 
@@ -96,7 +95,6 @@ def wrong_key(tmp: Path, record: Recorder) -> None:
         fixed = {**env, "SCALE_SYSTEM1_API_KEY": KEYS["server"], "SCALE_SYSTEM2_API_KEY": KEYS["server"]}
         resumed = record("runs", "resume", "wrong", "--json", env=fixed)
         assert resumed.returncode == 0, resumed.stderr
-        assert record("runs", "show", "wrong", "--json", env=fixed).returncode == 0
         assert [e["status"] for e in server.stats()["log"]].count(401) >= 2
 
 
@@ -113,8 +111,8 @@ def toml_keys(tmp: Path, record: Recorder, *, via_env: bool) -> None:
         env = base_env(SCALE_DB=str(folder / "runs.db"), **({"MY_SCALE_SECRET": KEYS[name]} if via_env else {}))
         done = record("solve", "What is 5+5?", "--thread-id", name, "--json", env=env, cwd=folder)
         assert done.returncode == 0, done.stderr
-        assert record("runs", "show", name, "--json", env=env, cwd=folder).returncode == 0
-        assert record("runs", "list", env=env, cwd=folder).returncode == 0
+        inspect = ["runs", "list", "--json"] if via_env else ["runs", "show", name, "--json"]
+        assert record(*inspect, env=env, cwd=folder).returncode == 0
         assert server.stats()["requests"] == 8  # the key from the file was sent
 
 
