@@ -140,41 +140,82 @@ def open_async_immediate(path):
 # syscall each, ``is_socket_readable``) for every queued request on every request/response
 # event, so CPU per call grows with the number of requests in flight. openai's aiohttp transport
 # (``openai.DefaultAioHttpClient``) has no such scan.
-@asynccontextmanager
-async def aiohttp_transport() -> AsyncIterator[None]:
-    """While active (inside one event loop), the package's async chat clients use
-    ``openai.DefaultAioHttpClient``; the clients are closed on exit."""
-    import asyncio
+class AiohttpTransport:
+    """Switchable: while enabled (inside the event loop it was made in), the package's async chat
+    clients use ``openai.DefaultAioHttpClient``; ``aclose`` closes the clients it made."""
 
-    import openai
+    def __init__(self) -> None:
+        import asyncio
 
-    from scale_graph.servers import chat
+        from scale_graph.servers import chat
 
-    saved = chat._client
-    made: dict = {}
-    loop = asyncio.get_running_loop()
+        self.chat = chat
+        self.saved = chat._client
+        self.made: dict = {}
+        self.loop = asyncio.get_running_loop()
 
-    def client(endpoint):
+    def _client(self, endpoint):
+        import asyncio
+
+        import openai
+
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        if current is not loop:
-            return saved(endpoint)
-        if endpoint not in made:
+        if current is not self.loop:
+            return self.saved(endpoint)
+        if endpoint not in self.made:
             http = openai.DefaultAioHttpClient(timeout=endpoint.timeout)
-            made[endpoint] = (http, chat.ReasoningChatOpenAI(
+            self.made[endpoint] = (http, self.chat.ReasoningChatOpenAI(
                 model=endpoint.model, base_url=endpoint.base_url, api_key=endpoint.api_key or "EMPTY",
                 timeout=endpoint.timeout, max_retries=endpoint.max_retries, http_async_client=http))
-        return made[endpoint][1]
+        return self.made[endpoint][1]
 
-    chat._client = client
+    def enable(self) -> None:
+        self.chat._client = self._client
+
+    def disable(self) -> None:
+        self.chat._client = self.saved
+
+    async def aclose(self) -> None:
+        self.disable()
+        for http, _ in self.made.values():
+            await http.aclose()
+        self.made.clear()
+
+
+@asynccontextmanager
+async def aiohttp_transport() -> AsyncIterator[None]:
+    """While active (inside one event loop), the package's async chat clients use
+    ``openai.DefaultAioHttpClient``; the clients are closed on exit."""
+    transport = AiohttpTransport()
+    transport.enable()
     try:
         yield
     finally:
-        chat._client = saved
-        for http, _ in made.values():
-            await http.aclose()
+        await transport.aclose()
+
+
+# ---- ChatCall.journal_key computed once ---------------------------------------------------
+@contextmanager
+def cached_journal_key() -> Iterator[None]:
+    """While active, ``ChatCall.journal_key`` is computed once per call object (cached_property)."""
+    from functools import cached_property
+
+    from scale_graph.servers.chat import ChatCall
+
+    original = ChatCall.__dict__.get("journal_key")
+    if not isinstance(original, property):
+        yield
+        return
+    cached = cached_property(original.fget)
+    cached.__set_name__(ChatCall, "journal_key")
+    ChatCall.journal_key = cached
+    try:
+        yield
+    finally:
+        ChatCall.journal_key = original
 
 
 def open_async_shared(path):

@@ -14,6 +14,8 @@ four ways, interleaved ``--repeats`` times (medians reported, the machine is noi
              checkpoints + SQLite call journal): what users run
   P batched  D with a prototype fix (bench/_prototypes.py): a history ``Load`` is one
              ``store.abatch`` instead of one ``store.aget`` per journal entry
+  F fixed    D with every prototype fix: saver and store on one connection, aiohttp transport,
+             batched Load, ChatCall.journal_key computed once
   N0, N1     C and D with the chat layer replaced by canned replies (no HTTP): the
              orchestration's own cost, free of network and server noise
 
@@ -130,6 +132,18 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
         graph = build_graph(saver, store)
         graph_ckpt_only = build_graph(saver, InMemoryStore())
         graph_batched = _prototypes.batched_load_graph(saver, store)
+        shared = _prototypes.open_async_shared(scratch / "overhead-shared.db")
+        shared_saver, shared_store = await shared.__aenter__()
+        graph_fixed = _prototypes.batched_load_graph(shared_saver, shared_store)
+        transport = _prototypes.AiohttpTransport()
+
+        async def run_fixed(r):
+            transport.enable()
+            try:
+                with _prototypes.cached_journal_key():
+                    return await run_full(graph_fixed, shared_store, context, problem, f"fixed-{r}")
+            finally:
+                transport.disable()
 
         # Record one run: the request bodies (server log) and the logical calls (chat layer).
         recorded: list = []
@@ -174,6 +188,7 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
             "C2 +ckpt": lambda r: run_full(graph_ckpt_only, memory_store, context, problem, f"ckpt-{r}"),
             "D full": lambda r: run_full(graph, store, context, problem, f"full-{r}"),
             "P batched": lambda r: run_full(graph_batched, store, context, problem, f"batched-{r}"),
+            "F fixed": run_fixed,
             "N0 nullmem": lambda r: without_http(run_graph_memory(context, problem, f"nmem-{r}")),
             "N1 nullfull": lambda r: without_http(run_full(graph, store, context, problem, f"nfull-{r}")),
         }
@@ -213,6 +228,8 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
         print(f"     total          D-A   {per_call('D full', 'A direct')}   target ≤ 2 ms; "
               f"ratio D/A = {med['D full'] / med['A direct']:.2f}")
         print(f"     what-if: Load as one store.abatch (bench/_prototypes.py): P-A {per_call('P batched', 'A direct')}")
+        print(f"     what-if: all prototype fixes (one connection, aiohttp, batched Load, journal_key cached): "
+              f"F-A {per_call('F fixed', 'A direct')}")
         print(f"     without HTTP (canned replies): graph+memory journal {med['N0 nullmem'] / calls:.2f} ms wall, "
               f"{cpu_med['N0 nullmem'] / calls:.2f} ms CPU per call; graph+SQLite {med['N1 nullfull'] / calls:.2f} ms wall, "
               f"{cpu_med['N1 nullfull'] / calls:.2f} ms CPU per call")
@@ -229,6 +246,9 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
             nodes = 2 + 2 * args.subproblems + 1
             print(f"   aiosqlite calls per problem, {name} ({nodes} nodes, {calls} LLM calls): {c['execute']} execute, "
                   f"{c['commit']} commit (the store runs BEGIN/…/COMMIT as executes: every store get is a transaction)")
+
+        await transport.aclose()
+        await shared.__aexit__(None, None, None)
 
         if args.profile:
             profiler = cProfile.Profile(time.thread_time)  # CPU of the event-loop thread only
