@@ -13,6 +13,7 @@ the package's chat layer (``Systems.acall``); the server's Prometheus ``/metrics
 after each method and diffed.
 
     python bench/real_server.py
+    python bench/real_server.py --quick        # bounded budgets: minutes on the local CPU server
     python bench/real_server.py --problems 1 --set candidates=2 --set system2_max_tokens=512
     SCALE_SYSTEM1_BASE_URL=http://127.0.0.1:8000/v1 SCALE_SYSTEM1_MODEL=qwen3 \\
     SCALE_SYSTEM2_BASE_URL=http://127.0.0.1:8000/v1 SCALE_SYSTEM2_MODEL=qwen3 python bench/real_server.py
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/aime24.jsonl"
+QUICK = {"planner_max_tokens": "160", "max_subproblems": "3", "parse_retries": "0", "force_answer_max_tokens": "128"}
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
 WANTED = {"queries": "prefix_cache_queries", "hits": "prefix_cache_hits",
           "prompt_tokens": "prompt_tokens", "generation_tokens": "generation_tokens"}
@@ -164,7 +166,11 @@ def main() -> None:
     parser.add_argument("--methods", default="scale,cot")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a run parameter (Context field), e.g. candidates=2")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"minutes on a CPU server: {' '.join('--set ' + k + '=' + v for k, v in QUICK.items())}")
     args = parser.parse_args()
+    if args.quick:
+        args.set = [f"{k}={v}" for k, v in QUICK.items()] + args.set
 
     from scale_graph import Context
     from scale_graph.evaluation.datasets import read_jsonl
