@@ -5,6 +5,7 @@ exported files read back with the `datasets` JSON loader and rendered by a real 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -238,8 +239,6 @@ def generated(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("generated")
     with FakeOpenAIServer() as server, pytest.MonkeyPatch.context() as patch:
-        import os
-
         for name in [n for n in os.environ if n.startswith("SCALE_")]:
             patch.delenv(name)
         patch.chdir(folder)
