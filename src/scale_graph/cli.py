@@ -20,7 +20,7 @@ from scale_graph.persistence import DatabaseError, db_path, open_async
 from scale_graph.runner import InputError, UnknownRun, awaiting_review, resume, start, validate_problem
 from scale_graph.runs import delete_run, list_runs, show_run, summary
 from scale_graph.serve import serve_command
-from scale_graph.servers.chat import EndpointError
+from scale_graph.servers.chat import EndpointError, close_clients
 from scale_graph.servers.cli import app as servers_app
 from scale_graph.settings import ConfigError
 
@@ -54,8 +54,14 @@ def _fail(message: str, code: int) -> None:
 def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None) -> Any:
     """Run a coroutine factory, turning every expected failure into one line and an exit code."""
     resume_hint = f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`") if thread_id else ""
+    async def closing() -> Any:
+        try:
+            return await work()
+        finally:
+            await close_clients()
+
     try:
-        return asyncio.run(work())
+        return asyncio.run(closing())
     except (ConfigError, InputError) as exc:
         _fail(str(exc), 2)
     except UnknownRun as exc:

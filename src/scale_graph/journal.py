@@ -20,7 +20,7 @@ from typing import Any, Callable, Generator
 from langchain_core.runnables import RunnableLambda
 from langgraph.config import get_config, get_stream_writer
 from langgraph.runtime import get_runtime
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp
 from langgraph.store.memory import InMemoryStore
 
 from scale_graph.context import Context
@@ -99,7 +99,7 @@ def _runtime() -> tuple[Context, BaseStore]:
 
 def _operations(logic: NodeLogic, state: dict, context: Context) -> Generator[tuple, Any, dict]:
     """Serve ``logic``'s requests as primitive operations — ("get", namespace, key),
-    ("put", namespace, key, value), ("call", ChatCall) — so the journal logic is written once for
+    ("get_many", [GetOp]), ("put", namespace, key, value), ("call", ChatCall) — so the journal logic is written once for
     the sync and the async executor."""
     run_id = current_run_id(state)
     if "run_id" not in state:  # the run's first node records what a resume needs
@@ -114,10 +114,8 @@ def _operations(logic: NodeLogic, state: dict, context: Context) -> Generator[tu
         except StopIteration as finished:
             return finished.value
         if isinstance(request, Load):
-            answer = {}
-            for key in request.keys:
-                if (item := (yield ("get", namespace, key))) is not None:
-                    answer[key] = ChatReply.from_dict(item.value)
+            items = yield ("get_many", [GetOp(namespace, key) for key in request.keys])
+            answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
             continue
         key = request.journal_key
         cached = yield ("get", namespace, key)
@@ -133,7 +131,7 @@ def node(logic: NodeLogic) -> RunnableLambda:
 
     def run(state: dict) -> dict:
         context, store = _runtime()
-        execute = {"get": store.get, "put": partial(store.put, index=False), "call": lambda call: systems_for(context).call(call)}
+        execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": lambda call: systems_for(context).call(call)}
         operations, result = _operations(logic, state, context), None
         while True:
             try:
@@ -144,7 +142,7 @@ def node(logic: NodeLogic) -> RunnableLambda:
 
     async def arun(state: dict) -> dict:
         context, store = _runtime()
-        execute = {"get": store.aget, "put": partial(store.aput, index=False), "call": lambda call: systems_for(context).acall(call)}
+        execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": lambda call: systems_for(context).acall(call)}
         operations, result = _operations(logic, state, context), None
         while True:
             try:

@@ -79,6 +79,11 @@ def merge_step_batches(current: list[Step] | None, batches: list[list[Step]]) ->
     return merged
 
 
+def last_value(current: list | None, batches: list[list]) -> list | None:
+    """Batched "last write wins" for a delta channel."""
+    return batches[-1] if batches else current
+
+
 def concat_batches(current: list[str] | None, batches: list[list[str]]) -> list[str]:
     """Batched list concatenation for a delta channel."""
     return [*(current or []), *(item for batch in batches for item in batch)]
@@ -103,10 +108,10 @@ class OutputState(TypedDict, total=False):
 
     run_id: str
     answer: str | None
-    candidates: list[list[str]]  # D_1..D_k (usable ones)
+    # Delta channels: a checkpoint stores only what changed in a step, not the whole value again.
+    candidates: Annotated[list[list[str]], DeltaChannel(last_value)]  # D_1..D_k (usable ones)
     selection: Selection  # D* (Eq. 2)
-    subproblems: list[str]
-    # Delta channels: a checkpoint stores only what changed in a step, not the whole list again.
+    subproblems: Annotated[list[str], DeltaChannel(last_value)]
     steps: Annotated[list[Step], DeltaChannel(merge_step_batches)]
     usage: Annotated[dict[str, Usage], add_usage]
     warnings: Annotated[list[str], DeltaChannel(concat_batches)]
