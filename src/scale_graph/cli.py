@@ -297,6 +297,10 @@ def _register_evaluation() -> None:
     app.command("eval", help="Evaluate SCALE and the baselines on a problem set (paper Tables 1-2, Figure 2).")(eval_command)
     app.command("report", help="Tables and plots from stored evaluation runs.")(report_command)
 
+    from scale_graph.traces.cli import traces_app
+
+    app.add_typer(traces_app, name="traces", help="Generate SCALE traces and export them as fine-tuning data.")
+
 
 _register_evaluation()
 
