@@ -142,8 +142,6 @@ def test_nul_characters_are_valid_text(db, tmp_path):
     assert {r["thread_id"] for r in listed(db)} == {"first", "second", "nul"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an argv problem that is not valid UTF-8 fails as 'unexpected TypeError' "
-                                       "(exit 1, with a false 'the run is saved: resume' hint) instead of a bad-input error")
 def test_invalid_utf8_problem_argument(db, server):
     intact = Intact(db)
     env = {**os.environ, "SCALE_DB": str(db)}
@@ -197,8 +195,6 @@ def test_out_of_range_options(db):
     intact.check()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an option of the wrong type (-k abc) prints click's multi-line usage "
-                                       "panel, not the one `error:` line the README promises for bad input")
 def test_option_of_the_wrong_type_gives_one_error_line(db):
     done = subprocess.run([*CLI, "solve", "x", "-k", "abc", "--db", str(db)], capture_output=True, text=True, timeout=120)
     assert_one_error_line(done, 2)
@@ -225,8 +221,6 @@ def test_existing_thread_id_is_refused(db):
     intact.check(runs=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a thread id containing '.' is accepted, then every node fails with "
-                                       "'unexpected InvalidNamespaceError' (exit 1) and the run can never be resumed")
 def test_thread_id_with_a_period_is_refused_up_front(db):
     intact = Intact(db, runs=True)
     try:
@@ -294,8 +288,6 @@ def test_database_from_a_newer_schema(db):
     assert listed(db) == runs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-numeric scale_meta schema_version crashes check_database with "
-                                       "'unexpected ValueError' (exit 1) instead of a DatabaseError (exit 2)")
 def test_database_with_a_garbled_schema_version(db):
     set_schema_version(db, "abc")
     before = digest(db)
@@ -305,8 +297,6 @@ def test_database_with_a_garbled_schema_version(db):
         assert digest(db) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pointing --db at another application's SQLite file makes even "
-                                       "`runs list` add SCALE's tables to it before failing")
 def test_foreign_sqlite_database_is_not_modified(server, tmp_path):
     path = tmp_path / "other-app.db"
     with sqlite3.connect(path) as conn:
@@ -361,8 +351,6 @@ def test_read_only_directory_with_an_existing_database(db, immutable):
     assert listed(db) == runs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a new database in a read-only folder prints aiosqlite worker-thread "
-                                       "tracebacks ('RuntimeError: Event loop is closed') before the error line")
 def test_new_database_in_a_read_only_directory(server, tmp_path, immutable):
     folder = tmp_path / "locked"
     folder.mkdir()

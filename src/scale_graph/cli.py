@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+try:  # typer vendors click since 0.2x
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on real click
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 from rich.console import Console
 from rich.table import Table
 
@@ -17,7 +21,8 @@ from scale_graph.context import Context
 from scale_graph.graph import build_graph
 from scale_graph.journal import new_run_id
 from scale_graph.persistence import DatabaseError, db_path, open_async
-from scale_graph.runner import InputError, UnknownRun, awaiting_review, resume, start, validate_problem
+from scale_graph.runner import (InputError, UnknownRun, awaiting_review, resume, start, validate_problem,
+                                 validate_thread_id)
 from scale_graph.runs import delete_run, list_runs, show_run, summary
 from scale_graph.serve import serve_command
 from scale_graph.servers.chat import EndpointError, close_clients
@@ -46,8 +51,12 @@ class UserFacingError(Exception):
         self.code = code
 
 
-def _fail(message: str, code: int) -> None:
+def _say_error(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> None:
+    _say_error(message)
     raise typer.Exit(code)
 
 
@@ -156,6 +165,7 @@ def solve(
         from scale_graph.servers.endpoints import endpoints
 
         text = validate_problem(text, context)
+        validate_thread_id(thread)
         endpoints(context)  # fail before touching the database when nothing is configured
         async with open_async(path) as (saver, store):
             graph = build_graph(saver, store)
@@ -306,8 +316,21 @@ _register_evaluation()
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point: usage errors (unknown option, wrong type) also get one error line."""
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        out.print(exc.ctx.get_help() if exc.ctx else "")
+        code = 0
+    except ClickException as exc:
+        _say_error(exc.format_message())
+        code = 2
+    except typer.Abort:
+        _say_error("interrupted")
+        code = 130
+    except typer.Exit as exc:
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -87,25 +87,37 @@ def db_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def check_database(path: Path, *, must_exist: bool = False) -> None:
-    """Fail early and clearly on a missing, unreadable, corrupted, read-only or too-new file."""
+    """Fail early and clearly on a missing, unwritable, corrupted, foreign or too-new file."""
     if not path.exists():
         if must_exist:
             raise DatabaseError(f"database {path} does not exist")
-        if not path.parent.exists():
+        if not path.parent.is_dir():
             raise DatabaseError(f"database folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise DatabaseError(f"cannot create database {path}: folder {path.parent} is not writable")
         return
     if path.is_dir():
         raise DatabaseError(f"database {path} is a directory")
+    if not os.access(path, os.W_OK):
+        raise DatabaseError(f"database {path} is read-only")
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S) as conn:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE name='scale_meta'").fetchone()
-            version = conn.execute("SELECT value FROM scale_meta WHERE key='schema_version'").fetchone() if has_meta else None
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            version = (conn.execute("SELECT value FROM scale_meta WHERE key='schema_version'").fetchone()
+                       if "scale_meta" in tables else None)
     except sqlite3.DatabaseError as exc:
         raise DatabaseError(f"database {path} is unreadable or corrupted: {exc}") from None
-    if version and int(version[0]) > SCHEMA_VERSION:
-        raise DatabaseError(f"database {path} was written by a newer SCALE-Graph (schema {version[0]}, "
-                            f"this version reads {SCHEMA_VERSION}); upgrade scale-graph")
+    if tables and "scale_meta" not in tables and not {"checkpoints", "writes"} <= tables:
+        raise DatabaseError(f"{path} is another application's SQLite database (no SCALE-Graph tables); "
+                            f"use a new file with --db")
+    if version is not None:
+        try:
+            found = int(version[0])
+        except (TypeError, ValueError):
+            raise DatabaseError(f"database {path} has an unreadable schema version {version[0]!r}") from None
+        if found > SCHEMA_VERSION:
+            raise DatabaseError(f"database {path} was written by a newer SCALE-Graph (schema {found}, "
+                                f"this version reads {SCHEMA_VERSION}); upgrade scale-graph")
 
 
 MARK_SCHEMA = ("CREATE TABLE IF NOT EXISTS scale_meta (key TEXT PRIMARY KEY, value TEXT);"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from langgraph.graph.state import CompiledStateGraph
@@ -27,6 +28,10 @@ def validate_problem(problem: str | None, context: Context) -> str:
     text = (problem or "").strip()
     if not text:
         raise InputError("the problem is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from the command line (surrogate escapes)
+        raise InputError("the problem is not valid UTF-8 text") from None
     if len(text) > context.max_problem_chars:
         raise InputError(f"the problem has {len(text):,} characters, more than max_problem_chars "
                          f"({context.max_problem_chars:,}); raise it with SCALE_MAX_PROBLEM_CHARS if intended")
@@ -39,6 +44,16 @@ async def awaiting_review(graph: CompiledStateGraph, thread_id: str) -> list[str
     return snapshot.interrupts[0].value["subproblems"] if snapshot.interrupts else None
 
 
+THREAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,127}")
+
+
+def validate_thread_id(thread_id: str) -> str:
+    """A thread id usable in checkpoints and the store (no '.', which store namespaces refuse)."""
+    if not THREAD_ID.fullmatch(thread_id):
+        raise InputError(f"thread id {thread_id!r} must be 1-128 letters, digits, '-', '_' or ':'")
+    return thread_id
+
+
 def config_for(thread_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": thread_id}}
 
@@ -47,6 +62,7 @@ async def start(graph: CompiledStateGraph, store: BaseStore, problem: str, conte
                 on_event: EventHandler | None = None) -> dict[str, Any]:
     """Run a new problem as thread ``thread_id``; its parameters are saved first so any crash is resumable."""
     problem = validate_problem(problem, context)
+    validate_thread_id(thread_id)
     if (await graph.aget_state(config_for(thread_id))).values:
         raise InputError(f"run {thread_id} already exists; resume it with `scale runs resume {thread_id}`")
     await asave_run(store, thread_id, problem, context)
