@@ -241,7 +241,7 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
 
         for name, g, s in (("D full", graph, store), ("P batched", graph_batched, store)):
             with SqlCounter() as counter:
-                await run_full(g, s, context, problem, f"count-{name}")
+                await run_full(g, s, context, problem, "count-" + name.replace(" ", "-"))
             c = counter.counts
             nodes = 2 + 2 * args.subproblems + 1
             print(f"   aiosqlite calls per problem, {name} ({nodes} nodes, {calls} LLM calls): {c['execute']} execute, "
