@@ -82,7 +82,7 @@ def answered_bodies(server: FakeOpenAIServer) -> list[str]:
 
 
 # ---- transport faults ------------------------------------------------------------------------
-TRANSPORT = {"refuse": "after 1 retries",  # the wording is checked by the xfail test below "500": "HTTP 500", "502": "HTTP 502", "503": "HTTP 503",
+TRANSPORT = {"refuse": "after 1 retries",  # the wording is checked by a test below "500": "HTTP 500", "502": "HTTP 502", "503": "HTTP 503",
              "429": "HTTP 429", "timeout": "timed out after 1 retries (timeout 2 s)", "drop": "after 1 retries"}
 
 
@@ -121,9 +121,6 @@ def test_transport_fault_is_retried_then_reported_and_resumable(server, fault):
     assert shown("down")["status"] == "done"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with the aiohttp transport (servers/chat.py _client) a server that "
-                                       "closes the connection without answering is reported as 'timed out … "
-                                       "(timeout 2 s)' after 0.1 s, pointing the user at the wrong setting")
 def test_a_server_closing_the_connection_is_not_reported_as_a_timeout(server):
     server.inject("refuse", times=2)
     started = time.monotonic()
@@ -270,9 +267,6 @@ def test_server_stopped_mid_run_fails_clearly_then_resumes(server):
     assert FULL_RUN <= len(bodies) <= FULL_RUN + 1 and len(set(bodies)) == FULL_RUN
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one HTTP 400 (any cause) strips the feature from the endpoint for the "
-                                       "rest of the process (servers/chat.py `_refused`): later runs silently send "
-                                       "System 1 requests without enable_thinking=false, and record no warning")
 def test_a_single_400_does_not_silently_degrade_later_runs(server):
     server.inject("400", times=1, stage="solve")  # the first solve is System 1's
     first = solved("--thread-id", "first")

@@ -137,7 +137,7 @@ class Systems:
 
     # ---- internals ----------------------------------------------------------------------
     def _sync(self, call: ChatCall) -> ChatReply:
-        warnings: list[str] = []
+        warnings = self._remembered(call)
         while True:
             refused = self._refused(call.system)
             started = time.perf_counter()
@@ -151,7 +151,7 @@ class Systems:
                 self._degrade(call, exc, warnings)
 
     async def _async(self, call: ChatCall) -> ChatReply:
-        warnings: list[str] = []
+        warnings = self._remembered(call)
         while True:
             refused = self._refused(call.system)
             started = time.perf_counter()
@@ -163,6 +163,14 @@ class Systems:
             except openai.BadRequestError as exc:
                 self._degrade(call, exc, warnings)
 
+    def _remembered(self, call: ChatCall) -> list[str]:
+        """A warning for each feature this call goes without because the endpoint refused it before."""
+        endpoint = self.endpoints[call.system]
+        used = _features(call)
+        return [f"System {call.system} endpoint: sent without {feature}, which it refused (HTTP 400) earlier "
+                f"in this process" for feature in used if feature in _refused.get((endpoint.base_url, endpoint.model), ())
+                and feature not in self.disabled]
+
     def _refused(self, system: int) -> set[Feature]:
         endpoint = self.endpoints[system]
         return self.disabled | _refused.get((endpoint.base_url, endpoint.model), set())
@@ -171,13 +179,7 @@ class Systems:
         """Drop the next optional feature the request used, or give up with a clear error."""
         endpoint = self.endpoints[call.system]
         refused = self._refused(call.system)
-        used: list[Feature] = []
-        if call.schema is not None:
-            used.append("schema")
-        if call.n > 1:
-            used.append("n")
-        used.append("thinking_flag")
-        for feature in used:
+        for feature in _features(call):
             if feature not in refused:
                 _refused.setdefault((endpoint.base_url, endpoint.model), set()).add(feature)
                 warnings.append(f"System {call.system} endpoint refused {feature} (HTTP 400); retried without it")
@@ -218,6 +220,17 @@ class Systems:
         return _reply(result)
 
 
+def _features(call: ChatCall) -> list[Feature]:
+    """The optional features a call uses, in the order they are dropped on HTTP 400."""
+    used: list[Feature] = []
+    if call.schema is not None:
+        used.append("schema")
+    if call.n > 1:
+        used.append("n")
+    used.append("thinking_flag")
+    return used
+
+
 class _translated_errors:
     """Turn the OpenAI client's final transport/server errors into one-line EndpointErrors."""
 
@@ -232,8 +245,8 @@ class _translated_errors:
             return False
         where = f"System {self.endpoint.system} endpoint {self.endpoint.base_url} (model {self.endpoint.model})"
         retries = f"after {self.endpoint.max_retries} retries"
-        if isinstance(exc, openai.APIConnectionError) and _refused_connection(exc):
-            raise EndpointError(f"{where} is unreachable {retries}: connection refused") from None
+        if isinstance(exc, openai.APIConnectionError) and (failure := _connection_failure(exc)):
+            raise EndpointError(f"{where} is unreachable {retries}: {failure}") from None
         if isinstance(exc, openai.APITimeoutError):
             raise EndpointError(f"{where} timed out {retries} (timeout {self.endpoint.timeout:g} s)") from None
         if isinstance(exc, openai.APIConnectionError):
@@ -249,14 +262,20 @@ class _translated_errors:
         return False
 
 
-def _refused_connection(exc: BaseException) -> bool:
-    """Whether a transport error comes from a refused connection (some transports report a timeout)."""
+_CLOSED = ("ServerDisconnectedError", "RemoteProtocolError", "ReadError")
+
+
+def _connection_failure(exc: BaseException) -> str | None:
+    """What went wrong when a transport error is a refused or dropped connection, not a timeout
+    (the aiohttp transport reports those as timeouts too)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ConnectionRefusedError):
-            return True
+            return "connection refused"
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in _CLOSED:
+            return "the server closed the connection"
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def _error_message(exc: Exception) -> str:
