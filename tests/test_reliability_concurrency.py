@@ -4,10 +4,14 @@ Each process (tests/reliability_concurrency_driver.py) opens the database with
 ``persistence.open_async`` and runs 16 problems with ``asyncio.gather`` against one fake server
 subprocess (50 ms latency); `scale runs list --json` reads the file while they write. No run may
 fail ("database is locked" or anything else), and all 64 must be finished and readable.
+
+Several processes setting up the same *new* file at the same moment is its own test (the
+store's schema migration races, see the xfail below); the main test creates the file first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from scale_graph.persistence import open_async
 
 from tests.reliability_helpers import ServerProcess, endpoint_env, last_json, scale
 
@@ -25,8 +31,17 @@ PROCESSES, PROBLEMS = 4, 16
 REQUESTS_PER_RUN = 8  # decompose, select, 3 × (assess, solve): 3 sub-problems, no cut-off thinking
 
 
+def create(db: Path) -> None:
+    async def main():
+        async with open_async(db):
+            pass
+
+    asyncio.run(main())
+
+
 def test_four_processes_sixteen_problems_each_on_one_database(tmp_path):
     db = tmp_path / "shared.db"
+    create(db)  # the concurrent first set-up of a file is test_processes_setting_up_a_new_database_at_once
     with ServerProcess("--latency", "0.05") as server:
         env = endpoint_env(server.base_url, db, candidates=2)
         drivers = [subprocess.Popen([sys.executable, str(DRIVER), str(db), f"p{n}", str(PROBLEMS)], env=env,
@@ -64,3 +79,33 @@ def test_four_processes_sixteen_problems_each_on_one_database(tmp_path):
     assert stats["requests"] == PROCESSES * PROBLEMS * REQUESTS_PER_RUN
     shown = scale("runs", "show", "p3-15", "--json", env=env, timeout=300)
     assert shown.returncode == 0 and last_json(shown.stdout)["status"] == "done"
+
+
+RACE_DRIVER = Path(__file__).with_name("reliability_open_race_driver.py")
+RACERS, ROUNDS = 6, 12
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: processes opening a new database at the same moment race in the "
+                                       "store's schema migration (persistence.open_async → AsyncSqliteStore.setup): "
+                                       "'duplicate column name: expires_at|ttl_minutes' or 'UNIQUE constraint failed: store_migrations.v'")
+def test_processes_setting_up_a_new_database_at_once(tmp_path):
+    racers = [subprocess.Popen([sys.executable, str(RACE_DRIVER), str(tmp_path), f"p{n}", str(ROUNDS)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(RACERS)]
+    try:
+        for r in range(ROUNDS):  # release all processes together, round after round
+            deadline = time.monotonic() + 120
+            while len(list(tmp_path.glob(f"ready-{r}-*"))) < RACERS and time.monotonic() < deadline:
+                if any(p.poll() is not None for p in racers):
+                    break
+                time.sleep(0.005)
+            (tmp_path / f"go-{r}").touch()
+        outputs = [p.communicate(timeout=300) for p in racers]
+    finally:
+        for p in racers:
+            if p.poll() is None:
+                p.kill()
+    failures = []
+    for process, (stdout, stderr) in zip(racers, outputs):
+        assert process.returncode == 0, stderr[-2000:]
+        failures += last_json(stdout)["failures"]
+    assert failures == [], f"{len(failures)} of {RACERS * ROUNDS} opens failed, e.g. {failures[:3]}"

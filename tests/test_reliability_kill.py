@@ -109,6 +109,9 @@ def rewind_into_finalize(source: Path, target: Path) -> None:
     """A copy of a finished run as a SIGKILL inside `finalize` leaves it: the last checkpoint and
     the writes finalize made against the one before are gone (deterministic, unlike a real kill
     in a node that takes a few milliseconds)."""
+    with sqlite3.connect(source) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the main file
+    conn.close()
     shutil.copy(source, target)
     with sqlite3.connect(target) as conn:
         (last,), (before,) = conn.execute("SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? "
