@@ -82,7 +82,8 @@ def answered_bodies(server: FakeOpenAIServer) -> list[str]:
 
 
 # ---- transport faults ------------------------------------------------------------------------
-TRANSPORT = {"refuse": "after 1 retries",  # the wording is checked by a test below "500": "HTTP 500", "502": "HTTP 502", "503": "HTTP 503",
+# what the one error line must say when the fault persists ("refuse": its wording is checked below)
+TRANSPORT = {"refuse": "after 1 retries", "500": "HTTP 500", "502": "HTTP 502", "503": "HTTP 503",
              "429": "HTTP 429", "timeout": "timed out after 1 retries (timeout 2 s)", "drop": "after 1 retries"}
 
 
