@@ -9,6 +9,7 @@ the context (which Studio shows and runs persist); see :mod:`scale_graph.servers
 
 from __future__ import annotations
 
+import math
 import os
 from contextvars import ContextVar
 import typing
@@ -22,6 +23,14 @@ Carry = Literal["final", "reasoning"]
 #: Fields that say *where* the systems are, not *how* to run: re-resolved on resume.
 ENDPOINT_FIELDS = ("system1_base_url", "system1_model", "system2_base_url", "system2_model")
 
+
+#: Documented upper bounds of every parameter that multiplies work or memory (issue: unbounded fan-out).
+MAXIMA: dict[str, int] = {
+    "candidates": 64, "votes": 64, "max_subproblems": 64, "parse_retries": 10, "max_retries": 10,
+    "inftythink_max_iterations": 200, "max_in_flight": 1024, "max_problem_chars": 1_000_000,
+    "planner_max_tokens": 1_048_576, "system1_max_tokens": 1_048_576, "system2_max_tokens": 1_048_576,
+    "force_answer_max_tokens": 1_048_576, "inftythink_max_tokens": 1_048_576, "context_window": 10_485_760,
+}
 
 _PINNED: ContextVar[frozenset[str]] = ContextVar("scale_pinned_params", default=frozenset())
 
@@ -55,7 +64,12 @@ class Context:
     system2_temperature: float = _param(0.6, "System 2 temperature (thinking recommendation).")
     system2_top_p: float = _param(0.95, "System 2 top-p.")
     system2_top_k: int = _param(20, "System 2 top-k (0 = not sent).")
-    force_answer_max_tokens: int = _param(1024, "Budget of the non-thinking follow-up that turns cut-off System 2 reasoning into an answer.")
+    force_answer: bool = _param(True, "Forced-answer policy, the same for every method: a thinking call that ends without an answer (budget exhausted, thinking never closed) gets a short non-thinking follow-up whose tokens count in Tok. Off: such a call just has no answer.")
+    force_answer_max_tokens: int = _param(1024, "Budget of the non-thinking follow-up that turns cut-off reasoning into an answer.")
+    inftythink_max_tokens: int = _param(8192, "InftyThink baseline: thinking budget per iteration (official value 8,192).")
+    inftythink_max_iterations: int = _param(50, "InftyThink baseline: most iterations per problem (official maximum 50; the paper's runs average about 6).")
+    votes: int = _param(8, "Majority-voting baseline: CoT samples voted on per problem sample (k=8 in the paper).")
+    context_window: int = _param(0, "Model context length in tokens; 0 = read max_model_len from the server's /v1/models (32,768 when it does not say).")
     seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed.")
     carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too.")
     carry_max_chars: int = _param(4000, "Cap on each carried solution (head and tail kept).")
@@ -68,6 +82,7 @@ class Context:
     thinking_flag: bool = _param(True, "Send chat_template_kwargs.enable_thinking (turn off for servers that reject it).")
     structured_output: bool = _param(True, "Ask for JSON-schema guided output where the server supports it.")
     use_n: bool = _param(True, "Sample the k candidates in one request with n=k where the server supports it.")
+    max_in_flight: int = _param(64, "Most requests in flight at once per endpoint, whatever the number of runs or candidates.")
     request_timeout: float = _param(900.0, "Seconds before one HTTP request is abandoned (then retried).")
     max_retries: int = _param(3, "Retries with backoff on connection errors, timeouts, 429 and 5xx.")
 
@@ -83,11 +98,15 @@ class Context:
 
     def validate(self) -> None:
         """Raise ConfigError (one line) for values outside their meaningful range."""
+        for name, most in MAXIMA.items():
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name} must be at most {most:,}, got {getattr(self, name):,}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
         for name in ("candidates", "max_subproblems", "planner_max_tokens", "system1_max_tokens",
                      "system2_max_tokens", "force_answer_max_tokens", "carry_max_chars",
-                     "context_max_chars", "max_problem_chars"):
+                     "context_max_chars", "max_problem_chars", "inftythink_max_tokens",
+                     "inftythink_max_iterations", "votes", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("parse_retries", "max_retries", "system1_top_k", "system2_top_k"):
@@ -103,8 +122,10 @@ class Context:
             raise ConfigError(f"planner_system must be 1 or 2, got {self.planner_system}")
         if self.carry not in ("final", "reasoning"):
             raise ConfigError(f"carry must be 'final' or 'reasoning', got {self.carry!r}")
-        if self.request_timeout <= 0:
-            raise ConfigError(f"request_timeout must be positive, got {self.request_timeout}")
+        if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout must be a positive number of seconds, got {self.request_timeout}")
+        if self.context_window < 0:
+            raise ConfigError(f"context_window must be 0 (ask the server) or a number of tokens, got {self.context_window}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON parameters (no secrets: the context holds none) for persisting with a run."""

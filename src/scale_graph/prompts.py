@@ -48,11 +48,12 @@ SOLVE_LAST = (
 )
 
 FORCE_ANSWER = (
-    "\nYour reasoning about sub-problem {number} so far (cut off before you finished):\n"
+    "\nYour reasoning so far (cut off before you finished):\n"
     "{reasoning}\n\n"
-    "Based on this reasoning, write the solution of sub-problem {number} concisely and end "
-    "with its result in \\boxed{{}}."
+    "Based on this reasoning, {instruction}"
 )
+FORCE_SUBPROBLEM = "write the solution of sub-problem {number} concisely and end with its result in \\boxed{{}}."
+FORCE_FINAL = "write the final answer concisely and put it within \\boxed{}."
 
 COT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 

@@ -6,6 +6,7 @@ from typing import Any, Generator, Literal
 
 from scale_graph import prompts
 from scale_graph.context import Context
+from scale_graph.forcing import forced_answer_call, needs_forced_answer
 from scale_graph.history import clip, messages, prompt_prefix, solution_texts
 from scale_graph.journal import Request, derive_seed, emit
 from scale_graph.parsing import last_boxed
@@ -43,14 +44,10 @@ def solve(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Req
         choice = reply.choices[0]
         if choice.content.strip():
             break
-        if system == 2 and choice.reasoning.strip():
+        if system == 2 and needs_forced_answer(choice, context):
             forced = True
-            force_key = f"force/{index}/{attempt}"
-            follow_up = prefix + prompts.FORCE_ANSWER.format(number=index + 1, reasoning=clip(choice.reasoning, context.carry_max_chars))
-            force_call = ChatCall(key=force_key, system=1, messages=messages(follow_up), thinking=False,
-                                  max_tokens=context.force_answer_max_tokens,
-                                  temperature=context.system1_temperature, top_p=context.system1_top_p,
-                                  top_k=context.system1_top_k, seed=derive_seed(context.seed, force_key))
+            force_call = forced_answer_call(f"force/{index}/{attempt}", prefix, clip(choice.reasoning, context.carry_max_chars),
+                                            context, instruction=prompts.FORCE_SUBPROBLEM.format(number=index + 1))
             forced_reply = yield force_call
             replies.append(forced_reply)
             keys.append(force_call.journal_key)
