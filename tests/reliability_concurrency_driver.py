@@ -13,13 +13,14 @@ import json
 import sys
 import time
 
-from scale_graph import Context, build_graph
+from scale_graph import build_graph
+from scale_graph.settings import resolve
 from scale_graph.persistence import open_async
 from scale_graph.runner import start
 
 
 async def main(db: str, prefix: str, count: int) -> dict:
-    context = Context()
+    context = resolve().context
     started = time.monotonic()
     async with open_async(db) as (saver, store):
         graph = build_graph(saver, store)

@@ -27,7 +27,7 @@ from scale_graph.runs import delete_run, list_runs, show_run, summary
 from scale_graph.serve import serve_command
 from scale_graph.servers.chat import EndpointError, close_clients
 from scale_graph.servers.cli import app as servers_app
-from scale_graph.settings import ConfigError
+from scale_graph.settings import ConfigError, resolve, with_context_window
 
 app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, as a LangGraph workflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -161,16 +161,18 @@ def solve(
         text = _read_problem(problem, problem_file)
         if start_servers:
             _ensure_local_servers()
-        context = Context(**explicit)
+        resolved = resolve(explicit)
         from scale_graph.servers.endpoints import endpoints
 
-        text = validate_problem(text, context)
+        text = validate_problem(text, resolved.context)
         validate_thread_id(thread)
-        endpoints(context)  # fail before touching the database when nothing is configured
+        endpoints(resolved.context)  # fail before touching the database when nothing is configured
+        context = with_context_window(resolved.context)
         async with open_async(path) as (saver, store):
             graph = build_graph(saver, store)
-            if not as_json:
-                err.print(f"[dim]run {thread} → {path}[/]")
+            # The run id first, on stderr even with --json: after a kill it is the only handle.
+            err.print(f"[dim]run {thread} → {path}[/]", highlight=False, soft_wrap=True)
+            err.print(f"[dim]{resolved.describe()}[/]", highlight=False, soft_wrap=True)
             values = await start(graph, store, text, context, thread, on_event=_progress)
             pending = await awaiting_review(graph, thread)
             if pending is not None:

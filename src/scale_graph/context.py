@@ -1,22 +1,21 @@
 """Run parameters of a SCALE run: the graph's typed context schema.
 
-Every value the paper parameterises has a documented default here. A field left at its
-default is taken, in order, from the environment (``SCALE_<FIELD>``, e.g. ``SCALE_THRESHOLD``,
-``SCALE_SYSTEM2_MAX_TOKENS``), the config file (``SCALE_CONFIG`` or ``./scale.toml``), and the
-endpoints recorded by ``scale servers up``. API keys are not run parameters: they never enter
-the context (which Studio shows and runs persist); see :mod:`scale_graph.servers.endpoints`.
+Every value the paper parameterises has a documented default here. ``Context`` is plain data:
+it reads no environment and no file. Where a run's values come from (option › environment ›
+config file › servers record › default) is decided once per run by
+:func:`scale_graph.settings.resolve`. API keys are not run parameters: they never enter the
+context (which Studio shows and runs persist); see :mod:`scale_graph.servers.endpoints`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-from contextvars import ContextVar
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from scale_graph.settings import ConfigError, file_settings
+from scale_graph.errors import ConfigError
 
 Carry = Literal["final", "reasoning"]
 
@@ -31,9 +30,6 @@ MAXIMA: dict[str, int] = {
     "planner_max_tokens": 1_048_576, "system1_max_tokens": 1_048_576, "system2_max_tokens": 1_048_576,
     "force_answer_max_tokens": 1_048_576, "inftythink_max_tokens": 1_048_576, "context_window": 10_485_760,
 }
-
-_PINNED: ContextVar[frozenset[str]] = ContextVar("scale_pinned_params", default=frozenset())
-
 
 def _param(default: Any, description: str) -> Any:
     return field(default=default, metadata={"description": description})
@@ -87,13 +83,8 @@ class Context:
     max_retries: int = _param(3, "Retries with backoff on connection errors, timeouts, 429 and 5xx.")
 
     def __post_init__(self) -> None:
-        overrides = defaults_from_environment()
-        pinned = _PINNED.get()
         for f in fields(self):
-            value = getattr(self, f.name)
-            if value == f.default and f.name in overrides and f.name not in pinned:
-                value = overrides[f.name]
-            setattr(self, f.name, _coerce(f.name, value))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name)))
         self.validate()
 
     def validate(self) -> None:
@@ -133,36 +124,18 @@ class Context:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], **overrides: Any) -> Context:
-        """Rebuild a run's saved parameters exactly, except where its endpoints are (re-resolved).
-
-        Unknown keys (from other versions) are ignored.
-        """
+        """A run's saved parameters (unknown keys from other versions ignored), with ``overrides``."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in {**saved, **overrides}.items() if k in known}
-        current = defaults_from_environment()
-        for name in ENDPOINT_FIELDS:
-            if current.get(name) and name not in overrides:
-                values[name] = current[name]
-        token = _PINNED.set(frozenset(values))
-        try:
-            return cls(**values)
-        finally:
-            _PINNED.reset(token)
+        return cls(**{k: v for k, v in {**saved, **overrides}.items() if k in known})
+
+    def non_defaults(self) -> dict[str, Any]:
+        """The fields whose value differs from the documented default."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
-def defaults_from_environment() -> dict[str, Any]:
-    """Non-default values from the servers' record, the config file and ``SCALE_*`` variables."""
-    merged = file_settings()
-    for f in fields(Context):
-        env = os.environ.get(f"SCALE_{f.name.upper()}")
-        if env is not None and env.strip() != "":
-            merged[f.name] = env
-    return merged
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert env/config strings to the field's type, with a one-line error when impossible."""
-    hint = typing.get_type_hints(Context)[name]
+def coerce(name: str, value: Any) -> Any:
+    """Convert option/env/config values to the field's type, with a one-line error when impossible."""
+    hint = _hints()[name]
     origin = typing.get_origin(hint)
     try:
         if origin is Literal:
@@ -190,10 +163,15 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Context)
+
+
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return " or ".join(repr(c) for c in typing.get_args(hint))
     return getattr(hint, "__name__", str(hint))
 
 
-__all__ = ["Context", "ConfigError", "ENDPOINT_FIELDS", "defaults_from_environment"]
+__all__ = ["Context", "ConfigError", "ENDPOINT_FIELDS", "MAXIMA", "coerce"]

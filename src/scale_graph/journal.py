@@ -10,6 +10,7 @@ even one made by a node that was interrupted half-way.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import zlib
@@ -89,7 +90,15 @@ def run_context() -> Context:
     """
     runtime = get_runtime(Context)
     context = runtime.context if runtime is not None else None
-    return context if isinstance(context, Context) else Context(**(context or {}))
+    return context if isinstance(context, Context) else _resolved(json.dumps(context or {}, sort_keys=True))
+
+
+@lru_cache(maxsize=64)
+def _resolved(params: str) -> Context:
+    """A context given as a dict (Studio) resolved once like a command line's options."""
+    from scale_graph.settings import resolve
+
+    return resolve(json.loads(params)).context
 
 
 def _runtime() -> tuple[Context, BaseStore]:

@@ -11,6 +11,7 @@ from langgraph.types import Command
 
 from scale_graph.context import Context
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
+from scale_graph.settings import resume_context
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -79,7 +80,7 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
     snapshot = await graph.aget_state(config_for(thread_id))
     if record is None and not snapshot.values:
         raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
-    context = Context.from_dict(record.value["params"] if record else {}, **overrides)
+    context = resume_context(record.value["params"] if record else {}, overrides)
     if snapshot.values and not snapshot.next:
         return snapshot.values  # already finished
     inputs: Any = None if snapshot.values else {"problem": record.value["problem"]}

@@ -54,7 +54,7 @@ from scale_graph.persistence import DatabaseError, check_database, db_path, open
 from scale_graph.runner import InputError, start, validate_problem
 from scale_graph.runs import summary
 from scale_graph.servers.chat import ChatReply, EndpointError
-from scale_graph.settings import ConfigError
+from scale_graph.settings import ConfigError, resolve, with_context_window
 
 logger = logging.getLogger(__name__)
 
@@ -154,21 +154,17 @@ def _check_type(name: str, value: Any) -> None:
         raise bad_request(f"scale.{name} must be {expected}, got {json.dumps(value)}", f"scale.{name}")
 
 
-def context_of(params: Any, defaults: dict[str, Any]) -> Context:
-    """The run parameters: server defaults, overridden by the request's ``scale`` object.
-
-    Values given explicitly win over ``SCALE_*`` variables and the config file; the endpoints
-    are the server's (``defaults``, else its environment and config).
-    """
+def context_of(params: Any, base: Context) -> Context:
+    """The run parameters: the server's own (resolved once at start), overridden by the request's
+    ``scale`` object; the endpoints are always the server's."""
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise bad_request("'scale' must be an object of run parameters", "scale")
     _check_params(params)
-    endpoint_defaults = {k: v for k, v in defaults.items() if k in ENDPOINT_FIELDS}
-    chosen = {k: v for k, v in {**defaults, **params}.items() if k not in ENDPOINT_FIELDS}
+    chosen = {k: v for k, v in params.items() if k not in ENDPOINT_FIELDS}
     try:
-        return Context.from_dict(chosen, **endpoint_defaults)
+        return Context.from_dict(base.to_dict(), **chosen)
     except ConfigError as exc:
         raise bad_request(f"invalid run parameters: {exc}", "scale") from None
 
@@ -357,7 +353,10 @@ def create_app(db_path: str | os.PathLike | None = None, api_key: str | None = N
         raise ConfigError("`scale serve` needs starlette and uvicorn: pip install 'scale-graph[serve]'")
     defaults = dict(default_params or {})
     _check_params(defaults, server=True)  # bad server defaults fail here (APIError), not on the first request
-    context_of({}, defaults)
+    try:
+        base = with_context_window(resolve(defaults).context)
+    except ConfigError as exc:
+        raise bad_request(f"invalid run parameters: {exc}", "scale") from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -403,7 +402,7 @@ def create_app(db_path: str | os.PathLike | None = None, api_key: str | None = N
                 raise bad_request("'n' must be 1: each request is one SCALE run", "n")
             stream, include_usage = _stream_options(body)
             problem = problem_of(body.get("messages"))
-            context = context_of(body.get("scale"), defaults)
+            context = context_of(body.get("scale"), base)
             try:
                 problem = validate_problem(problem, context)
             except InputError as exc:
@@ -515,7 +514,7 @@ def serve_command(
     path = db_path(db)
     try:
         check_database(path)
-        endpoints(Context())  # fail now, not on the first request, when no System 1/2 is configured
+        endpoints(resolve().context)  # fail now, not on the first request, when no System 1/2 is configured
         app = create_app(path, api_key=api_key)
         import uvicorn
     except ImportError:

@@ -1,31 +1,49 @@
-"""Where settings come from besides the command line: environment, config file, running servers.
+"""Where a run's settings come from, resolved once per run in one place.
 
-The config file (``SCALE_CONFIG``, else ``./scale.toml`` when present) looks like::
+Precedence, lowest to highest, per field::
 
-    [system1]
-    base_url = "http://127.0.0.1:8100/v1"
-    model = "scale-system1"
-    api_key_env = "MY_SYSTEM1_KEY"     # name of a variable holding the key (preferred)
+    built-in default < servers record < config file < environment < explicit value
 
-    [system2]
-    base_url = "http://127.0.0.1:8100/v1"
-    model = "scale-system2"
+- *built-in default*: the documented default of each :class:`~scale_graph.context.Context` field;
+- *servers record*: the endpoints (and, for the local profile, small run defaults) recorded by
+  ``scale servers up`` while its processes are alive. Its run defaults apply only to runs whose
+  endpoints are that record's: a run pointed at other servers never inherits a tiny model's
+  192-token budgets;
+- *config file*: ``SCALE_CONFIG``, else ``./scale.toml``::
 
-    [run]
-    threshold = 0.2
-    system2_max_tokens = 8192
+      [system1]
+      base_url = "http://127.0.0.1:8100/v1"
+      model = "scale-system1"
+      api_key_env = "MY_SYSTEM1_KEY"     # name of a variable holding the key (preferred)
+
+      [system2]
+      base_url = "http://127.0.0.1:8100/v1"
+      model = "scale-system2"
+
+      [run]
+      threshold = 0.2
+      system2_max_tokens = 8192
+
+- *environment*: ``SCALE_<FIELD>`` (e.g. ``SCALE_THRESHOLD``);
+- *explicit*: command-line options, a ``scale serve`` request, a Studio context, a saved run's
+  parameters on resume. An explicit value wins even when it equals the default.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from scale_graph.context import ENDPOINT_FIELDS, Context, coerce
+from scale_graph.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A setting is missing, malformed or out of range; the message is one line for the user."""
+DEFAULT = "default"
+SERVERS = "servers record"
+ENVIRONMENT = "environment"
+EXPLICIT = "option"
 
 
 def config_path() -> Path | None:
@@ -40,50 +58,39 @@ def config_path() -> Path | None:
     return default if default.is_file() else None
 
 
+_parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def read_config() -> dict[str, Any]:
-    """The parsed config file ({} when there is none)."""
+    """The parsed config file ({} when there is none); parsed again only when the file changes."""
     path = config_path()
     if path is None:
         return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in _parsed:
+            _parsed[key] = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = _parsed[key]
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} is malformed: {exc}") from None
     for section in ("system1", "system2", "run"):
         if section in data and not isinstance(data[section], dict):
             raise ConfigError(f"config file {path}: [{section}] must be a table")
+    unknown = set(data.get("run", {})) - {f.name for f in fields(Context)}
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown run parameter(s) {', '.join(sorted(unknown))}")
     return data
 
 
 def running_servers() -> dict[str, Any] | None:
     """Endpoints recorded by ``scale servers up`` if its processes are alive."""
-    try:
-        from scale_graph.servers.manager import running_endpoints
-    except ImportError:  # pragma: no cover - servers module is part of the package
-        return None
+    from scale_graph.servers.manager import running_endpoints  # lazy: process tooling, not needed otherwise
+
     try:
         return running_endpoints()
     except (OSError, ValueError):
         return None
-
-
-def file_settings() -> dict[str, Any]:
-    """Run parameters from running servers (lowest) and the config file, flattened to field names."""
-    merged: dict[str, Any] = {}
-    servers = running_servers()
-    if servers:
-        merged.update(servers.get("run_defaults") or {})
-        for system in ("system1", "system2"):
-            for key in ("base_url", "model"):
-                if servers.get(system, {}).get(key):
-                    merged[f"{system}_{key}"] = servers[system][key]
-    config = read_config()
-    for system in ("system1", "system2"):
-        for key in ("base_url", "model"):
-            if key in config.get(system, {}):
-                merged[f"{system}_{key}"] = config[system][key]
-    merged.update(config.get("run", {}))
-    return merged
 
 
 def api_key(system: int) -> str | None:
@@ -95,3 +102,111 @@ def api_key(system: int) -> str | None:
     if section.get("api_key_env"):
         return os.environ.get(section["api_key_env"]) or None
     return section.get("api_key") or None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's parameters and, for each field not at its default, where its value came from."""
+
+    context: Context
+    sources: dict[str, str]
+
+    def describe(self) -> str:
+        """One line: every non-default setting with its source, e.g. ``threshold=0.5 (option)``."""
+        shown = [f"{name}={value} ({self.sources.get(name, DEFAULT)})"
+                 for name, value in self.context.non_defaults().items()]
+        return "settings: " + (", ".join(shown) if shown else "all defaults")
+
+
+def _endpoint_layer(section: Mapping[str, Any], system: int) -> dict[str, Any]:
+    return {f"system{system}_{key}": section[key] for key in ("base_url", "model") if section.get(key)}
+
+
+def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True) -> Resolved:
+    """Merge default < servers record < config file < environment < ``explicit``, once.
+
+    Values are converted to each field's type with a one-line ConfigError naming the source.
+    ``servers=False`` ignores the servers record (tests, and callers that must not see it).
+    """
+    known = {f.name for f in fields(Context)}
+    explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
+    unknown = set(explicit) - known
+    if unknown:
+        raise ConfigError(f"unknown run parameter(s) {', '.join(sorted(unknown))}")
+    config = read_config()
+    where = f"config file {config_path()}"
+    layers: list[tuple[str, dict[str, Any]]] = []
+    record = running_servers() if servers else None
+    if record:
+        layers.append((SERVERS, {**_endpoint_layer(record.get("system1") or {}, 1),
+                                 **_endpoint_layer(record.get("system2") or {}, 2)}))
+    layers.append((where, {**_endpoint_layer(config.get("system1", {}), 1),
+                           **_endpoint_layer(config.get("system2", {}), 2), **config.get("run", {})}))
+    layers.append((ENVIRONMENT, {name: os.environ[f"SCALE_{name.upper()}"] for name in known
+                                 if os.environ.get(f"SCALE_{name.upper()}", "").strip()}))
+    layers.append((EXPLICIT, dict(explicit)))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, layer in layers:
+        for name, value in layer.items():
+            values[name], sources[name] = _converted(name, value, source), source
+    if record and all(values.get(f"system{s}_{k}") == (record.get(f"system{s}") or {}).get(k)
+                      for s in (1, 2) for k in ("base_url", "model")):
+        # The record's run defaults belong to its servers (e.g. the tiny local model's budgets).
+        for name, value in (record.get("run_defaults") or {}).items():
+            if name in known and sources.get(name, SERVERS) == SERVERS:
+                values[name], sources[name] = _converted(name, value, SERVERS), SERVERS
+    context = Context(**values)
+    return Resolved(context, {name: sources[name] for name in context.non_defaults() if name in sources})
+
+
+def resume_context(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Context:
+    """A saved run's parameters exactly, except where its endpoints are (re-resolved now, so a
+    run can be resumed against servers that moved) and ``overrides``."""
+    known = {f.name for f in fields(Context)}
+    values = {k: v for k, v in saved.items() if k in known}
+    current = resolve().context
+    for name in ENDPOINT_FIELDS:
+        if getattr(current, name):
+            values[name] = getattr(current, name)
+    values.update(overrides or {})
+    return Context(**values)
+
+
+DEFAULT_CONTEXT_WINDOW = 32768
+
+
+def with_context_window(context: Context, timeout: float = 5.0) -> Context:
+    """``context`` with ``context_window`` filled from the servers' ``/v1/models`` (vLLM reports
+    ``max_model_len``; the smaller of the two systems), when it is not configured. Asked once per
+    run; a server that does not say leaves the documented fallback (32,768 tokens)."""
+    if context.context_window:
+        return context
+    import httpx  # lazy: only runs that are about to call the servers need it
+
+    windows = []
+    for system in (1, 2):
+        base_url, model = getattr(context, f"system{system}_base_url"), getattr(context, f"system{system}_model")
+        key = api_key(system)
+        try:
+            response = httpx.get(base_url.rstrip("/") + "/models", timeout=timeout,
+                                 headers={"Authorization": f"Bearer {key}"} if key else None)
+            listed = response.json().get("data") or [] if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            listed = []
+        windows += [int(item["max_model_len"]) for item in listed if isinstance(item, dict)
+                    and item.get("id") == model and isinstance(item.get("max_model_len"), int)]
+    return replace(context, context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)
+
+
+def _converted(name: str, value: Any, source: str) -> Any:
+    try:
+        return coerce(name, value)
+    except ConfigError as exc:
+        label = f"SCALE_{name.upper()}" if source == ENVIRONMENT else f"{name} ({source})"
+        raise ConfigError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+__all__ = ["ConfigError", "DEFAULT_CONTEXT_WINDOW", "Resolved", "api_key", "with_context_window", "config_path", "read_config", "resolve", "resume_context",
+           "running_servers"]

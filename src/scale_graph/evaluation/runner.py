@@ -29,7 +29,7 @@ from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.runner import InputError
 from scale_graph.servers.endpoints import endpoints
-from scale_graph.settings import ConfigError
+from scale_graph.settings import ConfigError, resolve
 from scale_graph.state import total_usage
 
 DEFAULT_CONCURRENCY = 16
@@ -94,7 +94,7 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
                     if budget is not None and len(budgets) > 1:
                         parts.append(f"b{budget}")
                     run = "-".join(parts)
-                    plans[run] = RunPlan(run, method, dataset, Setup(run, Context(**values), votes, max_iterations))
+                    plans[run] = RunPlan(run, method, dataset, Setup(run, resolve(values).context, votes, max_iterations))
     return list(plans.values())
 
 
