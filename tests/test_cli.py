@@ -148,3 +148,33 @@ def test_api_key_is_sent_and_never_stored(fake_server, endpoint_env, monkeypatch
     monkeypatch.setenv("SCALE_SYSTEM1_API_KEY", "wrong")
     bad = scale("solve", "x", "-k", "1")
     assert bad.exit_code == 1 and "PLANTED" not in bad.output and "wrong" not in bad.stderr
+
+
+def test_problem_file_read_is_bounded_and_no_run_is_promised(endpoint_env, tmp_path):
+    """Issue 12.9: --problem-file /dev/zero read until MemoryError, then said "the run is saved"."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit_memory():  # a child that reads /dev/zero unbounded dies instead of filling the machine
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "scale_graph.cli", "solve", "--problem-file", "/dev/zero",
+                           "--db", str(tmp_path / "runs.db")], capture_output=True, text=True, timeout=120,
+                          preexec_fn=limit_memory)
+    assert done.returncode == 2, done.stderr
+    assert "more than max_problem_chars" in done.stderr and "resume" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_explicit_option_equal_to_default_beats_environment(endpoint_env, fake_server, monkeypatch):
+    """Issue 10.1: `scale solve --threshold 0.2` with SCALE_THRESHOLD=0.9 ran at 0.9."""
+    monkeypatch.setenv("SCALE_THRESHOLD", "0.9")
+    result = scale("solve", "What is 1+1?", "-k", "2", "--threshold", "0.2", "--thread-id", "t02", "--json")
+    assert result.exit_code == 0, result.output
+    detail = json.loads(scale("runs", "show", "t02", "--json").stdout)
+    assert detail["params"]["threshold"] == 0.2
+    assert "threshold=0.2 (option)" not in result.stderr  # at its default: not listed as a change
+    result = scale("solve", "What is 1+1?", "-k", "2", "--thread-id", "t09", "--json")
+    assert json.loads(scale("runs", "show", "t09", "--json").stdout)["params"]["threshold"] == 0.9
+    assert "threshold=0.9 (environment)" in result.stderr

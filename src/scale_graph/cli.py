@@ -17,18 +17,13 @@ except ImportError:  # pragma: no cover - older typer on real click
 from rich.console import Console
 from rich.table import Table
 
-from scale_graph.context import Context
-from scale_graph.graph import build_graph
-from scale_graph.journal import new_run_id
-from scale_graph.persistence import DatabaseError, db_path, open_async
-from scale_graph.runner import (InputError, UnknownRun, awaiting_review, resume, start, validate_problem,
-                                 validate_thread_id)
-from scale_graph.runs import delete_run, list_runs, show_run, summary
+from scale_graph.errors import ConfigError
 from scale_graph.serve import serve_command
-from scale_graph.servers.chat import EndpointError, close_clients
 from scale_graph.servers.cli import app as servers_app
-from scale_graph.settings import ConfigError, resolve, with_context_window
+from scale_graph.settings import resolve, with_context_window
 
+# Heavy modules (LangGraph, the chat layer, the evaluation harness) are imported inside the
+# commands that need them, so `scale --help`, `runs list` and usage errors answer at once.
 app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, as a LangGraph workflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 runs_app = typer.Typer(help="Inspect, resume and delete stored runs.", no_args_is_help=True)
@@ -39,16 +34,9 @@ app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")(
 out = Console()
 err = Console(stderr=True)
 
+SUBPROBLEMS_FILE_MAX_CHARS = 200_000
 DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
-
-
-class UserFacingError(Exception):
-    """An error already phrased for the user; exit code attached."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _say_error(message: str) -> None:
@@ -60,31 +48,39 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None) -> Any:
-    """Run a coroutine factory, turning every expected failure into one line and an exit code."""
-    resume_hint = f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`") if thread_id else ""
+def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None,
+                saved: Callable[[], bool] = lambda: True) -> Any:
+    """Run a coroutine factory, turning every expected failure into one line and an exit code.
+
+    ``saved()`` tells whether the run exists yet: only then does the message say how to resume.
+    """
     async def closing() -> Any:
         try:
             return await work()
         finally:
             await close_clients()
 
+    from scale_graph.persistence import DatabaseError
+    from scale_graph.runner import InputError, UnknownRun
+    from scale_graph.servers.chat import EndpointError, close_clients
+
+    def resume_hint() -> str:
+        if not thread_id or not saved():
+            return ""
+        return f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`")
+
     try:
         return asyncio.run(closing())
-    except (ConfigError, InputError) as exc:
-        _fail(str(exc), 2)
-    except UnknownRun as exc:
-        _fail(str(exc), 2)
-    except DatabaseError as exc:
+    except (ConfigError, InputError, UnknownRun, DatabaseError) as exc:
         _fail(str(exc), 2)
     except EndpointError as exc:
-        _fail(f"{exc}{resume_hint}", 1)
+        _fail(f"{exc}{resume_hint()}", 1)
     except KeyboardInterrupt:
-        _fail(f"interrupted{resume_hint}", 130)
+        _fail(f"interrupted{resume_hint()}", 130)
     except Exception as exc:  # a bug: still one line, and the run stays resumable
         if os.environ.get("SCALE_DEBUG"):
             raise
-        _fail(f"unexpected {type(exc).__name__}: {exc}{resume_hint} (set SCALE_DEBUG=1 for a traceback)", 1)
+        _fail(f"unexpected {type(exc).__name__}: {exc}{resume_hint()} (set SCALE_DEBUG=1 for a traceback)", 1)
 
 
 def _progress(event: dict[str, Any]) -> None:
@@ -119,16 +115,28 @@ def _print_summary(shown: dict[str, Any]) -> None:
         out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-def _read_problem(problem: Optional[str], problem_file: Optional[Path]) -> str:
+def _read_problem(problem: Optional[str], problem_file: Optional[Path], max_chars: int) -> str:
+    from scale_graph.runner import InputError
+
     if problem_file is not None:
         if problem:
             raise InputError("give the problem either as an argument or with --problem-file, not both")
         try:
-            return problem_file.read_bytes().decode("utf-8")
+            with problem_file.open("rb") as handle:  # bounded: --problem-file /dev/zero must not fill memory
+                data = handle.read(4 * max_chars + 1)  # UTF-8 needs at most 4 bytes a character
         except OSError as exc:
             raise InputError(f"cannot read problem file {problem_file}: {exc.strerror or exc}") from None
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise InputError(f"problem file {problem_file} is not UTF-8 text") from None
+            if len(data) > 4 * max_chars:
+                text = "x" * (max_chars + 1)  # too long whatever it holds
+            else:
+                raise InputError(f"problem file {problem_file} is not UTF-8 text") from None
+        if len(text) > max_chars:
+            raise InputError(f"problem file {problem_file} has more than max_problem_chars ({max_chars:,}) "
+                             f"characters; raise it with SCALE_MAX_PROBLEM_CHARS if intended")
+        return text
     if problem is None:
         raise InputError("no problem given: pass it as an argument or with --problem-file")
     return problem
@@ -150,6 +158,12 @@ def solve(
     review: bool = typer.Option(False, "--review", help="Pause after the decomposition is chosen, to accept or edit it."),
 ) -> None:
     """Solve a problem with SCALE and print the answer and its sub-problems."""
+    from scale_graph.graph import build_graph
+    from scale_graph.journal import new_run_id
+    from scale_graph.persistence import db_path, open_async
+    from scale_graph.runner import awaiting_review, resume, start, validate_problem, validate_thread_id
+    from scale_graph.runs import summary
+
     thread = thread_id or new_run_id()
     path = db_path(db)
     explicit = {k: v for k, v in {"threshold": threshold, "candidates": candidates, "seed": seed,
@@ -158,10 +172,10 @@ def solve(
                                   "review": review or None}.items() if v is not None}
 
     async def work() -> dict[str, Any]:
-        text = _read_problem(problem, problem_file)
         if start_servers:
             _ensure_local_servers()
         resolved = resolve(explicit)
+        text = _read_problem(problem, problem_file, resolved.context.max_problem_chars)
         from scale_graph.servers.endpoints import endpoints
 
         text = validate_problem(text, resolved.context)
@@ -173,6 +187,7 @@ def solve(
             # The run id first, on stderr even with --json: after a kill it is the only handle.
             err.print(f"[dim]run {thread} → {path}[/]", highlight=False, soft_wrap=True)
             err.print(f"[dim]{resolved.describe()}[/]", highlight=False, soft_wrap=True)
+            started.append(thread)
             values = await start(graph, store, text, context, thread, on_event=_progress)
             pending = await awaiting_review(graph, thread)
             if pending is not None:
@@ -182,7 +197,8 @@ def solve(
                 values = await resume(graph, store, thread, on_event=_progress, review=decision)
             return summary(values, thread)
 
-    shown = run_guarded(work, thread_id=thread, db=db)
+    started: list[str] = []
+    shown = run_guarded(work, thread_id=thread, db=db, saved=lambda: bool(started))
     _emit(shown, as_json)
 
 
@@ -221,6 +237,10 @@ def _emit(shown: dict[str, Any], as_json: bool) -> None:
 @runs_app.command("list")
 def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
     """List the runs in the database, newest first."""
+    from scale_graph.graph import build_graph
+    from scale_graph.persistence import db_path, open_async
+    from scale_graph.runs import list_runs
+
     path = db_path(db)
 
     async def work() -> list[dict[str, Any]]:
@@ -244,6 +264,10 @@ def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None
 @runs_app.command("show")
 def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
     """Show a run: every sub-problem with difficulty, system, tokens, and every checkpointed step."""
+    from scale_graph.graph import build_graph
+    from scale_graph.persistence import db_path, open_async
+    from scale_graph.runs import show_run
+
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
@@ -269,13 +293,19 @@ def runs_resume(
     subproblems_file: Optional[Path] = typer.Option(None, "--subproblems-file", help="Replace it: one sub-problem per line."),
 ) -> None:
     """Continue a stopped run after its last finished step, with its saved parameters."""
+    from scale_graph.graph import build_graph
+    from scale_graph.persistence import db_path, open_async
+    from scale_graph.runner import resume
+    from scale_graph.runs import summary
+
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
         _require(path)
         decision: Any = "accept" if accept else None
         if subproblems_file is not None:
-            decision = [line for line in _read_problem(None, subproblems_file).splitlines() if line.strip()]
+            decision = [line for line in _read_problem(None, subproblems_file, SUBPROBLEMS_FILE_MAX_CHARS).splitlines()
+                        if line.strip()]
         async with open_async(path) as (saver, store):
             values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress, review=decision)
             return summary(values, thread_id)
@@ -286,6 +316,9 @@ def runs_resume(
 @runs_app.command("delete")
 def runs_delete(thread_id: str, db: Optional[Path] = DbOption) -> None:
     """Delete a run's checkpoints and stored texts."""
+    from scale_graph.persistence import db_path, open_async
+    from scale_graph.runs import delete_run
+
     path = db_path(db)
 
     async def work() -> int:
@@ -298,6 +331,8 @@ def runs_delete(thread_id: str, db: Optional[Path] = DbOption) -> None:
 
 
 def _require(path: Path) -> None:
+    from scale_graph.persistence import DatabaseError
+
     if not path.exists():
         raise DatabaseError(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)")
 
