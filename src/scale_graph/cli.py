@@ -31,8 +31,9 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
 app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")(serve_command)
 
-out = Console()
-err = Console(stderr=True)
+# Not a terminal (a log file, a pipe): no wrapping at 80 columns, so lines and tables stay whole.
+out = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty(), width=None if sys.stderr.isatty() else 1000)
 
 SUBPROBLEMS_FILE_MAX_CHARS = 200_000
 DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
@@ -84,17 +85,11 @@ def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Pa
 
 
 def _progress(event: dict[str, Any]) -> None:
-    kind = event.get("event")
-    if kind == "decomposed":
-        err.print(f"[dim]decompose[/] {event['candidates']} candidate(s), sizes {event['sizes']}")
-    elif kind == "selected":
-        err.print(f"[dim]select[/]    candidate {event['chosen'] + 1} ({event['method']}), "
-                  f"{len(event['subproblems'])} sub-problems")
-    elif kind == "assessed":
-        err.print(f"[dim]assess[/]    sub-problem {event['index'] + 1}: difficulty {event['difficulty']:.2f}")
-    elif kind == "solved":
-        err.print(f"[dim]solve[/]     sub-problem {event['index'] + 1} on System {event['system']}: "
-                  f"{event['completion_tokens']} tokens → {event['result']}")
+    from scale_graph.progress import progress_line
+
+    line = progress_line(event)
+    if line:
+        err.print(line.rstrip("\n"), style="dim", highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_summary(shown: dict[str, Any]) -> None:

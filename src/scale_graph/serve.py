@@ -50,6 +50,7 @@ from scale_graph.context import ENDPOINT_FIELDS, Context
 from scale_graph.graph import build_graph
 from scale_graph.history import solution_texts
 from scale_graph.journal import calls_namespace, new_run_id
+from scale_graph.progress import difficulty_text, progress_line, short
 from scale_graph.persistence import DatabaseError, check_database, db_path, open_async
 from scale_graph.runner import InputError, start, validate_problem
 from scale_graph.runs import summary
@@ -65,7 +66,6 @@ KEEPALIVE_S = 15.0  # an SSE comment while a long System 2 call runs, so proxies
 #: Run parameters a client may not set: where the inner endpoints are (their API keys are the
 #: server's) and the human review pause (nobody answers it over this API).
 FORBIDDEN_PARAMS = frozenset(ENDPOINT_FIELDS) | {"review"}
-PREVIEW_CHARS = 160
 
 _HINTS = typing.get_type_hints(Context)
 PARAMS = {f.name: _HINTS[f.name] for f in fields(Context) if f.name not in FORBIDDEN_PARAMS}
@@ -214,22 +214,13 @@ async def read_body(request: Request) -> dict[str, Any]:
 
 
 # ---- rendering ---------------------------------------------------------------------------
-def _short(text: str | None, limit: int = PREVIEW_CHARS) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _difficulty(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
-
-
 def render_content(shown: dict[str, Any]) -> str:
     """The visible answer: the sub-problems in a few lines, then the answer in ``\\boxed{}``."""
     rows = shown["subproblems"]
     lines = [f"SCALE solved this in {len(rows)} sub-problem{'s' if len(rows) != 1 else ''}:"]
     for row in rows:
         system = f"System {row['system']}" if row.get("system") else "unsolved"
-        lines.append(f"{row['index'] + 1}. {_short(row['text'])} (difficulty {_difficulty(row['difficulty'])}, "
+        lines.append(f"{row['index'] + 1}. {short(row['text'])} (difficulty {difficulty_text(row['difficulty'])}, "
                      f"{system}) → {row['result'] if row['result'] is not None else 'no result'}")
     answer = shown.get("answer")
     lines.append("")
@@ -250,7 +241,7 @@ def render_trace(shown: dict[str, Any], texts: list[tuple[str, str]]) -> str:
         out.append(f"  {number}. {text}")
     total = len(shown["subproblems"])
     for row, (solution, reasoning) in zip(shown["subproblems"], texts):
-        out += ["", f"## Sub-problem {row['index'] + 1}/{total}: difficulty {_difficulty(row['difficulty'])} "
+        out += ["", f"## Sub-problem {row['index'] + 1}/{total}: difficulty {difficulty_text(row['difficulty'])} "
                     f"→ System {row['system']} ({row['completion_tokens']} completion tokens"
                     + (f", {row['reasoning_tokens']} reasoning" if row.get("reasoning_tokens") else "")
                     + (", answer forced after the thinking budget ran out" if row.get("forced_answer") else "") + ")",
@@ -265,26 +256,6 @@ def render_trace(shown: dict[str, Any], texts: list[tuple[str, str]]) -> str:
             f"{usage.get('completion_tokens', 0)} completion tokens ({usage.get('reasoning_tokens', 0)} reasoning)"]
     out += [f"Warning: {w}" for w in shown.get("warnings", [])]
     return "\n".join(out)
-
-
-def progress_line(event: dict[str, Any]) -> str | None:
-    """One line of streamed progress per workflow event."""
-    kind = event.get("event")
-    if kind == "decomposed":
-        return f"Decomposed the problem into {event['candidates']} candidate plan(s) of sizes {event['sizes']}.\n"
-    if kind == "selected":
-        steps = "".join(f"  {n}. {_short(t)}\n" for n, t in enumerate(event["subproblems"], 1))
-        return f"Chose plan {event['chosen'] + 1} ({event['method']}), {len(event['subproblems'])} sub-problems:\n{steps}"
-    if kind == "reviewed":
-        return f"Decomposition {'accepted' if event.get('accepted') else 'edited'} by review.\n"
-    if kind == "assessed":
-        return f"Sub-problem {event['index'] + 1}: difficulty {_difficulty(event['difficulty'])}.\n"
-    if kind == "solved":
-        return (f"Sub-problem {event['index'] + 1} solved on System {event['system']} "
-                f"({event['completion_tokens']} tokens): {event['result']}\n")
-    if kind == "finalized":
-        return f"Answer: {event.get('answer')}\n"
-    return None
 
 
 def openai_usage(shown: dict[str, Any]) -> dict[str, Any]:
