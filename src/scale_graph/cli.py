@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 try:  # typer vendors click since 0.2x
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer on real click
     from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
-from rich.console import Console
 from rich.table import Table
 
-from scale_graph.errors import ConfigError
+from scale_graph.terminal import err, out, run_guarded, say_error
 from scale_graph.serve import serve_command
 from scale_graph.servers.cli import app as servers_app
 from scale_graph.settings import resolve, with_context_window
@@ -31,57 +29,9 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
 app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")(serve_command)
 
-# Not a terminal (a log file, a pipe): no wrapping at 80 columns, so lines and tables stay whole.
-out = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 1000)
-err = Console(stderr=True, soft_wrap=not sys.stderr.isatty(), width=None if sys.stderr.isatty() else 1000)
-
 SUBPROBLEMS_FILE_MAX_CHARS = 200_000
 DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
-
-
-def _say_error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int) -> None:
-    _say_error(message)
-    raise typer.Exit(code)
-
-
-def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Path | None = None,
-                saved: Callable[[], bool] = lambda: True) -> Any:
-    """Run a coroutine factory, turning every expected failure into one line and an exit code.
-
-    ``saved()`` tells whether the run exists yet: only then does the message say how to resume.
-    """
-    async def closing() -> Any:
-        try:
-            return await work()
-        finally:
-            await close_clients()
-
-    from scale_graph.persistence import DatabaseError
-    from scale_graph.runner import InputError, UnknownRun
-    from scale_graph.servers.chat import EndpointError, close_clients
-
-    def resume_hint() -> str:
-        if not thread_id or not saved():
-            return ""
-        return f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`")
-
-    try:
-        return asyncio.run(closing())
-    except (ConfigError, InputError, UnknownRun, DatabaseError) as exc:
-        _fail(str(exc), 2)
-    except EndpointError as exc:
-        _fail(f"{exc}{resume_hint()}", 1)
-    except KeyboardInterrupt:
-        _fail(f"interrupted{resume_hint()}", 130)
-    except Exception as exc:  # a bug: still one line, and the run stays resumable
-        if os.environ.get("SCALE_DEBUG"):
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc}{resume_hint()} (set SCALE_DEBUG=1 for a traceback)", 1)
 
 
 def _progress(event: dict[str, Any]) -> None:
@@ -355,10 +305,10 @@ def main() -> None:
         out.print(exc.ctx.get_help() if exc.ctx else "")
         code = 0
     except ClickException as exc:
-        _say_error(exc.format_message())
+        say_error(exc.format_message())
         code = 2
     except typer.Abort:
-        _say_error("interrupted")
+        say_error("interrupted")
         code = 130
     except typer.Exit as exc:
         code = exc.exit_code

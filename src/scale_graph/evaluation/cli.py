@@ -108,7 +108,7 @@ def report_command(
 
 def _run(work: Callable[[], Any]) -> Any:
     """The main CLI's runner: expected failures become one red line and an exit code."""
-    from scale_graph.cli import run_guarded  # imported late: the main CLI imports this module
+    from scale_graph.terminal import run_guarded
 
     return run_guarded(work)
 
