@@ -136,10 +136,11 @@ def fit_prompt(problem: str, subproblems: list[str], history: list[Carried], ind
     if shrunk:
         cut = sum(len(item.solution) for item in history[:shrunk]) - sum(map(len, solutions[:shrunk]))
         fits = estimate_tokens(prompts.SYSTEM, prompt.user) <= budget
+        which = "the solution of sub-problem 1 was" if shrunk == 1 else f"the solutions of sub-problems 1–{shrunk} were"
         prompt.warnings.append(
             f"{stage}: the context of sub-problem {index + 1} did not fit the {window:,}-token window with "
-            f"{max_tokens:,} tokens reserved for the answer; the solutions of sub-problems 1–{shrunk} were "
-            f"shortened to their boxed results ({cut:,} characters cut)" + ("" if fits else "; still too long"))
+            f"{max_tokens:,} tokens reserved for the answer; {which} shortened to the boxed result "
+            f"({cut:,} characters cut)" + ("" if fits else "; still too long"))
     return prompt
 
 
