@@ -106,3 +106,12 @@ def test_difficulty_naming_its_sub_problem_number(scripted):
     out = run(context(threshold=0.5))
     assert [s["difficulty"] for s in out["steps"]] == [0.4, 0.4, 0.4]
     assert {s["system"] for s in out["steps"]} == {1}
+
+
+def test_a_context_length_refusal_is_retried_under_ainvoke_too(scripted):
+    import asyncio
+
+    respond, refused = refusing("solve/1/0")
+    fake = scripted(respond)
+    out = asyncio.run(build_graph().ainvoke({"problem": "What is a+b?"}, context=context(context_window=131_072)))
+    assert len(fake.stage_calls("solve/1/0")) == 2 and out["answer"] == "33"
