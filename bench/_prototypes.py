@@ -2,7 +2,7 @@
 change. Nothing here is imported by the package; the package code is untouched.
 
 ``batched_load_graph`` builds the SCALE graph with a node wrapper identical to
-:func:`scale_graph.journal.node` except that a ``Load`` of k journal entries is one
+:func:`scale_graph.journal.journaled_node` except that a ``LoadReplies`` of k journal entries is one
 ``store.abatch`` of ``GetOp``s (one transaction, one ``SELECT … WHERE key IN (…)``) instead of k
 sequential ``store.aget`` calls (k transactions).
 """
@@ -21,7 +21,7 @@ def batched_node(logic):
     from scale_graph import journal
     from scale_graph.servers.chat import ChatReply
 
-    original = journal.node(logic)  # keeps the sync body as is
+    original = journal.journaled_node(logic)  # keeps the sync body as is
 
     async def arun(state: dict) -> dict:
         context, store = journal._runtime()
@@ -36,7 +36,7 @@ def batched_node(logic):
                 request = steps.send(answer)
             except StopIteration as finished:
                 return finished.value
-            if isinstance(request, journal.Load):
+            if isinstance(request, journal.LoadReplies):
                 items = await store.abatch([GetOp(namespace, key) for key in request.keys]) if request.keys else []
                 answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
                 continue

@@ -81,7 +81,7 @@ def test_reasoning_is_not_carried_by_default_but_is_on_request(scripted):
     assert "SECRET-THOUGHT-0" in fake.stage_calls("solve/2")[0].messages[-1][1]
 
 
-def test_carried_context_is_bounded(scripted):
+def test_carried_context_is_bounded_by_the_context_window(scripted):
     big = "x" * 50_000
 
     def respond(call):
@@ -90,10 +90,11 @@ def test_carried_context_is_bounded(scripted):
         return default_respond(call)
 
     fake = scripted(respond)
-    run(context(carry_max_chars=3000, context_max_chars=4000))
+    run(context(context_window=40_000, system2_max_tokens=16_384))
     prompt = fake.stage_calls("solve/2")[0].messages[-1][1]
-    assert len(prompt) < 8000
+    assert len(prompt) < 3 * (40_000 - 16_384)
     assert "Result: \\boxed{solve/0/0}" in prompt  # oldest shrank to its result
+    assert big in prompt  # the newest is still whole
 
 
 def test_select_retries_then_falls_back_with_warning(scripted):

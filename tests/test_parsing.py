@@ -27,12 +27,15 @@ def test_decomposition_unusable(text):
     ("0.7", 0.7), ("Difficulty: 0.7", 0.7), ("7/10", 0.7), ('{"difficulty": 0.25}', 0.25),
     ("70%", 0.7), ('{"difficulty": 7.5}', 7.5), ("```json\n{\"difficulty\": 1}\n```", 1.0),
     ("<think>maybe 0.9</think>0.3", 0.3),
+    ("The difficulty of sub-problem 3 is 0.4", 0.4), ("Sub-problem 12: difficulty 0.25", 0.25),
+    ("Step 2 has difficulty 7/10", 0.7),
 ])
 def test_difficulty(text, expected):
     assert parse_difficulty(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["", "I cannot tell.", "hard"])
+@pytest.mark.parametrize("text", ["", "I cannot tell.", "hard", '{"difficulty": NaN}', "nan", '{"difficulty": "nan"}',
+                                  '{"difficulty": Infinity}', '{"difficulty": -Infinity}', "9" * 400])
 def test_difficulty_missing(text):
     assert parse_difficulty(text) is None
 

@@ -15,7 +15,7 @@ from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
 from scale_graph.context import Context
-from scale_graph.journal import node
+from scale_graph.journal import journaled_node
 from scale_graph.nodes.assess import assess
 from scale_graph.nodes.decompose import decompose
 from scale_graph.nodes.finalize import finalize
@@ -33,13 +33,13 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     ``platform=True`` leaves checkpointer and store to the LangGraph server (``langgraph dev``).
     """
     builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
-    builder.add_node("decompose", node(decompose))
-    builder.add_node("select", node(select))
-    builder.add_node("review", node(review))
-    builder.add_node("assess", node(assess))
-    builder.add_node("solve_system1", node(solve_system1))
-    builder.add_node("solve_system2", node(solve_system2))
-    builder.add_node("finalize", node(finalize))
+    builder.add_node("decompose", journaled_node(decompose, starts_run=True))
+    builder.add_node("select", journaled_node(select))
+    builder.add_node("review", journaled_node(review))
+    builder.add_node("assess", journaled_node(assess))
+    builder.add_node("solve_system1", journaled_node(solve_system1))
+    builder.add_node("solve_system2", journaled_node(solve_system2))
+    builder.add_node("finalize", journaled_node(finalize))
 
     builder.add_edge(START, "decompose")
     builder.add_edge("decompose", "select")

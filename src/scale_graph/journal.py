@@ -1,11 +1,13 @@
 """The call journal: every finished LLM call of a run, kept in the LangGraph store.
 
 Node logic is written once as a generator that *yields* what it needs — a :class:`ChatCall`
-to make or a :class:`Load` of earlier calls — and receives the result. :func:`node` turns such
-a generator into a LangGraph node with both a sync body (``graph.invoke``) and an async body
-(``graph.ainvoke``, many problems in flight). Each call is looked up in the journal first and
-recorded as soon as it returns, so a run resumed after a crash never repeats a finished call,
-even one made by a node that was interrupted half-way.
+to make or :class:`LoadReplies` of earlier calls — and receives the result; a call that fails
+raises its error at that ``yield``, so the logic can react (e.g. retry a prompt refused as too
+long with a shorter one). :func:`journaled_node` turns such a generator into a LangGraph node
+with both a sync body (``graph.invoke``) and an async body (``graph.ainvoke``, many problems in
+flight). Each call is looked up in the journal first and recorded as soon as it returns, so a
+run resumed after a crash never repeats a finished call, even one made by a node that was
+interrupted half-way.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ from scale_graph.servers.endpoints import endpoints
 
 
 @dataclass
-class Load:
+class LoadReplies:
     """Request: the journalled replies of these call keys (missing keys are left out)."""
 
     keys: list[str]
 
 
-Request = ChatCall | Load
+Request = ChatCall | LoadReplies
 NodeLogic = Callable[[dict, Context], Generator[Request, Any, dict]]
 
 RUNS_NAMESPACE = ("scale", "runs")
@@ -106,23 +108,27 @@ def _runtime() -> tuple[Context, BaseStore]:
     return run_context(), (runtime.store if runtime is not None else None) or _fallback_store
 
 
-def _operations(logic: NodeLogic, state: dict, context: Context) -> Generator[tuple, Any, dict]:
+def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: bool) -> Generator[tuple, Any, dict]:
     """Serve ``logic``'s requests as primitive operations — ("get", namespace, key),
     ("get_many", [GetOp]), ("put", namespace, key, value), ("call", ChatCall) — so the journal logic is written once for
-    the sync and the async executor."""
+    the sync and the async executor. An operation's error is thrown back in at its ``yield``."""
     run_id = current_run_id(state)
-    if "run_id" not in state:  # the run's first node records what a resume needs
-        if (yield ("get", RUNS_NAMESPACE, run_id)) is None:
-            yield ("put", RUNS_NAMESPACE, run_id, run_record(state.get("problem", ""), context))
+    if starts_run:  # records what a resume needs; a new problem on a used thread replaces the old record
+        record = yield ("get", RUNS_NAMESPACE, run_id)
+        wanted = run_record(state.get("problem", ""), context)
+        if record is None or any(record.value.get(k) != wanted[k] for k in ("problem", "params")):
+            yield ("put", RUNS_NAMESPACE, run_id, wanted)
     namespace = calls_namespace(run_id)
     steps = logic({**state, "run_id": run_id}, context)
     answer: Any = None
+    error: Exception | None = None
     while True:
         try:
-            request = steps.send(answer)
+            request = steps.throw(error) if error is not None else steps.send(answer)
         except StopIteration as finished:
             return finished.value
-        if isinstance(request, Load):
+        error = None
+        if isinstance(request, LoadReplies):
             items = yield ("get_many", [GetOp(namespace, key) for key in request.keys])
             answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
             continue
@@ -131,34 +137,47 @@ def _operations(logic: NodeLogic, state: dict, context: Context) -> Generator[tu
         if cached is not None:
             answer = ChatReply.from_dict(cached.value)
             continue
-        answer = yield ("call", request)
+        try:
+            answer = yield ("call", request)
+        except Exception as failed:  # the logic decides: handle it at its yield, or let it propagate
+            error = failed
+            continue
         yield ("put", namespace, key, answer.to_dict())
 
 
-def node(logic: NodeLogic) -> RunnableLambda:
-    """A LangGraph node (sync + async) that serves ``logic``'s requests through the journal."""
+def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLambda:
+    """A LangGraph node (sync + async) that serves ``logic``'s requests through the journal.
+
+    ``starts_run`` marks the graph's first node, which saves the run's record (problem, parameters).
+    """
 
     def run(state: dict) -> dict:
         context, store = _runtime()
         execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": lambda call: systems_for(context).call(call)}
-        operations, result = _operations(logic, state, context), None
+        operations, result, error = _operations(logic, state, context, starts_run), None, None
         while True:
             try:
-                operation, *arguments = operations.send(result)
+                operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
             except StopIteration as finished:
                 return finished.value
-            result = execute[operation](*arguments)
+            try:
+                result, error = execute[operation](*arguments), None
+            except Exception as failed:
+                result, error = None, failed
 
     async def arun(state: dict) -> dict:
         context, store = _runtime()
         execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": lambda call: systems_for(context).acall(call)}
-        operations, result = _operations(logic, state, context), None
+        operations, result, error = _operations(logic, state, context, starts_run), None, None
         while True:
             try:
-                operation, *arguments = operations.send(result)
+                operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
             except StopIteration as finished:
                 return finished.value
-            result = await execute[operation](*arguments)
+            try:
+                result, error = await execute[operation](*arguments), None
+            except Exception as failed:
+                result, error = None, failed
 
     run.__doc__ = arun.__doc__ = logic.__doc__
     return RunnableLambda(run, arun, name=logic.__name__)

@@ -6,6 +6,7 @@ Each returns ``None`` when nothing usable is found; callers retry or fall back.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ _NUMBERED = re.compile(r"^\s*(?:[-*•]|(?:step|sub-?problem)?\s*\d+\s*[.):\-]|(
 _STEP_KEY = re.compile(r"(\d+)")
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_REFERENCE = re.compile(r"\b(?:sub-?\s?problems?|steps?|parts?|questions?)\s*(?:no\.|number|#)?\s*\d+\b", re.IGNORECASE)
 
 
 def _repair_latex(text: str) -> str:
@@ -123,13 +125,25 @@ def parse_choice(text: str, count: int) -> int | None:
 
 
 def parse_difficulty(text: str) -> float | None:
-    """Difficulty from {"difficulty": x}, "Difficulty: 0.7", "7/10" or "70%"; unclamped."""
+    """Difficulty from {"difficulty": x}, "Difficulty: 0.7", "7/10" or "70%"; unclamped.
+
+    Not a number (NaN, infinities) counts as unparseable: clamping it would pick a system at random.
+    """
+    try:
+        value = _difficulty_value(text)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _difficulty_value(text: str) -> float | None:
     data = load_json(text)
     if isinstance(data, dict):
         data = next((data[k] for k in ("difficulty", "score", "d") if k in data), None)
     if isinstance(data, (int, float)) and not isinstance(data, bool):
         return float(data)
     visible = data if isinstance(data, str) else split_think(text)[1]
+    visible = _REFERENCE.sub(" ", visible)  # "sub-problem 3" names a sub-problem, not a difficulty
     if match := re.search(rf"({_NUMBER})\s*/\s*({_NUMBER})", visible):
         denominator = float(match.group(2))
         return float(match.group(1)) / denominator if denominator else None

@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 from langgraph.channels.delta import DeltaChannel
 from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this one on Python < 3.12
 
-Stage = Literal["decompose", "select", "assess", "solve_system1", "solve_system2", "force_answer"]
 PREVIEW_CHARS = 240
 
 
@@ -27,7 +26,11 @@ class Usage(TypedDict, total=False):
 
 
 class Step(TypedDict, total=False):
-    """One sub-problem s_i: its difficulty d_i (Eq. 3), system m_i (Eq. 4) and solution S(s_i) (Eq. 6)."""
+    """One sub-problem s_i: its difficulty d_i (Eq. 3), system m_i (Eq. 4) and solution S(s_i) (Eq. 6).
+
+    ``assess`` opens the record of sub-problem ``index`` and ``solve`` completes the same record
+    by that index (:func:`merge_steps`); both take the index from the state's ``solved`` count.
+    """
 
     index: int  # 0-based position in the chosen decomposition
     text: str
@@ -54,18 +57,22 @@ class Selection(TypedDict, total=False):
     call_keys: list[str]
 
 
-def plus(total: Usage, more: Usage) -> Usage:
+def add_counts(total: Usage, more: Usage) -> Usage:
     """Two usage counters added key by key."""
     return {key: total.get(key, 0) + more.get(key, 0) for key in {*total, *more}}  # type: ignore[return-value]
 
 
 def merge_steps(current: list[Step], updates: list[Step]) -> list[Step]:
-    """Reducer: a step update replaces the record with the same index or appends a new one."""
+    """Reducer: an update completes the record with the same index (its warnings appended to the
+    record's) or, for the next index, appends a new record."""
     merged = list(current)
     for update in updates:
         index = update["index"]
         if index < len(merged):
-            merged[index] = {**merged[index], **update}
+            before = merged[index]
+            merged[index] = {**before, **update}
+            if "warnings" in update and "warnings" in before:
+                merged[index]["warnings"] = [*before["warnings"], *update["warnings"]]
         else:
             merged.append(update)
     return merged
@@ -93,7 +100,7 @@ def add_usage(current: dict[str, Usage], updates: dict[str, Usage]) -> dict[str,
     """Reducer: per-stage usage counters are summed."""
     merged = dict(current)
     for stage, usage in updates.items():
-        merged[stage] = plus(merged.get(stage, {}), usage)
+        merged[stage] = add_counts(merged.get(stage, {}), usage)
     return merged
 
 
@@ -120,10 +127,13 @@ class OutputState(TypedDict, total=False):
 class State(InputState, OutputState, total=False):
     """Full state: problem, candidates D_1..D_k, selection D*, per-sub-problem steps, answer."""
 
+    # Sub-problems solved so far: the one assess and solve work on is number ``solved`` (0-based).
+    solved: int
+
 
 def total_usage(usage: dict[str, Usage]) -> Usage:
     """Usage summed over all stages."""
     total: Usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
     for stage_usage in usage.values():
-        total = plus(total, stage_usage)
+        total = add_counts(total, stage_usage)
     return total

@@ -6,11 +6,12 @@ from typing import Any, Generator
 
 from scale_graph import prompts
 from scale_graph.context import Context
-from scale_graph.history import prompt_prefix
+from scale_graph.history import fit_prompt, fitted_call, previous_solutions
 from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
-from scale_graph.state import plus
 from scale_graph.parsing import parse_difficulty
+from scale_graph.servers.chat import ChatCall
+from scale_graph.state import Step, add_counts
 
 DIFFICULTY_SCHEMA = {"name": "difficulty", "schema": {
     "type": "object", "properties": {"difficulty": {"type": "number", "minimum": 0, "maximum": 1}},
@@ -19,16 +20,22 @@ DIFFICULTY_SCHEMA = {"name": "difficulty", "schema": {
 
 def assess(state: dict, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 3: d_i = A(s_i, C_i) ∈ [0, 1], with C_i holding the previous solutions."""
-    index = len(state.get("steps", []))
-    prefix = yield from prompt_prefix(state, context, index)
-    user = prefix + prompts.ASSESS.format(number=index + 1)
+    index: int = state.get("solved", 0)
+    history = yield from previous_solutions(state, context, index)
     warnings: list[str] = []
     usage: dict[str, int] = {}
     difficulty: float | None = None
     for attempt in range(context.parse_retries + 1):
-        reply = yield planner_call(f"assess/{index}/{attempt}", user, context, seed_parts=("assess", index, attempt),
-                                   schema=DIFFICULTY_SCHEMA)
-        usage = plus(usage, reply.usage)
+        def build(window: int, attempt: int = attempt) -> tuple[ChatCall, list[str]]:
+            prompt = fit_prompt(state["problem"], state["subproblems"], history, index,
+                                prompts.ASSESS.format(number=index + 1), window=window,
+                                max_tokens=context.planner_max_tokens, stage="assess")
+            return planner_call(f"assess/{index}/{attempt}", prompt.user, context, seed_parts=("assess", index, attempt),
+                                schema=DIFFICULTY_SCHEMA), prompt.warnings
+
+        _, reply, fitting = yield from fitted_call(build, context, "assess")
+        warnings += [w for w in fitting if w not in warnings]
+        usage = add_counts(usage, reply.usage)
         warnings += reply.warnings
         difficulty = parse_difficulty(reply.choices[0].content or reply.choices[0].reasoning)
         if difficulty is not None:
@@ -41,6 +48,6 @@ def assess(state: dict, context: Context) -> Generator[Request, Any, dict]:
         warnings.append(f"assess: difficulty {difficulty:g} of sub-problem {index + 1} outside [0, 1]; clamped to {clamped:g}")
         difficulty = clamped
     emit("assessed", index=index, difficulty=difficulty)
-    step = {"index": index, "text": state["subproblems"][index], "difficulty": difficulty,
-            "assess_tokens": usage.get("completion_tokens", 0), "warnings": list(warnings)}
+    step: Step = {"index": index, "text": state["subproblems"][index], "difficulty": difficulty,
+                  "assess_tokens": usage.get("completion_tokens", 0), "warnings": list(warnings)}
     return {"steps": [step], "usage": {"assess": usage}, "warnings": warnings}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
+from langgraph.types import Overwrite
+
 from scale_graph import prompts
 from scale_graph.context import Context
 from scale_graph.history import messages
 from scale_graph.journal import Request, derive_seed, emit
 from scale_graph.parsing import parse_decomposition
 from scale_graph.servers.chat import ChatCall
-from scale_graph.state import plus
+from scale_graph.state import add_counts
 
 
 def decomposition_schema(max_subproblems: int) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def decompose(state: dict, context: Context) -> Generator[Request, Any, dict]:
     for attempt in range(context.parse_retries + 1):
         reply = yield planner_call(f"decompose/{attempt}", user, context, seed_parts=("decompose", attempt),
                                    n=context.candidates, schema=decomposition_schema(context.max_subproblems))
-        usage = plus(usage, reply.usage)
+        usage = add_counts(usage, reply.usage)
         warnings += reply.warnings
         parsed = [parse_decomposition(choice.content or choice.reasoning) for choice in reply.choices]
         too_long = sum(1 for p in parsed if p and len(p) > context.max_subproblems)
@@ -55,4 +57,8 @@ def decompose(state: dict, context: Context) -> Generator[Request, Any, dict]:
         warnings.append("decompose: no usable decomposition; solving the problem as one sub-problem")
         valid = [[problem]]
     emit("decomposed", candidates=len(valid), sizes=[len(c) for c in valid])
-    return {"run_id": state["run_id"], "candidates": valid, "usage": {"decompose": usage}, "warnings": warnings}
+    # Decomposing starts a run, so whatever an earlier run on this thread left is replaced, not
+    # added to (Overwrite bypasses the accumulating reducers): new input on a finished thread is a clean new run.
+    return {"run_id": state["run_id"], "candidates": valid, "selection": {}, "subproblems": [], "solved": 0,
+            "steps": Overwrite([]), "answer": None, "usage": Overwrite({"decompose": usage}),
+            "warnings": Overwrite(warnings)}

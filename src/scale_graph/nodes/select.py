@@ -8,7 +8,7 @@ from scale_graph import prompts
 from scale_graph.context import Context
 from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
-from scale_graph.state import plus
+from scale_graph.state import add_counts
 from scale_graph.parsing import parse_choice
 
 
@@ -36,7 +36,7 @@ def select(state: dict, context: Context) -> Generator[Request, Any, dict]:
                                 schema=selection_schema(len(candidates)))
             reply = yield call
             keys.append(call.journal_key)
-            usage = plus(usage, reply.usage)
+            usage = add_counts(usage, reply.usage)
             warnings += reply.warnings
             choice = parse_choice(reply.choices[0].content or reply.choices[0].reasoning, len(candidates))
             if choice is not None:

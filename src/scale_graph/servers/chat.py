@@ -34,6 +34,14 @@ class EndpointError(RuntimeError):
     """An endpoint failed after bounded retries, or refused a request; one line for the user."""
 
 
+class ContextLengthError(EndpointError):
+    """The server refused a prompt longer than its context window (``limit`` tokens; ``requested`` asked)."""
+
+    def __init__(self, message: str, *, limit: int | None = None, requested: int | None = None) -> None:
+        super().__init__(message)
+        self.limit, self.requested = limit, requested
+
+
 class ReasoningChatOpenAI(ChatOpenAI):
     """ChatOpenAI that keeps each choice's reasoning text and its own finish reason."""
 
