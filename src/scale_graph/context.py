@@ -65,11 +65,9 @@ class Context:
     inftythink_max_tokens: int = _param(8192, "InftyThink baseline: thinking budget per iteration (official value 8,192).")
     inftythink_max_iterations: int = _param(50, "InftyThink baseline: most iterations per problem (official maximum 50; the paper's runs average about 6).")
     votes: int = _param(8, "Majority-voting baseline: CoT samples voted on per problem sample (k=8 in the paper).")
-    context_window: int = _param(0, "Model context length in tokens; 0 = read max_model_len from the server's /v1/models (32,768 when it does not say).")
+    context_window: int = _param(0, "Model context length in tokens. Each earlier solution is carried whole (Eq. 5) while the prompt fits this window with the call's own max_tokens reserved (estimated at 3 characters a token); only then do the oldest shrink to their boxed result, with a warning. 0 = read max_model_len from the server's /v1/models, else 32,768.")
     seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed.")
-    carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too.")
-    carry_max_chars: int = _param(4000, "Cap on each carried solution (head and tail kept).")
-    context_max_chars: int = _param(24000, "Cap on all carried solutions; older ones shrink to their boxed result first.")
+    carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too (fills the context window sooner).")
     max_problem_chars: int = _param(20000, "Longest accepted problem text.")
     parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.")
     review: bool = _param(False, "Pause after `select` for a human to accept or edit the decomposition.")
@@ -95,8 +93,7 @@ class Context:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
         for name in ("candidates", "max_subproblems", "planner_max_tokens", "system1_max_tokens",
-                     "system2_max_tokens", "force_answer_max_tokens", "carry_max_chars",
-                     "context_max_chars", "max_problem_chars", "inftythink_max_tokens",
+                     "system2_max_tokens", "force_answer_max_tokens", "max_problem_chars", "inftythink_max_tokens",
                      "inftythink_max_iterations", "votes", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

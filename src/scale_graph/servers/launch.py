@@ -66,8 +66,6 @@ LOCAL_RUN_DEFAULTS: dict = {
     "candidates": 2,
     "planner_max_tokens": 256,
     "force_answer_max_tokens": 128,
-    "carry_max_chars": 2000,
-    "context_max_chars": 8000,
 }
 
 
