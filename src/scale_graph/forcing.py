@@ -22,10 +22,12 @@ def needs_forced_answer(choice: Choice, context: Context) -> bool:
 
 
 def forced_answer_call(key: str, user_prefix: str, reasoning: str, context: Context, *,
-                       instruction: str) -> ChatCall:
+                       instruction: str, system_prompt: str | None = prompts.SYSTEM) -> ChatCall:
     """The non-thinking follow-up on System 1: ``user_prefix`` (the original question with its
-    context), the cut-off reasoning, then ``instruction`` (how to end, e.g. box the result)."""
+    context), the cut-off reasoning, then ``instruction`` (how to end, e.g. box the result).
+    ``system_prompt=None`` for the baselines, whose prompts carry no system message."""
     user = user_prefix + prompts.FORCE_ANSWER.format(reasoning=reasoning, instruction=instruction)
-    return ChatCall(key=key, system=1, messages=[("system", prompts.SYSTEM), ("user", user)], thinking=False,
+    system = [("system", system_prompt)] if system_prompt is not None else []
+    return ChatCall(key=key, system=1, messages=[*system, ("user", user)], thinking=False,
                     max_tokens=context.force_answer_max_tokens, temperature=context.system1_temperature,
                     top_p=context.system1_top_p, top_k=context.system1_top_k, seed=derive_seed(context.seed, key))
