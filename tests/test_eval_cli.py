@@ -19,9 +19,16 @@ from scale_graph.evaluation.runner import evaluate, plan
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.prompts import COT
 from scale_graph.testing.fake_openai import answer_for
+from tests.conftest import write_datasets
 
-DATA = str(Path(__file__).parents[2] / "shared" / "data")
+DATA = "data"  # written into each test's folder by the preset_files fixture
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def preset_files(isolated):
+    """The small preset files of ``tests.conftest.DATASETS`` in ``./data`` of the test's folder."""
+    return write_datasets(isolated / "data")
 
 
 def cli_app() -> typer.Typer:

@@ -25,11 +25,18 @@ from scale_graph.traces.cli import traces_app
 from scale_graph.traces.export import ExportOptions, natural_key, select, stats_path_for, statistics
 from scale_graph.traces.render import FORMATS, SubproblemTrace, Trace, record, render
 from scale_graph.traces.validate import assistant_text, check_record, survives_chat_template, user_text, validate_file, validate_lines
+from tests.conftest import DATASETS, write_datasets
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
-AIME = [json.loads(line) for line in (DATA / "aime24.jsonl").read_text().splitlines()[:2]] if DATA.is_dir() else []
-FIRST = AIME[0]["id"] if AIME else "1"
+DATA = Path("data")  # written into the test's folder by the preset_files fixture (or `generated`)
+AIME = DATASETS["aime24"][:2]
+FIRST = AIME[0]["id"]
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def preset_files(isolated):
+    """The small preset files of ``tests.conftest.DATASETS`` in ``./data`` of the test's folder."""
+    return write_datasets(isolated / "data")
 
 
 # ---- hand-made traces ------------------------------------------------------------------------
@@ -242,6 +249,7 @@ def generated(tmp_path_factory):
         for name in [n for n in os.environ if n.startswith("SCALE_")]:
             patch.delenv(name)
         patch.chdir(folder)
+        write_datasets(folder / DATA)
         patch.setenv("SCALE_STATE_DIR", str(folder / "state"))
         for system in ("1", "2"):
             patch.setenv(f"SCALE_SYSTEM{system}_BASE_URL", server.base_url)
