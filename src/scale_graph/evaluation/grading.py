@@ -74,11 +74,13 @@ def warm_up() -> None:
     threading.Thread(target=run, name="math-verify-warm-up", daemon=True).start()
 
 
-def grade(gold: str, answer: str | None, timeout: float = GRADE_TIMEOUT_S) -> Grade:
+def grade(gold: str, answer: str | None, timeout: float | None = None) -> Grade:
     """Whether ``answer`` equals ``gold`` mathematically; an unparseable answer is wrong with the
-    reason, one the grader cannot decide in time (twice) is ungraded."""
+    reason, one the grader cannot decide in time (twice) is ungraded. ``timeout``: the first
+    limit in seconds (default :data:`GRADE_TIMEOUT_S`)."""
     if answer is None or not answer.strip():
         return Grade(False, "no answer")
+    timeout = GRADE_TIMEOUT_S if timeout is None else timeout
     try:
         try:
             parsed_gold, parsed_answer, same = bounded(_compare, gold, answer, timeout=timeout)
@@ -96,7 +98,7 @@ def grade(gold: str, answer: str | None, timeout: float = GRADE_TIMEOUT_S) -> Gr
     return Grade(same, "equivalent" if same else "not equivalent")
 
 
-def equivalent(first: str, second: str, timeout: float = GRADE_TIMEOUT_S) -> bool:
+def equivalent(first: str, second: str, timeout: float | None = None) -> bool:
     """Whether two answers are known to be the same (symmetric use of :func:`grade`; undecided is not)."""
     return grade(first, second, timeout).correct
 
