@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -312,6 +313,27 @@ def test_export_correct_only_dedup_and_cap_from_a_generated_run(run_dir):
     assert json.loads((run_dir / "dedup.stats.json").read_text())["kept"] == 4
 
 
+def test_export_with_an_ungraded_sample_succeeds_and_leaves_it_out_of_correct_only(run_dir, monkeypatch):
+    """A grading timeout made `--correct-only` fail intermittently (a correct trace judged wrong on re-check)."""
+    from scale_graph.evaluation import grading
+
+    store = ResultsStore()
+    try:
+        with Session(store.engine) as session, session.begin():  # a correct sample the grader could not decide
+            row = session.scalars(sql_select(Result).where(Result.problem_id == FIRST, Result.sample == 1)).one()
+            row.correct, row.ungraded, row.grading_note = False, True, "ungraded: grading timed out"
+    finally:
+        store.close()
+    ok("export", "tr", "--out", "correct.jsonl", "--correct-only")
+    stats = json.loads((run_dir / "correct.stats.json").read_text())
+    assert (stats["kept"], stats["dropped"]["ungraded"]) == (1, 1)
+    # and a grader that cannot decide while the export re-checks its file fails nothing either
+    monkeypatch.setattr(grading, "GRADE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(grading, "_compare", lambda gold, answer: time.sleep(1))
+    result = ok("export", "tr", "--out", "again.jsonl", "--correct-only")
+    assert len(lines(run_dir / "again.jsonl")) == 1 and "Traceback" not in result.output
+
+
 def test_export_counts_failed_and_missing_results(run_dir):
     import asyncio
 
@@ -332,8 +354,8 @@ def test_export_counts_failed_and_missing_results(run_dir):
     asyncio.run(remove())
     ok("export", "tr", "--out", "t.jsonl")
     stats = json.loads((run_dir / "t.stats.json").read_text())
-    assert stats["dropped"] == {"failed": 1, "missing": 1, "incomplete": 0, "incorrect": 0, "duplicate": 0,
-                                "over_cap": 0}
+    assert stats["dropped"] == {"failed": 1, "missing": 1, "incomplete": 0, "ungraded": 0, "incorrect": 0,
+                                "duplicate": 0, "over_cap": 0}
     assert (stats["traces"], stats["kept"], stats["problems"], stats["problems_kept"]) == (5, 3, 3, 2)
 
 
