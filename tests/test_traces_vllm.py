@@ -4,7 +4,6 @@ model): two AIME problems, well-formed files and consistent statistics — never
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
