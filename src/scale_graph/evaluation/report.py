@@ -71,7 +71,7 @@ def runs_table(metrics: Sequence[RunMetrics]) -> Table:
              _num(m.tok), _num(m.tok_overhead), _num(m.hard, "{:.1f}"), _num(m.iterations, "{:.1f}"),
              _policy(m.force_answer), m.thinking or "?", str(m.degraded)] for m in metrics]
     return Table("Runs", ["run", "problems", "samples", "failed", "ungraded", "Acc (%)", "Tpi", "Tok", "overhead",
-                          "Hard (%)", "iters/sample", "forced answer", "thinking", "degraded"], rows)
+                          "Hard (%)", "iters/problem", "forced answer", "thinking", "degraded"], rows)
 
 
 def notes(metrics: Sequence[RunMetrics]) -> list[str]:
