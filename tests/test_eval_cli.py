@@ -19,9 +19,16 @@ from scale_graph.evaluation.runner import evaluate, plan
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.prompts import COT
 from scale_graph.testing.fake_openai import answer_for
+from tests.conftest import write_datasets
 
-DATA = str(Path(__file__).parents[2] / "shared" / "data")
+DATA = "data"  # written into each test's folder by the preset_files fixture
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def preset_files(isolated):
+    """The small preset files of ``tests.conftest.DATASETS`` in ``./data`` of the test's folder."""
+    return write_datasets(isolated / "data")
 
 
 def cli_app() -> typer.Typer:
@@ -62,7 +69,8 @@ def cot_answer(problem: str) -> int:
 @pytest.mark.parametrize("method, extra, requests_per_sample, iterations", [
     ("cot", [], 1, 1),
     ("majority", ["--votes", "3"], 1, 3),  # one request with n=3
-    ("inftythink", ["--system2-max-tokens", "20", "--max-iterations", "3"], 5, 3),  # 3 cut iterations + 2 summaries
+    # 3 cut iterations + 2 summaries + the forced answer after the last one
+    ("inftythink", ["--system2-max-tokens", "20", "--max-iterations", "3"], 6, 3),
     ("scale", ["--candidates", "2", "--concurrency", "1"], 8, 3),  # decompose, select, 3 × (assess + solve)
 ])
 def test_each_method_end_to_end(endpoint_env, fake_server, tmp_path, method, extra, requests_per_sample, iterations):
@@ -74,10 +82,9 @@ def test_each_method_end_to_end(endpoint_env, fake_server, tmp_path, method, ext
     assert (shown.problems, shown.samples, shown.failed) == (2, 4, 0)
     assert {r.iterations for r in results} == {iterations}
     assert all(r.completion_tokens > 0 for r in results)
-    if method == "inftythink":  # every iteration was cut while thinking: no answer at the cap
-        assert {(r.answer, r.grading_note) for r in results} == {(None, "no answer")}
-    else:
-        assert all(r.answer is not None and r.grading_note.endswith("equivalent") for r in results)
+    assert all(r.answer is not None and r.grading_note.endswith("equivalent") for r in results)
+    if method == "inftythink":  # every iteration was cut while thinking: the answer was forced at the cap
+        assert all(r.tokens_by_stage["force_answer"]["calls"] == 1 for r in results)
     if method == "scale":
         assert {r.subproblems for r in results} == {3} and shown.hard is not None and shown.tok_overhead > 0
     else:
@@ -213,3 +220,73 @@ def test_unknown_run_and_missing_endpoints():
     ResultsStore().close()  # an empty results database
     unknown = scale("report", "nope")
     assert unknown.exit_code == 2 and "no run named 'nope'" in unknown.stderr
+
+
+def test_names_and_ids_with_spaces_or_over_200_characters_complete(endpoint_env, fake_server, tmp_path):
+    """A space in the evaluation name or a problem id, or a long id, made every SCALE sample fail."""
+    path = tmp_path / "odd ids.jsonl"
+    rows = [{"id": "p 1", "problem": "What is 6 times 7?", "answer": "42"},
+            {"id": "q" * 300, "problem": "What is 5 squared?", "answer": "25"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    evaluate_ok("--dataset", str(path), "--name", "my eval", "--limit", "2", "--samples", "1", "-k", "2",
+                "--concurrency", "1")
+    shown, results = metrics("my eval")
+    assert (shown.samples, shown.failed) == (2, 0) and all(r.answer for r in results)
+
+
+def test_failed_samples_count_in_acc_and_are_retried_first(endpoint_env, fake_server, monkeypatch, tmp_path):
+    """A failed sample was left out of Acc: two problems, one failed, one right, showed 100 %."""
+    monkeypatch.setenv("SCALE_MAX_RETRIES", "0")
+    problems = ["What is 6 times 7?", "Count the primes below 30."]
+    path = tmp_path / "known.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "problem": q, "answer": str(cot_answer(q))}) + "\n"
+                            for i, q in enumerate(problems)))
+    args = ("--dataset", str(path), "--method", "cot", "--concurrency", "1")
+    fake_server.inject("500", times=1)  # the first problem's sample fails
+    first = scale("eval", *args, "--samples", "1")
+    assert first.exit_code == 1 and "50.00 ± 50.00 (1 failed)" in first.stdout  # failures beside Acc
+    shown, _ = metrics("cot-known")
+    assert (shown.samples, shown.failed, shown.accuracy) == (2, 1, 50.0)
+    # a longer run of the same problems: the failed sample goes before the new ones
+    fake_server.reset()
+    again = evaluate_ok(*args, "--samples", "2")
+    assert "1 retried after an earlier failure" in again.stderr
+    first_prompt = fake_server.stats()["log"][0]["body"]["messages"][-1]["content"]
+    assert first_prompt == COT.format(problem=problems[0])
+    assert metrics("cot-known")[0].accuracy == 100.0
+
+
+def test_policy_switch_and_inftythink_budget_reach_the_server_and_the_report(endpoint_env, fake_server, tmp_path):
+    evaluate_ok("--dataset", "aime24", "--data-dir", DATA, "--method", "cot,inftythink", "--limit", "1",
+                "--samples", "1", "--system2-max-tokens", "20", "--max-iterations", "2", "--no-force-answer")
+    log = fake_server.stats()["log"]
+    thinking = [entry["body"] for entry in log if entry["body"].get("chat_template_kwargs", {}).get("enable_thinking")]
+    assert {body.get("max_tokens") or body.get("max_completion_tokens") for body in thinking} == {20}
+    assert len(log) == 1 + 3  # CoT; InftyThink: 2 iterations and a summary, and no forced answers
+    report = scale("report", "--markdown", "--out", str(tmp_path / "out"))
+    assert "forced-answer policy: off for every run shown" in report.stdout
+    assert "| inftythink-aime24 |" in report.stdout
+    store = ResultsStore()
+    try:
+        configs = {run.name: run.config for run in store.runs()}
+    finally:
+        store.close()
+    assert configs["cot-aime24"]["force_answer"] is False
+    assert (configs["inftythink-aime24"]["inftythink_max_tokens"], configs["inftythink-aime24"]["inftythink_max_iterations"]) == (20, 2)
+    both = scale("eval", "-d", "aime24", "--data-dir", DATA, "-m", "inftythink", "--system2-max-tokens", "20",
+                 "--inftythink-max-tokens", "30")
+    assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_a_slow_grader_leaves_samples_ungraded_never_wrong(endpoint_env, fake_server, monkeypatch):
+    """Under load math-verify's first call took >10 s and the timeout was graded "not equivalent"."""
+    from scale_graph.evaluation import grading
+
+    monkeypatch.setattr(grading, "GRADE_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(grading, "_compare", lambda gold, answer: time.sleep(2))
+    result = evaluate_ok("--dataset", "aime24", "--data-dir", DATA, "--method", "cot", "--limit", "2", "--samples", "1")
+    assert "2 ungraded (the grader could not decide)" in result.stderr
+    shown, results = metrics("cot-aime24")
+    assert (shown.samples, shown.ungraded, shown.accuracy) == (2, 2, 0.0)
+    assert all(r.ungraded and r.grading_note.startswith("ungraded: ") for r in results)
+    assert "ungraded 2" in result.stdout

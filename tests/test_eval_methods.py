@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from scale_graph import prompts
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.methods import Setup, solve
 from scale_graph.servers.chat import ChatReply, Choice
@@ -17,12 +20,16 @@ def reply(*choices: tuple[str, str, str], tokens: int = 10) -> ChatReply:
 
 
 def run(method: str, **options):
-    return asyncio.run(solve(method, PROBLEM, 0, Setup("r", context(system2_max_tokens=512), **options)))
+    params = {"system2_max_tokens": 512, "inftythink_max_tokens": 300, **options}
+    return asyncio.run(solve(method, PROBLEM, 0, Setup("r", context(**params))))
+
+
+COT_PROMPT = "Find x.\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
 def test_cot_sends_the_paper_prompt_with_thinking_and_reads_cut_reasoning(scripted):
     fake = scripted(lambda call: reply(("", "… so x = \\boxed{42} and then", "length"), tokens=512))
-    outcome = run("cot")
+    outcome = run("cot", force_answer=False)
     (call,) = fake.calls
     assert call.messages == [("user", "Find x.\nPlease reason step by step, and put your final answer within \\boxed{}.")]
     assert (call.system, call.thinking, call.max_tokens, call.temperature, call.top_p) == (2, True, 512, 0.6, 0.95)
@@ -70,7 +77,7 @@ def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(script
     outcome = run("inftythink")
     assert [c.key for c in fake.calls] == ["reason/1", "summary/1", "reason/2", "summary/2", "reason/3"]
     reason, summary = fake.calls[2], fake.calls[3]
-    assert (reason.system, reason.thinking, reason.max_tokens) == (2, True, 512)
+    assert (reason.system, reason.thinking, reason.max_tokens) == (2, True, 300)  # its own per-iteration budget
     assert "- step 1: x is even" in reason.messages[0][1] and "Find x." in reason.messages[0][1]
     assert (summary.system, summary.thinking, summary.max_tokens, summary.temperature) == (1, False, 1024, 0.5)
     prompt = summary.messages[0][1]
@@ -82,9 +89,94 @@ def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(script
 
 def test_inftythink_stops_at_the_cap_with_the_last_reasoning_answer(scripted):
     fake = scripted(inftythink_script(cut_iterations=99))
-    outcome = run("inftythink", max_iterations=4)
+    outcome = run("inftythink", inftythink_max_iterations=4, force_answer=False)
     assert len(fake.calls) == 7 and fake.calls[-1].key == "reason/4"  # no summary after the last iteration
     assert outcome.answer == "4" and outcome.iterations == 4
+
+
+def test_inftythink_defaults_are_the_official_ones(scripted):
+    fake = scripted(inftythink_script(cut_iterations=60))
+    outcome = asyncio.run(solve("inftythink", PROBLEM, 0, Setup("r", context(force_answer=False))))
+    reasons = [c for c in fake.calls if c.key.startswith("reason/")]
+    assert len(reasons) == 50 and {c.max_tokens for c in reasons} == {8192} and outcome.iterations == 50
+
+
+def forced_script(cut: str = "length"):
+    """Every thinking call is cut with no answer text; the non-thinking follow-up boxes 42."""
+
+    def respond(call):
+        if call.key.startswith("force/"):
+            return reply(("So x = \\boxed{42}.", "", "stop"), tokens=7)
+        if call.key.startswith("summary/"):
+            return reply(("- x is even", "", "stop"))
+        return reply(*[("", "x is 41 or 42, \\boxed{41} maybe", cut)] * call.n, tokens=512)
+
+    return respond
+
+
+@pytest.mark.parametrize("method, options, forced_calls", [
+    ("cot", {}, 1),
+    ("majority", {"votes": 3}, 3),  # each sample that needs it
+    ("inftythink", {"inftythink_max_iterations": 2}, 1),  # the last iteration only
+])
+def test_every_method_forces_an_answer_when_thinking_ends_without_one(scripted, method, options, forced_calls):
+    """Only SCALE got the forced-answer follow-up: the baselines read a stray box from cut reasoning."""
+    fake = scripted(forced_script())
+    outcome = run(method, **options)
+    forced = fake.stage_calls("force/")
+    assert len(forced) == forced_calls and outcome.answer == "42"
+    for call in forced:
+        assert (call.system, call.thinking, call.max_tokens) == (1, False, 1024)
+        (role, text), = call.messages  # the method's own prompt, no SCALE system message
+        assert role == "user" and text.startswith("Find x.") and "Please reason step by step" in text
+        assert "x is 41 or 42" in text and text.endswith(prompts.FORCE_FINAL)
+    assert outcome.usage["force_answer"] == {"calls": forced_calls, "prompt_tokens": 5 * forced_calls,
+                                             "completion_tokens": 7 * forced_calls, "reasoning_tokens": 0}
+    if method == "inftythink":
+        assert forced[0].messages[0][1].startswith("Find x.\n\nHere is a summary of your reasoning")
+
+
+@pytest.mark.parametrize("method, options", [("cot", {}), ("majority", {"votes": 3}),
+                                             ("inftythink", {"inftythink_max_iterations": 2})])
+def test_the_policy_switch_turns_forcing_off_for_every_method(scripted, method, options):
+    fake = scripted(forced_script())
+    outcome = run(method, force_answer=False, **options)
+    assert not fake.stage_calls("force/") and "force_answer" not in outcome.usage and outcome.answer == "41"
+
+
+def test_majority_forces_only_the_samples_that_need_it(scripted):
+    def respond(call):
+        if call.key.startswith("force/"):
+            return reply(("\\boxed{7}", "", "stop"))
+        return reply(("\\boxed{7}", "done", "stop"), ("", "cut", "length"), ("\\boxed{8}", "done", "stop"))
+
+    fake = scripted(respond)
+    outcome = run("majority", votes=3)
+    assert [c.key for c in fake.stage_calls("force/")] == ["force/majority/1"] and outcome.answer == "7"
+
+
+def test_forced_follow_up_sees_the_tail_of_the_reasoning_that_fits(scripted):
+    long_reasoning = "early " * 20000 + "LATEST RESULT"
+
+    def respond(call):
+        if call.key.startswith("force/"):
+            return reply(("\\boxed{42}", "", "stop"))
+        return ChatReply(choices=[Choice("", long_reasoning, "length")], prompt_tokens=100, completion_tokens=512)
+
+    fake = scripted(respond)
+    run("cot", context_window=4096)
+    (forced,) = fake.stage_calls("force/")
+    text = forced.messages[0][1]
+    assert "LATEST RESULT" in text and len(text) < (4096 - 100 - 1024) * 3 + 500
+
+
+def test_degradations_from_the_chat_layer_are_kept_once(scripted):
+    def respond(call):
+        return ChatReply(choices=[Choice("\\boxed{42}", "", "stop")], prompt_tokens=5, completion_tokens=5,
+                         warnings=["degraded: sent without response_format", "System 2 endpoint: something else"])
+
+    scripted(respond)
+    assert run("cot").degraded == ["degraded: sent without response_format"]
 
 
 def test_a_failing_call_becomes_the_outcome_error(scripted):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,11 +26,18 @@ from scale_graph.traces.cli import traces_app
 from scale_graph.traces.export import ExportOptions, natural_key, select, stats_path_for, statistics
 from scale_graph.traces.render import FORMATS, SubproblemTrace, Trace, record, render
 from scale_graph.traces.validate import assistant_text, check_record, survives_chat_template, user_text, validate_file, validate_lines
+from tests.conftest import DATASETS, write_datasets
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
-AIME = [json.loads(line) for line in (DATA / "aime24.jsonl").read_text().splitlines()[:2]] if DATA.is_dir() else []
-FIRST = AIME[0]["id"] if AIME else "1"
+DATA = Path("data")  # written into the test's folder by the preset_files fixture (or `generated`)
+AIME = DATASETS["aime24"][:2]
+FIRST = AIME[0]["id"]
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def preset_files(isolated):
+    """The small preset files of ``tests.conftest.DATASETS`` in ``./data`` of the test's folder."""
+    return write_datasets(isolated / "data")
 
 
 # ---- hand-made traces ------------------------------------------------------------------------
@@ -242,6 +250,7 @@ def generated(tmp_path_factory):
         for name in [n for n in os.environ if n.startswith("SCALE_")]:
             patch.delenv(name)
         patch.chdir(folder)
+        write_datasets(folder / DATA)
         patch.setenv("SCALE_STATE_DIR", str(folder / "state"))
         for system in ("1", "2"):
             patch.setenv(f"SCALE_SYSTEM{system}_BASE_URL", server.base_url)
@@ -304,6 +313,27 @@ def test_export_correct_only_dedup_and_cap_from_a_generated_run(run_dir):
     assert json.loads((run_dir / "dedup.stats.json").read_text())["kept"] == 4
 
 
+def test_export_with_an_ungraded_sample_succeeds_and_leaves_it_out_of_correct_only(run_dir, monkeypatch):
+    """A grading timeout made `--correct-only` fail intermittently (a correct trace judged wrong on re-check)."""
+    from scale_graph.evaluation import grading
+
+    store = ResultsStore()
+    try:
+        with Session(store.engine) as session, session.begin():  # a correct sample the grader could not decide
+            row = session.scalars(sql_select(Result).where(Result.problem_id == FIRST, Result.sample == 1)).one()
+            row.correct, row.ungraded, row.grading_note = False, True, "ungraded: grading timed out"
+    finally:
+        store.close()
+    ok("export", "tr", "--out", "correct.jsonl", "--correct-only")
+    stats = json.loads((run_dir / "correct.stats.json").read_text())
+    assert (stats["kept"], stats["dropped"]["ungraded"]) == (1, 1)
+    # and a grader that cannot decide while the export re-checks its file fails nothing either
+    monkeypatch.setattr(grading, "GRADE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(grading, "_compare", lambda gold, answer: time.sleep(1))
+    result = ok("export", "tr", "--out", "again.jsonl", "--correct-only")
+    assert len(lines(run_dir / "again.jsonl")) == 1 and "Traceback" not in result.output
+
+
 def test_export_counts_failed_and_missing_results(run_dir):
     import asyncio
 
@@ -324,8 +354,8 @@ def test_export_counts_failed_and_missing_results(run_dir):
     asyncio.run(remove())
     ok("export", "tr", "--out", "t.jsonl")
     stats = json.loads((run_dir / "t.stats.json").read_text())
-    assert stats["dropped"] == {"failed": 1, "missing": 1, "incomplete": 0, "incorrect": 0, "duplicate": 0,
-                                "over_cap": 0}
+    assert stats["dropped"] == {"failed": 1, "missing": 1, "incomplete": 0, "ungraded": 0, "incorrect": 0,
+                                "duplicate": 0, "over_cap": 0}
     assert (stats["traces"], stats["kept"], stats["problems"], stats["problems_kept"]) == (5, 3, 3, 2)
 
 
@@ -334,15 +364,15 @@ def test_dedup_of_identical_checkpointed_runs(isolated, endpoint_env, fake_serve
     the correct one among different ones."""
     import asyncio
 
-    from scale_graph import Context
     from scale_graph.graph import build_graph
     from scale_graph.persistence import open_async
     from scale_graph.runner import start
     from scale_graph.runs import summary
+    from scale_graph.settings import resolve
 
     fake_server.configure(difficulties=[0.8])  # every sub-problem on System 2, whatever the order
     problem = Problem("1", "What is 6 times 7?", "42")
-    context = Context(candidates=2)
+    context = resolve({"candidates": 2}).context  # endpoints from the environment
 
     async def run_samples() -> list[dict]:
         async with open_async("scale.db") as (saver, store):

@@ -4,17 +4,16 @@ model): two AIME problems, well-formed files and consistent statistics — never
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from scale_graph.traces.render import FORMATS
 from scale_graph.traces.validate import assistant_text, user_text, validate_file
 
+from tests.conftest import write_datasets
 from tests.test_traces import cli_app, runner
 
 pytestmark = pytest.mark.vllm
-DATA = Path(__file__).parents[2] / "shared" / "data"
 
 
 def traces(*args: str):
@@ -22,6 +21,7 @@ def traces(*args: str):
 
 
 def test_generate_and_export_two_aime_problems(vllm_server, isolated, monkeypatch):
+    data = write_datasets(isolated / "data")
     for system in ("system1", "system2"):
         monkeypatch.setenv(f"SCALE_{system.upper()}_BASE_URL", vllm_server[system]["base_url"])
         monkeypatch.setenv(f"SCALE_{system.upper()}_MODEL", vllm_server[system]["model"])
@@ -29,12 +29,12 @@ def test_generate_and_export_two_aime_problems(vllm_server, isolated, monkeypatc
     for name, value in params.items():
         monkeypatch.setenv(f"SCALE_{name.upper()}", str(value))
 
-    generated = traces("generate", "--dataset", DATA / "aime24.jsonl", "--limit", "2", "--out", "local",
+    generated = traces("generate", "--dataset", data / "aime24.jsonl", "--limit", "2", "--out", "local",
                        "--threshold", "0.3", "--concurrency", "2")
     assert generated.exit_code == 0, generated.output
     assert "traces run local (aime24)" in generated.stdout
 
-    problems = [json.loads(line) for line in (DATA / "aime24.jsonl").read_text().splitlines()[:2]]
+    problems = [json.loads(line) for line in (data / "aime24.jsonl").read_text().splitlines()[:2]]
     for fmt in FORMATS:
         out = isolated / f"local-{fmt}.jsonl"
         exported = traces("export", "local", "--format", fmt, "--out", out, "--include-reasoning")

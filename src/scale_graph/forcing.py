@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from scale_graph import prompts
 from scale_graph.context import Context
-from scale_graph.history import CHARS_PER_TOKEN, context_window, estimate_tokens, keep_tail, messages, prompt_budget
+from scale_graph.history import CHARS_PER_TOKEN, context_window, estimate_tokens, keep_tail, prompt_budget
 from scale_graph.journal import derive_seed
 from scale_graph.servers.chat import ChatCall, Choice
 
@@ -23,18 +23,21 @@ def needs_forced_answer(choice: Choice, context: Context) -> bool:
 
 
 def forced_answer_call(key: str, user_prefix: str, reasoning: str, context: Context, *,
-                       instruction: str, window: int | None = None) -> ChatCall:
+                       instruction: str, window: int | None = None,
+                       system_prompt: str | None = prompts.SYSTEM) -> ChatCall:
     """The non-thinking follow-up on System 1: ``user_prefix`` (the original question with its
     context), the cut-off reasoning, then ``instruction`` (how to end, e.g. box the result).
 
     The reasoning is kept whole when the call fits the context window (``window`` tokens, else
     the run's), with the follow-up's own budget reserved; otherwise as much of its end as fits,
-    since the end holds the latest state of the work.
+    since the end holds the latest state of the work. ``system_prompt=None`` for the baselines,
+    whose prompts carry no system message.
     """
     frame = user_prefix + prompts.FORCE_ANSWER.format(reasoning="", instruction=instruction)
     budget = prompt_budget(window or context_window(context), context.force_answer_max_tokens)
-    room = (budget - estimate_tokens(prompts.SYSTEM, frame)) * CHARS_PER_TOKEN
+    room = (budget - estimate_tokens(system_prompt or "", frame)) * CHARS_PER_TOKEN
     user = user_prefix + prompts.FORCE_ANSWER.format(reasoning=keep_tail(reasoning, room), instruction=instruction)
-    return ChatCall(key=key, system=1, messages=messages(user), thinking=False,
+    system = [("system", system_prompt)] if system_prompt is not None else []
+    return ChatCall(key=key, system=1, messages=[*system, ("user", user)], thinking=False,
                     max_tokens=context.force_answer_max_tokens, temperature=context.system1_temperature,
                     top_p=context.system1_top_p, top_k=context.system1_top_k, seed=derive_seed(context.seed, key))

@@ -34,11 +34,19 @@ def eval_command(
     samples: int = typer.Option(8, "--samples", "-n", help="Samples per problem (Acc = pass@1 averaged over them)."),
     threshold: Optional[str] = typer.Option(None, "--threshold", "-t", help="SCALE's τ (default 0.2); a comma "
                                             "list such as 0.2,0.3 sweeps: one run per value."),
-    system2_max_tokens: Optional[str] = typer.Option(None, "--system2-max-tokens", help="System 2 budget (per "
-                                                     "sub-problem, sample or InftyThink iteration); a comma list sweeps."),
+    system2_max_tokens: Optional[str] = typer.Option(None, "--system2-max-tokens", help="Thinking budget per call of "
+                                                     "every method (SCALE sub-problem, CoT/majority sample, InftyThink "
+                                                     "iteration); a comma list sweeps."),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="SCALE: candidate decompositions (default 8)."),
-    votes: int = typer.Option(8, "--votes", help="Majority voting: samples voted on per problem sample (k)."),
-    max_iterations: int = typer.Option(10, "--max-iterations", help="InftyThink: most iterations per problem sample."),
+    votes: Optional[int] = typer.Option(None, "--votes", help="Majority voting: samples voted on per problem sample "
+                                        "(k, default 8)."),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="InftyThink: most iterations per "
+                                                 "problem sample (default 50, the official cap)."),
+    inftythink_max_tokens: Optional[int] = typer.Option(None, "--inftythink-max-tokens", help="InftyThink: thinking "
+                                                        "budget per iteration (default 8192, the official value)."),
+    force_answer: Optional[bool] = typer.Option(None, "--force-answer/--no-force-answer", help="Forced-answer policy "
+                                                "for every method: a thinking call cut without an answer gets a short "
+                                                "non-thinking follow-up (default on)."),
     concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each dataset."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default <method>-<dataset>, suffixed per "
@@ -57,10 +65,15 @@ def eval_command(
         loaded = [datasets.load(source, data_dir) for source in _split(dataset, "--dataset")]
         if limit is not None:
             loaded = [datasets.Dataset(d.name, d.problems[:limit]) for d in loaded]
-        plans = plan(loaded, _split(method, "--method"), params={} if candidates is None else {"candidates": candidates},
+        given = {"candidates": candidates, "votes": votes, "inftythink_max_iterations": max_iterations,
+                 "inftythink_max_tokens": inftythink_max_tokens, "force_answer": force_answer}
+        budgets = [_number(v, int, "--system2-max-tokens") for v in _split(system2_max_tokens, "--system2-max-tokens")]
+        if budgets and inftythink_max_tokens is not None:
+            raise InputError("give either --system2-max-tokens (every method's per-call budget, InftyThink's "
+                             "per-iteration one included) or --inftythink-max-tokens, not both")
+        plans = plan(loaded, _split(method, "--method"), params={k: v for k, v in given.items() if v is not None},
                      thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
-                     budgets=[_number(v, int, "--system2-max-tokens") for v in _split(system2_max_tokens, "--system2-max-tokens")],
-                     votes=votes, max_iterations=max_iterations, name=name)
+                     budgets=budgets, name=name)
         store = ResultsStore(results_db)
         try:
             totals = await evaluate(plans, store, samples=samples, checkpoint_db=db_path(db),
@@ -70,7 +83,12 @@ def eval_command(
             store.close()
 
     totals, runs = _run(work)
-    err.print(f"[dim]{totals.done} problem sample(s) evaluated now, {totals.skipped} already stored[/]")
+    extras = [f"{count} {what}" for count, what in ((totals.retried, "retried after an earlier failure"),
+                                                   (totals.ungraded, "ungraded (the grader could not decide)"),
+                                                   (totals.degraded, "degraded (a feature the server refused)"))
+              if count]
+    err.print(f"[dim]{totals.done} problem sample(s) evaluated now, {totals.skipped} already stored"
+              f"{'; ' + ', '.join(extras) if extras else ''}[/]", highlight=False, soft_wrap=True)
     report(runs, console=out)
     if totals.failed:
         err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "

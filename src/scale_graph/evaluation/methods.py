@@ -5,18 +5,35 @@
 - ``cot``: one System 2 call with the paper's prompt, thinking on, budget ``system2_max_tokens``.
 - ``majority``: ``votes`` CoT samples in one ``n=k`` request; the most common answer up to
   mathematical equivalence (empty answers skipped, ties to the answer seen first).
-- ``inftythink``: prompt-based InftyThink — bounded thinking iterations, each cut iteration
-  condensed by a non-thinking summary call that replaces the previous summary.
+- ``inftythink``: prompt-based InftyThink — iterations of thinking with their own budget
+  ``inftythink_max_tokens`` (8,192, the official value), at most ``inftythink_max_iterations``
+  (50, the official cap), each cut iteration condensed by a non-thinking summary call that
+  replaces the previous summary.
+
+**One forced-answer rule for every method** (:mod:`scale_graph.forcing`): when a thinking call
+ends without an answer (its budget ran out, or thinking never closed) and ``force_answer`` is on,
+a non-thinking follow-up with the method's own prompt, the tail of the cut-off reasoning that
+fits the context window, and :data:`prompts.FORCE_FINAL` produces the answer — for CoT, for each
+majority sample that needs it (concurrently), and for InftyThink's last iteration when the cap
+is reached; SCALE does the same per sub-problem. Its tokens are stage ``force_answer`` and
+count in Tok. ``force_answer=False`` turns it off for all methods at once.
+
+**Budget sweeps** (``--system2-max-tokens a,b,c``) set the per-call thinking budget of every
+method the same way: SCALE's System 2 budget per sub-problem, CoT's and each majority sample's
+budget, and InftyThink's per-iteration budget (``inftythink_max_tokens``, which the sweep sets
+together with ``system2_max_tokens``).
 
 Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default); every sample gets its
 own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
-``solve_system2``; InftyThink's summaries are ``summarize``.
+``solve_system2``; InftyThink's summaries are ``summarize``. Degradations the chat layer
+reports (reply warnings starting ``degraded: ``) are kept with the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
@@ -24,16 +41,16 @@ from typing import Any, Awaitable, Callable
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
-from scale_graph import journal, runner
+from scale_graph import journal, prompts, runner
 from scale_graph.context import ENDPOINT_FIELDS, Context
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import equivalent
+from scale_graph.forcing import forced_answer_call, needs_forced_answer
 from scale_graph.nodes.solve import solve_call
 from scale_graph.parsing import last_boxed
 from scale_graph.prompts import COT
 from scale_graph.runs import summary
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
-from scale_graph.settings import ConfigError
 from scale_graph.state import Usage, add_usage
 
 INFTYTHINK_CONTINUE = (
@@ -46,13 +63,22 @@ INFTYTHINK_SUMMARY = (
     "taken and the intermediate results obtained, enough to continue from. Do not give a final answer."
 )
 INFTYTHINK_PREVIOUS = "Summary of the earlier reasoning:\n{summary}\n\n"
-_SYSTEM2 = ("seed", "system2_max_tokens", "system2_temperature", "system2_top_p", "system2_top_k")
-#: The run parameters each baseline uses (SCALE uses them all).
-BASELINE_PARAMS = {"cot": _SYSTEM2, "majority": _SYSTEM2, "inftythink": (*_SYSTEM2, "system1_top_p", "system1_top_k")}
+#: The chat layer's prefix of a warning that a feature was given up for this call.
+DEGRADED = "degraded: "
+_SAMPLING2 = ("system2_temperature", "system2_top_p", "system2_top_k")
+# the forced-answer follow-up and InftyThink's summaries run on System 1's sampling
+_FORCE = ("force_answer", "force_answer_max_tokens", "system1_temperature", "system1_top_p", "system1_top_k")
+#: The run parameters each baseline uses (SCALE uses all but :data:`BASELINE_ONLY`).
+BASELINE_PARAMS = {"cot": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE),
+                   "majority": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE, "votes"),
+                   "inftythink": ("seed", "inftythink_max_tokens", "inftythink_max_iterations", *_SAMPLING2, *_FORCE)}
+BASELINE_ONLY = ("votes", "inftythink_max_tokens", "inftythink_max_iterations")
 #: How to talk to the servers, not what to compute: may change between invocations of a run.
-SERVER_PARAMS = ("request_timeout", "max_retries", "thinking_flag", "structured_output", "use_n")
+SERVER_PARAMS = ("request_timeout", "max_retries", "thinking_flag", "structured_output", "use_n", "max_in_flight",
+                 "context_window")
 SUMMARY_MAX_TOKENS = 1024
 SUMMARY_TEMPERATURE = 0.5
+THREAD_ID_MAX = 200
 
 
 @dataclass
@@ -66,6 +92,7 @@ class Outcome:
     hard: int | None = None  # SCALE: sub-problems solved on System 2
     latency_s: float = 0.0
     error: str | None = None
+    degraded: list[str] = field(default_factory=list)  # the chat layer's "degraded: …" warnings, once each
 
 
 @dataclass
@@ -74,23 +101,16 @@ class Setup:
 
     run: str
     context: Context
-    votes: int = 8
-    max_iterations: int = 10
     graph: CompiledStateGraph | None = None
     store: BaseStore | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("votes", "max_iterations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-
     def config(self, method: str) -> dict[str, Any]:
-        """The parameters that define a run of ``method`` (what it uses, and where the endpoints are)."""
+        """The parameters that define a run of ``method`` (what it uses, and where the endpoints are);
+        always including the forced-answer policy, which reports show."""
         params = {key: value for key, value in self.context.to_dict().items() if key not in SERVER_PARAMS}
         if method in BASELINE_PARAMS:
-            params = {key: params[key] for key in (*ENDPOINT_FIELDS, *BASELINE_PARAMS[method])}
-        options = {"majority": {"votes": self.votes}, "inftythink": {"max_iterations": self.max_iterations}}
-        return {**params, **options.get(method, {})}
+            return {key: params[key] for key in (*ENDPOINT_FIELDS, *BASELINE_PARAMS[method])}
+        return {key: value for key, value in params.items() if key not in BASELINE_ONLY}
 
 
 Method = Callable[[Problem, int, Setup], Awaitable[Outcome]]
@@ -110,12 +130,21 @@ async def solve(method: str, problem: Problem, sample: int, setup: Setup) -> Out
 def thread_id(run: str, problem_id: str, sample: int) -> str:
     """The checkpoint thread of a SCALE problem sample: stable, so a re-run resumes it.
 
-    Readable, without the periods the store's namespaces refuse, and told apart by a digest
-    of the exact (run, problem, sample).
+    Any run name and problem id give a valid id (:func:`scale_graph.runner.validate_thread_id`):
+    a readable part with whitespace and periods (which the store's namespaces refuse) made
+    ``_``, shortened to keep the whole within 200 characters, and a digest of the exact
+    (run, problem, sample) that tells apart ids the readable part would merge. Ids that were
+    already valid keep the form earlier versions gave them, so their checkpoints resume.
     """
     exact = "\0".join((run, problem_id, str(sample)))
     digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
-    return f"eval/{run}/{problem_id}/{sample}#{digest}".replace(".", "_")
+    run_part, problem_part = (re.sub(r"[\s.]", "_", text) for text in (run, problem_id))
+    fixed = len(f"eval///{sample}#{digest}")
+    room = THREAD_ID_MAX - fixed
+    if len(run_part) + len(problem_part) > room:
+        run_part = run_part[: max(room // 2, room - len(problem_part))]
+        problem_part = problem_part[: room - len(run_part)]
+    return f"eval/{run_part}/{problem_part}/{sample}#{digest}"
 
 
 def sample_context(context: Context, sample: int) -> Context:
@@ -135,50 +164,86 @@ async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:
                                     sample_context(setup.context, sample), thread)
     shown = summary(values, thread)
     solved = [step for step in shown["subproblems"] if step["system"]]
+    warnings = shown["warnings"] + [w for step in shown["subproblems"] for w in step["warnings"]]
     return Outcome(answer=shown["answer"], usage=shown["usage"]["by_stage"], iterations=len(solved),
-                   subproblems=len(shown["planned_subproblems"]), hard=sum(step["system"] == 2 for step in solved))
+                   subproblems=len(shown["planned_subproblems"]), hard=sum(step["system"] == 2 for step in solved),
+                   degraded=degradations(warnings))
+
+
+@dataclass
+class _Calls:
+    """A baseline sample's calls: their usage by stage and the degradations they reported."""
+
+    context: Context
+    usage: dict[str, Usage] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    async def call(self, call: ChatCall, stage: str) -> ChatReply:
+        reply = await journal.systems_for(self.context).acall(call)
+        self.usage = add_usage(self.usage, {stage: reply.usage})
+        self.warnings += reply.warnings
+        return reply
+
+    async def answer(self, key: str, user: str, choice: Choice) -> str | None:
+        """The answer of ``choice``; forced by the follow-up when thinking ended without one."""
+        if needs_forced_answer(choice, self.context):
+            forced = forced_answer_call(key, user, choice.reasoning, self.context, instruction=prompts.FORCE_FINAL,
+                                        system_prompt=None)
+            answer = last_boxed((await self.call(forced, "force_answer")).choices[0].content)
+            if answer is not None:
+                return answer
+        return answer_of(choice)
+
+    def outcome(self, answer: str | None, iterations: int) -> Outcome:
+        return Outcome(answer=answer, usage=self.usage, iterations=iterations, degraded=degradations(self.warnings))
 
 
 async def cot(problem: Problem, sample: int, setup: Setup) -> Outcome:
     """One thinking call with the paper's CoT prompt."""
     context = sample_context(setup.context, sample)
-    reply = await _call(_thinking_call("cot", COT.format(problem=problem.problem), context), context)
-    return Outcome(answer=answer_of(reply.choices[0]), usage={"solve_system2": reply.usage}, iterations=1)
+    calls = _Calls(context)
+    user = COT.format(problem=problem.problem)
+    reply = await calls.call(_thinking_call("cot", user, context), "solve_system2")
+    return calls.outcome(await calls.answer("force/cot", user, reply.choices[0]), 1)
 
 
 async def majority(problem: Problem, sample: int, setup: Setup) -> Outcome:
-    """``votes`` CoT samples in one request; the answer most of them agree on."""
+    """``votes`` CoT samples in one request (each cut one forced, concurrently); the answer most agree on."""
     context = sample_context(setup.context, sample)
-    reply = await _call(_thinking_call("majority", COT.format(problem=problem.problem), context, n=setup.votes), context)
-    answer = await asyncio.to_thread(vote, [answer_of(choice) for choice in reply.choices])
-    return Outcome(answer=answer, usage={"solve_system2": reply.usage}, iterations=len(reply.choices))
+    calls = _Calls(context)
+    user = COT.format(problem=problem.problem)
+    reply = await calls.call(_thinking_call("majority", user, context, n=context.votes), "solve_system2")
+    answers = await asyncio.gather(*(calls.answer(f"force/majority/{index}", user, choice)
+                                     for index, choice in enumerate(reply.choices)))
+    answer = await asyncio.to_thread(vote, list(answers))
+    return calls.outcome(answer, len(reply.choices))
 
 
 async def inftythink(problem: Problem, sample: int, setup: Setup) -> Outcome:
     """Iterations of bounded thinking; a cut one is summarised and the summary replaces the reasoning."""
     context = sample_context(setup.context, sample)
-    usage: dict[str, Usage] = {}
+    calls = _Calls(context)
     summary_text = ""
-    for iteration in range(1, setup.max_iterations + 1):
+    for iteration in range(1, context.inftythink_max_iterations + 1):
         question = problem.problem + (INFTYTHINK_CONTINUE.format(summary=summary_text) if summary_text else "")
-        reply = await _call(_thinking_call(f"reason/{iteration}", COT.format(problem=question), context), context)
-        usage = add_usage(usage, {"solve_system2": reply.usage})
+        user = COT.format(problem=question)
+        call = replace(_thinking_call(f"reason/{iteration}", user, context), max_tokens=context.inftythink_max_tokens)
+        reply = await calls.call(call, "solve_system2")
         choice = reply.choices[0]
-        answer = answer_of(choice)
         finished = choice.finish_reason == "stop" and last_boxed(choice.content) is not None
-        if finished or iteration == setup.max_iterations:
-            break
+        if finished:
+            return calls.outcome(answer_of(choice), iteration)
+        if iteration == context.inftythink_max_iterations:  # the cap: the last iteration's answer, forced if cut
+            return calls.outcome(await calls.answer("force/inftythink", user, choice), iteration)
         reasoning = "\n".join(text for text in (choice.reasoning, choice.content) if text.strip())
         previous = INFTYTHINK_PREVIOUS.format(summary=summary_text) if summary_text else ""
         prompt = INFTYTHINK_SUMMARY.format(problem=problem.problem, previous=previous, reasoning=reasoning)
         summary_call = replace(solve_call(f"summary/{iteration}", 1, prompt, context, attempt=0),
                                messages=[("user", prompt)], max_tokens=SUMMARY_MAX_TOKENS,
                                temperature=SUMMARY_TEMPERATURE)
-        summarised = await _call(summary_call, context)
-        usage = add_usage(usage, {"summarize": summarised.usage})
-        written = summarised.choices[0]
+        written = (await calls.call(summary_call, "summarize")).choices[0]
         summary_text = written.content.strip() or written.reasoning.strip() or summary_text
-    return Outcome(answer=answer, usage=usage, iterations=iteration)
+    raise AssertionError("unreachable: the loop returns at its last iteration")  # inftythink_max_iterations >= 1
 
 
 METHODS: dict[str, Method] = {"scale": scale, "cot": cot, "majority": majority, "inftythink": inftythink}
@@ -206,10 +271,11 @@ def vote(answers: list[str | None]) -> str | None:
     return max(groups, key=len)[0] if groups else None
 
 
+def degradations(warnings: list[str]) -> list[str]:
+    """The chat layer's degradation warnings among ``warnings``, each once, in order."""
+    return list(dict.fromkeys(w for w in warnings if w.startswith(DEGRADED)))
+
+
 def _thinking_call(key: str, user: str, context: Context, n: int = 1) -> ChatCall:
     """A System 2 call (its budget and sampling) carrying the baseline's prompt alone."""
     return replace(solve_call(key, 2, user, context, attempt=0), messages=[("user", user)], n=n)
-
-
-async def _call(call: ChatCall, context: Context) -> ChatReply:
-    return await journal.systems_for(context).acall(call)

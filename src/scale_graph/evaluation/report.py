@@ -4,6 +4,11 @@
 
 Rows are labelled by method, plus whichever of model, τ, System 2 budget, votes and
 iterations differ between the runs of that method shown together.
+
+Acc is over every attempted sample; failed and ungraded samples are shown beside it. Notes
+under the tables state the forced-answer policy of the runs (and say so when runs shown
+together differ), runs compared on one dataset whose denominators differ, ungraded samples,
+degradations and runs made without the thinking switch.
 """
 
 from __future__ import annotations
@@ -36,16 +41,20 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
     exports; return the files written."""
     metrics = [run_metrics(run) for run in runs]
     tables = [t for t in (runs_table(metrics), comparison_table(metrics), threshold_table(metrics)) if t.rows]
+    remarks = notes(metrics)
     for table in tables:
         if markdown:
             console.print(to_markdown(table), markup=False, highlight=False, soft_wrap=True)
         else:
             console.print(to_rich(table))
+    for remark in remarks:
+        console.print(remark, markup=False, highlight=False, soft_wrap=True)
     written: list[Path] = []
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = out_dir / "report.md"
-        summary.write_text("\n".join(to_markdown(t) for t in tables), encoding="utf-8")
+        summary.write_text("\n".join(to_markdown(t) for t in tables) + "".join(f"\n{r}\n" for r in remarks),
+                           encoding="utf-8")
         written += [summary, *plots(metrics, out_dir)]
     if csv_path is not None:
         written.append(export_csv(metrics, csv_path))
@@ -56,10 +65,43 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
 
 # ---- tables --------------------------------------------------------------------------------
 def runs_table(metrics: Sequence[RunMetrics]) -> Table:
-    """Every run on one line, with sample counts and failures (parameters are in the exports)."""
-    rows = [[m.name, str(m.problems), str(m.samples), str(m.failed), _acc(m), _num(m.tpi), _num(m.tok),
-             _num(m.tok_overhead), _num(m.hard, "{:.1f}")] for m in metrics]
-    return Table("Runs", ["run", "problems", "samples", "failed", "Acc (%)", "Tpi", "Tok", "overhead", "Hard (%)"], rows)
+    """Every run on one line, with sample counts, failures, policy and degradations (parameters
+    are in the exports)."""
+    rows = [[m.name, str(m.problems), str(m.samples), str(m.failed), str(m.ungraded), _acc(m), _num(m.tpi),
+             _num(m.tok), _num(m.tok_overhead), _num(m.hard, "{:.1f}"), _num(m.iterations, "{:.1f}"),
+             _policy(m.force_answer), m.thinking or "?", str(m.degraded)] for m in metrics]
+    return Table("Runs", ["run", "problems", "samples", "failed", "ungraded", "Acc (%)", "Tpi", "Tok", "overhead",
+                          "Hard (%)", "iters/problem", "forced answer", "thinking", "degraded"], rows)
+
+
+def notes(metrics: Sequence[RunMetrics]) -> list[str]:
+    """What a reader must know to compare the runs: one line each."""
+    lines = []
+    policies = {_policy(m.force_answer) for m in metrics}
+    if len(policies) == 1:
+        lines.append(f"forced-answer policy: {policies.pop()} for every run shown")
+    elif policies:
+        by_policy = {policy: [m.name for m in metrics if _policy(m.force_answer) == policy] for policy in sorted(policies)}
+        lines.append("note: the runs differ in forced-answer policy (" +
+                     "; ".join(f"{policy}: {', '.join(names)}" for policy, names in by_policy.items()) +
+                     "): their Acc and Tok are not comparable")
+    for dataset in dict.fromkeys(m.dataset for m in metrics):
+        same = [m for m in metrics if m.dataset == dataset]
+        if len({(m.problems, m.samples) for m in same}) > 1:
+            lines.append(f"note: on {dataset} the runs have different denominators (" +
+                         ", ".join(f"{m.name}: {m.samples} samples of {m.problems} problems" for m in same) +
+                         "): re-run the evaluations with the same --samples/--limit to compare them")
+    failed, ungraded = sum(m.failed for m in metrics), sum(m.ungraded for m in metrics)
+    if failed or ungraded:
+        lines.append(f"Acc counts every attempted sample: failed {failed}, ungraded {ungraded} — in the denominator, "
+                     "never correct (re-run `scale eval` to retry failed samples)")
+    degraded = [m.name for m in metrics if m.degraded]
+    if degraded:
+        lines.append(f"note: degraded samples (a feature the server refused) in {', '.join(degraded)}")
+    without = [m.name for m in metrics if m.thinking in ("off", "mixed")]
+    if without:
+        lines.append(f"note: run without the thinking switch (thinking_flag off) for some samples: {', '.join(without)}")
+    return lines
 
 
 def comparison_table(metrics: Sequence[RunMetrics]) -> Table:
@@ -74,7 +116,7 @@ def comparison_table(metrics: Sequence[RunMetrics]) -> Table:
         row = [label]
         for dataset in datasets:
             m = by_dataset.get(dataset)
-            row += [_acc(m), _num(m.tpi if m else None), _num(m.tok if m else None)]
+            row += [_acc(m, losses=True), _num(m.tpi if m else None), _num(m.tok if m else None)]
         accuracies = [m.accuracy for m in by_dataset.values() if m.accuracy is not None]
         if len(datasets) > 1:
             row.append(_num(sum(accuracies) / len(accuracies) if len(accuracies) == len(datasets) else None, "{:.2f}"))
@@ -142,10 +184,17 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _acc(m: RunMetrics | None) -> str:
+def _acc(m: RunMetrics | None, losses: bool = False) -> str:
+    """Acc ± its standard error; with ``losses``, the failed and ungraded samples beside it."""
     if m is None or m.accuracy is None:
         return "–"
-    return f"{m.accuracy:.2f}" + (f" ± {m.accuracy_se:.2f}" if m.accuracy_se is not None else "")
+    shown = f"{m.accuracy:.2f}" + (f" ± {m.accuracy_se:.2f}" if m.accuracy_se is not None else "")
+    lost = [f"{count} {what}" for count, what in ((m.failed, "failed"), (m.ungraded, "ungraded")) if count]
+    return shown + (f" ({', '.join(lost)})" if losses and lost else "")
+
+
+def _policy(force_answer: bool | None) -> str:
+    return "not recorded" if force_answer is None else "on" if force_answer else "off"
 
 
 def _num(value: float | None, fmt: str = "{:,.0f}") -> str:

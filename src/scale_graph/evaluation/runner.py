@@ -3,8 +3,9 @@ sample with bounded concurrency, resuming where an earlier invocation stopped.
 
 All runs of one command share one semaphore, so the endpoints see a steady number of requests
 in flight, and — for SCALE — one checkpoint database (one shared async saver). A sample whose
-result is stored is skipped; one that failed is stored with its error and retried next time
-(SCALE then resumes it from its checkpoints).
+result is stored is skipped; one that failed is stored with its error and retried first next
+time (SCALE then resumes it from its checkpoints). The grader is warmed in the background at
+the start, so its slow first call does not run into a grading deadline.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from scale_graph.context import Context
 from scale_graph.evaluation import grading
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
@@ -52,6 +52,9 @@ class Totals:
     done: int = 0  # samples computed now
     skipped: int = 0  # samples already stored
     failed: int = 0
+    ungraded: int = 0  # samples computed now whose answer the grader could not decide
+    degraded: int = 0  # samples computed now that ran with a feature the server refused
+    retried: int = 0  # samples that had failed before and were computed again now
     first_error: str | None = None
 
 
@@ -60,17 +63,18 @@ class _Tally:
     """A run's progress figures, shown by the progress bar."""
 
     correct: int = 0
-    graded: int = 0
+    attempted: int = 0  # the accuracy's denominator: every sample, failed or not
     failed: int = 0
     tokens: int = 0  # completion tokens produced by this invocation
 
 
 def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[str, Any],
-         thresholds: Sequence[float] = (), budgets: Sequence[int] = (), votes: int = 8,
-         max_iterations: int = 10, name: str | None = None) -> list[RunPlan]:
+         thresholds: Sequence[float] = (), budgets: Sequence[int] = (), name: str | None = None) -> list[RunPlan]:
     """One run per dataset × method × System 2 budget (× threshold, for SCALE).
 
-    Names are ``<method>-<dataset>`` (``<name>`` when given, with the method and dataset added
+    ``params`` are Context fields (e.g. ``votes``, ``inftythink_max_iterations``). A swept
+    budget is every method's per-call thinking budget: ``system2_max_tokens``, and for
+    InftyThink also its per-iteration ``inftythink_max_tokens``. Names are ``<method>-<dataset>`` (``<name>`` when given, with the method and dataset added
     when there are several), plus ``-t<τ>`` / ``-b<budget>`` for each swept value.
     """
     unknown = [m for m in methods if m not in METHODS]
@@ -82,8 +86,10 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
         for method in dict.fromkeys(methods):
             for budget in budgets or [None]:
                 for threshold in (thresholds or [None]) if method == "scale" else [None]:
-                    values = {**params, **({"threshold": threshold} if threshold is not None else {}),
-                              **({"system2_max_tokens": budget} if budget is not None else {})}
+                    swept = {"system2_max_tokens": budget} if budget is not None else {}
+                    if swept and method == "inftythink":
+                        swept["inftythink_max_tokens"] = budget
+                    values = {**params, **({"threshold": threshold} if threshold is not None else {}), **swept}
                     parts = [name] if name else []
                     if not name or len(set(methods)) > 1:
                         parts.append(method)
@@ -94,7 +100,7 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
                     if budget is not None and len(budgets) > 1:
                         parts.append(f"b{budget}")
                     run = "-".join(parts)
-                    plans[run] = RunPlan(run, method, dataset, Setup(run, resolve(values).context, votes, max_iterations))
+                    plans[run] = RunPlan(run, method, dataset, Setup(run, resolve(values).context))
     return list(plans.values())
 
 
@@ -106,6 +112,7 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             raise ConfigError(f"{name} must be at least 1, got {value}")
     for run in plans:
         endpoints(run.setup.context)  # fail before any work when an endpoint is not configured
+    grading.warm_up()
     if console is not None:
         console.print(f"[dim]{len(plans)} run(s): {', '.join(run.name for run in plans)} → {store.shown} "
                       "(re-run the same command to resume)[/]", highlight=False)
@@ -118,19 +125,23 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             for run in plans:
                 run.setup.graph, run.setup.store = graph, checkpoint_store
         progress = stack.enter_context(_progress(console))
-        jobs = []
+        jobs: list[tuple[bool, Any]] = []
         for run in plans:
             run_id = store.open_run(run.name, run.method, run.dataset.name, run.setup.config(run.method))
-            stored = store.finished(run_id)
+            stored, failed = store.finished(run_id), store.failed(run_id)
             grid = [(problem, sample) for problem in run.dataset.problems for sample in range(samples)]
             todo = [(p, s) for p, s in grid if (p.id, s) not in stored]
             previous = [stored[p.id, s] for p, s in grid if (p.id, s) in stored]
             totals.skipped += len(previous)
-            tally = _Tally(correct=sum(previous), graded=len(previous))
+            totals.retried += sum((p.id, s) in failed for p, s in todo)
+            tally = _Tally(correct=sum(g.correct for g in previous), attempted=len(previous))
             task = progress.add_task(run.name, total=len(grid), completed=len(previous), **asdict(tally))
-            jobs += [_one(run, run_id, problem, sample, store, semaphore, progress, task, tally, totals)
+            jobs += [((problem.id, sample) not in failed,
+                      _one(run, run_id, problem, sample, store, semaphore, progress, task, tally, totals))
                      for problem, sample in todo]
-        await asyncio.gather(*jobs)
+        # samples that failed before, of every run, go first (the semaphore serves in order): a
+        # re-run's first job is to complete every accuracy's denominator
+        await asyncio.gather(*(job for _, job in sorted(jobs, key=lambda item: item[0])))
     return totals
 
 
@@ -144,10 +155,12 @@ async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: 
         grade = Grade(False, "failed")
         totals.failed += 1
         totals.first_error = totals.first_error or f"{run.name} {problem.id} sample {sample}: {outcome.error}"
-    store.save(run_id, problem, sample, outcome, grade)
+    store.save(run_id, problem, sample, outcome, grade, thinking_flag=run.setup.context.thinking_flag)
     totals.done += 1
+    totals.ungraded += grade.ungraded
+    totals.degraded += bool(outcome.degraded)
     tally.correct += grade.correct
-    tally.graded += outcome.error is None
+    tally.attempted += 1
     tally.failed += outcome.error is not None
     tally.tokens += total_usage(outcome.usage)["completion_tokens"]
     progress.update(task, advance=1, **asdict(tally))
@@ -155,8 +168,8 @@ async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: 
 
 class _Accuracy(ProgressColumn):
     def render(self, task: Task) -> Text:
-        graded, failed = task.fields["graded"], task.fields["failed"]
-        shown = f"acc {100 * task.fields['correct'] / graded:5.1f}%" if graded else "acc    – "
+        attempted, failed = task.fields["attempted"], task.fields["failed"]
+        shown = f"acc {100 * task.fields['correct'] / attempted:5.1f}%" if attempted else "acc    – "
         return Text(shown + (f" ({failed} failed)" if failed else ""), style="green" if not failed else "yellow")
 
 

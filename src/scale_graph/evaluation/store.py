@@ -5,6 +5,10 @@ A SQLite file by default (``scale-results.db``, or ``SCALE_RESULTS_DB``); any SQ
 ``sqlite:///<path>``. A run is identified by its name; re-opening it with different parameters
 is refused, so one run never mixes results of two configurations. Configs hold run parameters
 only — the context has no API keys.
+
+Each result also records whether grading could decide (``ungraded``), the ``thinking_flag`` it
+ran with and the chat layer's degradations; databases written before those columns existed get
+them added on open (with neutral values), so older results stay readable.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event,
+                        inspect, select, text)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
@@ -77,6 +82,9 @@ class Result(Base):
     hard: Mapped[int | None]
     latency_s: Mapped[float]
     error: Mapped[str | None] = mapped_column(Text)
+    ungraded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    thinking_flag: Mapped[bool | None] = mapped_column(Boolean)
+    degraded: Mapped[list[str] | None] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
     run: Mapped[Run] = relationship(back_populates="results")
 
@@ -105,6 +113,7 @@ class ResultsStore:
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
@@ -124,20 +133,31 @@ class ResultsStore:
                                  "give this evaluation another --name")
             return run.id
 
-    def finished(self, run_id: int) -> dict[tuple[str, int], bool]:
-        """Correctness by (problem id, sample) of the results stored without an error: a re-run skips them."""
+    def finished(self, run_id: int) -> dict[tuple[str, int], Grade]:
+        """The grade by (problem id, sample) of the results stored without an error: a re-run skips them."""
         with self._session() as session:
-            rows = session.execute(select(Result.problem_id, Result.sample, Result.correct)
+            rows = session.execute(select(Result.problem_id, Result.sample, Result.correct, Result.grading_note,
+                                          Result.ungraded)
                                    .where(Result.run_id == run_id, Result.error.is_(None)))
-            return {(problem_id, sample): correct for problem_id, sample, correct in rows}
+            return {(problem_id, sample): Grade(correct, note, bool(ungraded))
+                    for problem_id, sample, correct, note, ungraded in rows}
 
-    def save(self, run_id: int, problem: Problem, sample: int, outcome: Outcome, grade: Grade) -> None:
+    def failed(self, run_id: int) -> set[tuple[str, int]]:
+        """(problem id, sample) of the results stored with an error: a re-run retries them first."""
+        with self._session() as session:
+            rows = session.execute(select(Result.problem_id, Result.sample)
+                                   .where(Result.run_id == run_id, Result.error.is_not(None)))
+            return {(problem_id, sample) for problem_id, sample in rows}
+
+    def save(self, run_id: int, problem: Problem, sample: int, outcome: Outcome, grade: Grade,
+             thinking_flag: bool | None = None) -> None:
         """Store (or replace, after a failure) the result of one problem sample."""
         total = total_usage(outcome.usage)
         values = dict(answer=outcome.answer, gold=problem.answer, correct=grade.correct, grading_note=grade.note,
                       prompt_tokens=total["prompt_tokens"], completion_tokens=total["completion_tokens"],
                       tokens_by_stage=outcome.usage, iterations=outcome.iterations, subproblems=outcome.subproblems,
-                      hard=outcome.hard, latency_s=outcome.latency_s, error=outcome.error)
+                      hard=outcome.hard, latency_s=outcome.latency_s, error=outcome.error, ungraded=grade.ungraded,
+                      thinking_flag=thinking_flag, degraded=outcome.degraded)
         with self._session() as session:
             row = session.scalar(select(Result).where(Result.run_id == run_id, Result.problem_id == problem.id,
                                                       Result.sample == sample))
@@ -172,6 +192,22 @@ class ResultsStore:
                 yield session
         except SQLAlchemyError as exc:
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
+
+
+#: Columns added after the first release: (name, SQL type, default for existing rows).
+_ADDED_COLUMNS = (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN", None), ("degraded", "JSON", None))
+
+
+def _add_missing_columns(engine: Any) -> None:
+    """Bring a results table from an older version up to date (create_all adds no columns)."""
+    present = {column["name"] for column in inspect(engine).get_columns(Result.__tablename__)}
+    missing = [(name, kind, default) for name, kind, default in _ADDED_COLUMNS if name not in present]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        for name, kind, default in missing:
+            suffix = f" NOT NULL DEFAULT {default}" if default is not None else ""
+            connection.execute(text(f"ALTER TABLE {Result.__tablename__} ADD COLUMN {name} {kind}{suffix}"))
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:

@@ -12,7 +12,9 @@ Selection, in order:
 2. incomplete traces (no sub-problem, or one never solved) are dropped;
 3. ``correct_only``: traces whose answer is not equivalent to the reference are dropped (the
    paper's Setting 2 filter) — among them every trace without a final answer, which is kept
-   otherwise (rendered ending "No final answer was reached.", counted as ``unanswered``);
+   otherwise (rendered ending "No final answer was reached.", counted as ``unanswered``) —
+   and so are ungraded ones (the grader could not decide), counted as ``ungraded``: an export
+   never fails on them;
 4. ``dedup``: per problem, a response identical to an earlier one up to whitespace is dropped;
 5. ``max_per_problem``: per problem, the best N are kept — correct before wrong, then shorter
    responses (characters), then lower sample numbers.
@@ -44,7 +46,7 @@ from scale_graph.traces.render import FORMATS, Trace, normalised, record, render
 from scale_graph.traces.validate import Issue, validate_file
 
 #: Why traces were left out, in the order the filters apply.
-DROP_REASONS = ("failed", "missing", "incomplete", "incorrect", "duplicate", "over_cap")
+DROP_REASONS = ("failed", "missing", "incomplete", "ungraded", "incorrect", "duplicate", "over_cap")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ def select(traces: Iterable[Trace], options: ExportOptions, dropped: Counter | N
     for trace in traces:
         if not trace.complete:
             dropped["incomplete"] += 1
+            continue
+        if options.correct_only and trace.ungraded:
+            dropped["ungraded"] += 1
             continue
         if options.correct_only and not trace.correct:
             dropped["incorrect"] += 1
@@ -182,7 +187,8 @@ async def load_traces(run: Run, checkpoint_db: Path) -> tuple[list[Trace], Count
                 continue
             traces.append(trace_from_shown(shown, problem_id=result.problem_id, sample=result.sample,
                                            gold=result.gold, correct=result.correct,
-                                           completion_tokens=result.completion_tokens))
+                                           completion_tokens=result.completion_tokens,
+                                           ungraded=bool(result.ungraded)))
     return traces, dropped
 
 

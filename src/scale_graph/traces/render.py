@@ -88,6 +88,7 @@ class Trace:
     subproblems: list[SubproblemTrace] = field(default_factory=list)
     completion_tokens: int = 0  # every stage of the run, as the results store counts them
     thread_id: str = ""
+    ungraded: bool = False  # the grader could not decide whether the answer is right
 
     @property
     def complete(self) -> bool:
@@ -109,7 +110,7 @@ class Trace:
 
 
 def trace_from_shown(shown: dict[str, Any], *, problem_id: str, sample: int, gold: str, correct: bool,
-                     completion_tokens: int = 0) -> Trace:
+                     completion_tokens: int = 0, ungraded: bool = False) -> Trace:
     """A Trace from :func:`scale_graph.runs.show_run` output (with texts) and the stored result."""
     rows = [SubproblemTrace(text=(row.get("text") or "").strip(), system=row.get("system"),
                             solution=(row.get("solution") or "").strip(), reasoning=(row.get("reasoning") or "").strip(),
@@ -118,7 +119,7 @@ def trace_from_shown(shown: dict[str, Any], *, problem_id: str, sample: int, gol
             for row in shown.get("subproblems", [])]
     return Trace(problem_id=problem_id, sample=sample, problem=(shown.get("problem") or "").strip(),
                  answer=shown.get("answer"), gold=gold, correct=correct, subproblems=rows,
-                 completion_tokens=completion_tokens, thread_id=shown.get("thread_id", ""))
+                 completion_tokens=completion_tokens, thread_id=shown.get("thread_id", ""), ungraded=ungraded)
 
 
 def render(trace: Trace, *, include_reasoning: bool = False) -> str:
