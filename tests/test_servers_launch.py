@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from scale_graph.servers import launch, local_model, manager, processes, state
+from scale_graph.servers import launch, local_model, manager, processes
 from scale_graph.servers.cli import app, export_lines
-from scale_graph.servers.launch import LaunchError, ProfileOptions, ServerSpec
+from scale_graph.servers.launch import LaunchError, ProfileOptions
+from scale_graph.servers.state import default_state_dir
+from scale_graph.servers.vllm import ServerSpec
 
 PY = sys.executable
 API = "vllm.entrypoints.openai.api_server"
@@ -678,13 +680,13 @@ def test_external_profile_records_the_urls(state_dir):
 
 def test_default_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SCALE_STATE_DIR", str(tmp_path / "s"))
-    assert state.default_state_dir() == tmp_path / "s"
+    assert default_state_dir() == tmp_path / "s"
     monkeypatch.delenv("SCALE_STATE_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    assert state.default_state_dir() == tmp_path / "xdg" / "scale-graph"
+    assert default_state_dir() == tmp_path / "xdg" / "scale-graph"
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert state.default_state_dir() == tmp_path / "home" / ".local" / "state" / "scale-graph"
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "scale-graph"
 
 
 # --------------------------------------------------------------------------- CLI

@@ -55,10 +55,6 @@ def export_lines(endpoints: dict) -> list[str]:
     return lines
 
 
-def _state_dir(state_dir: Optional[Path]) -> Path:
-    return state_dir if state_dir is not None else state.default_state_dir()
-
-
 StateDirOption = typer.Option(
     None,
     "--state-dir",
@@ -137,7 +133,7 @@ def up(
         console.print(f"  {system}: {entry.get('base_url')}  model {entry.get('model')}", highlight=False)
     console.print(
         "`scale solve` finds these endpoints automatically (from "
-        f"{_state_dir(state_dir) / state.ENDPOINTS_FILE}); for other tools:",
+        f"{state.state_root(state_dir) / state.ENDPOINTS_FILE}); for other tools:",
         highlight=False,
         soft_wrap=True,
     )
@@ -176,7 +172,7 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     if not info:
-        console.print(f"No servers recorded in {_state_dir(state_dir)}.", highlight=False)
+        console.print(f"No servers recorded in {state.state_root(state_dir)}.", highlight=False)
         return
     profile = next(iter(info.values())).get("profile")
     table = Table(title=f"scale servers ({profile})")

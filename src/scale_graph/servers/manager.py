@@ -9,8 +9,6 @@ finds the endpoints of running servers through :func:`running_endpoints`.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,52 +18,30 @@ from scale_graph.servers.launch import (
     SYSTEMS,
     LaunchError,
     ProfileOptions,
-    ServerSpec,
     endpoints_for_servers,
     external_endpoints,
     run_defaults_for_profile,
     servers_for_profile,
 )
-from scale_graph.servers.probe import Probe, endpoints_answer, port_in_use, probe_models, serves
+from scale_graph.servers.probe import (
+    Probe,
+    endpoints_answer,
+    port_in_use,
+    probe_models,
+    serves,
+)
 from scale_graph.servers.processes import (
     DEFAULT_STOP_GRACE,
-    identity,
     is_same_process,
     server_processes,
-    session_members,
-    spawn,
     stop_server,
 )
+from scale_graph.servers.startup import ServerError, say, start_all
+from scale_graph.servers.vllm import ServerSpec
 
 DEFAULT_TIMEOUT = 600.0
 # How long `up` keeps asking already-running servers before calling them unresponsive.
 ALREADY_UP_PATIENCE = 20.0
-# How often a slow start is reported while `up` waits.
-_NOTE_EVERY = 30.0
-
-
-class ServerError(RuntimeError):
-    """A server could not be started, found or stopped. ``str()`` is meant for the user: the
-    first line says what happened; ``log_tail`` (also appended to the message) holds the last
-    lines of the server's log when there is one."""
-
-    def __init__(self, message: str, log_tail: str = "", log_path: Path | None = None):
-        self.summary = message
-        self.log_tail = log_tail
-        self.log_path = log_path
-        full = message
-        if log_tail:
-            full += f"\n--- last lines of {log_path} ---\n{log_tail}"
-        super().__init__(full)
-
-    @classmethod
-    def with_log(cls, message: str, log_path: Path) -> ServerError:
-        return cls(message, files.tail(log_path), log_path)
-
-
-def _say(console: Any, message: str) -> None:
-    if console is not None and callable(getattr(console, "print", None)):
-        console.print(message)
 
 
 def _all_ours_alive(recorded: dict) -> bool:
@@ -122,7 +98,7 @@ def up(
                     "--port or stop what listens there"
                 )
         result = {"profile": profile, **endpoints_for_servers(specs), "run_defaults": run_defaults_for_profile(profile)}
-        _start_all(root, profile, specs, timeout, poll_interval, console)
+        start_all(root, profile, specs, timeout, poll_interval, console)
         files.write_json(root / files.ENDPOINTS_FILE, result)
         return result
 
@@ -145,89 +121,15 @@ def _already_up(root: Path, profile: str, console: Any) -> dict | None:
                 f"the servers recorded in {root} are running but do not answer "
                 "/v1/models; see their logs, or stop them with: scale servers down"
             )
-        _say(console, f"Servers of the {profile!r} profile are already up; nothing to do.")
+        say(console, f"Servers of the {profile!r} profile are already up; nothing to do.")
         return endpoints
     if _any_ours_alive(recorded):
         # an interrupted `up`, or one server of a pair died: start afresh
-        _say(console, "Stopping the leftovers of an earlier start…")
+        say(console, "Stopping the leftovers of an earlier start…")
         for record in recorded.get("servers") or []:
             stop_server(record)
     files.remove_state(root)
     return None
-
-
-def _start_all(
-    root: Path, profile: str, specs: list[ServerSpec], timeout: float, poll_interval: float, console: Any
-) -> None:
-    """Start every server, recording each as soon as it runs, and wait until all answer; on any
-    failure (or interruption) stop what was started and leave no record."""
-    recorded: dict = {"profile": profile, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "servers": []}
-    started: list[tuple[ServerSpec, dict, subprocess.Popen]] = []
-    try:
-        for spec in specs:
-            record, proc = _start(spec, root)
-            recorded["servers"].append(record)
-            started.append((spec, record, proc))
-            files.write_json(root / files.SERVERS_FILE, recorded)
-            _say(console, f"Started {spec.name} (pid {proc.pid}), log: {record['log']}")
-        deadline = time.monotonic() + timeout
-        for spec, record, proc in started:
-            _wait_ready(spec, Path(record["log"]), proc, deadline, timeout, poll_interval, console)
-            record["members"] = session_members(proc.pid)
-        files.write_json(root / files.SERVERS_FILE, recorded)
-    except BaseException:
-        for _spec, record, _proc in started:
-            stop_server(record, grace=10)
-        files.remove_state(root)
-        raise
-
-
-def _start(spec: ServerSpec, root: Path) -> tuple[dict, subprocess.Popen]:
-    log = files.log_path(root, spec.name)
-    try:
-        proc = spawn(spec.argv, spec.env, log, cwd=root)
-    except OSError as exc:
-        raise ServerError(f"cannot start {spec.name} ({spec.argv[0]}): {exc}") from exc
-    record = {
-        "name": spec.name,
-        "argv": list(spec.argv),
-        "env": dict(spec.env),
-        "port": spec.port,
-        "base_url": spec.base_url,
-        "served_names": list(spec.served_names),
-        "log": str(log),
-        "process": identity(proc.pid),
-        "members": [],
-    }
-    return record, proc
-
-
-def _wait_ready(
-    spec: ServerSpec,
-    log: Path,
-    proc: subprocess.Popen,
-    deadline: float,
-    timeout: float,
-    poll_interval: float,
-    console: Any,
-) -> None:
-    started = time.monotonic()
-    next_note = started + _NOTE_EVERY
-    while True:
-        code = proc.poll()
-        if code is not None:
-            raise ServerError.with_log(
-                f"server {spec.name} exited with code {code} before answering {spec.models_url}", log
-            )
-        if serves(spec.base_url, spec.served_names, timeout=min(5.0, max(poll_interval, 1.0))):
-            _say(console, f"{spec.name} answers at {spec.base_url} ({time.monotonic() - started:.0f} s)")
-            return
-        if time.monotonic() >= deadline:
-            raise ServerError.with_log(f"server {spec.name} did not answer {spec.models_url} within {timeout:g} s", log)
-        if time.monotonic() >= next_note:
-            _say(console, f"waiting for {spec.name}… ({time.monotonic() - started:.0f} s)")
-            next_note += _NOTE_EVERY
-        time.sleep(poll_interval)
 
 
 def status(state_dir: Path | str | None = None, probe: Probe = probe_models) -> dict:
