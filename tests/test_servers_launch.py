@@ -225,6 +225,17 @@ def test_external_profile_starts_nothing_and_needs_urls():
 
 
 @pytest.mark.parametrize(
+    "url", ["localhost:8000", "ftp://gpu/v1", "http://", "http://[bad", "http://gpu:99999/v1"]
+)
+def test_external_profile_refuses_what_is_not_an_http_url(url):
+    with pytest.raises(LaunchError, match="--system2-url must be an http") as info:
+        launch.external_endpoints(ProfileOptions(system2_base_url=url))
+    assert "\n" not in str(info.value)
+    with pytest.raises(LaunchError, match="--system1-url must be an http"):
+        launch.external_endpoints(ProfileOptions(system2_base_url="http://gpu:8000/v1", system1_base_url=url))
+
+
+@pytest.mark.parametrize(
     "options",
     [
         ProfileOptions(port=0),
@@ -714,6 +725,17 @@ def test_cli_external_without_url_fails_cleanly(tmp_path):
     assert "error:" in result.stderr
     assert "--system2-url" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_external_with_a_bad_url_fails_cleanly_and_records_nothing(tmp_path):
+    result = runner.invoke(
+        app, ["up", "--profile", "external", "--system2-url", "localhost:8000", "--state-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    _clean(result)
+    assert result.stderr.startswith("error: --system2-url must be an http")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert manager.running_endpoints(tmp_path) is None
 
 
 def test_cli_bad_port_fails_cleanly(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from scale_graph.servers.local_model import chat_template_path, packaged_template_path
 from scale_graph.servers.vllm import (
@@ -274,10 +275,25 @@ def external_endpoints(options: ProfileOptions) -> dict:
         )
     model2 = options.model or SYSTEM2_NAME
     model1 = options.system1_model or options.model or SYSTEM1_NAME
+    # checked here because nothing else looks at these URLs before a run sends requests to them
+    flag1 = "--system1-url" if options.system1_base_url else "--system2-url"
     return {
-        "system1": {"base_url": url1.rstrip("/"), "model": model1},
-        "system2": {"base_url": url2.rstrip("/"), "model": model2},
+        "system1": {"base_url": _http_url(flag1, url1), "model": model1},
+        "system2": {"base_url": _http_url("--system2-url", url2), "model": model2},
     }
+
+
+def _http_url(flag: str, url: str) -> str:
+    """``url`` without its trailing slash; LaunchError unless it is an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        valid = False
+    if not valid:
+        raise LaunchError(f"{flag} must be an http(s) URL such as http://host:8000/v1, got {url!r}")
+    return url.rstrip("/")
 
 
 __all__ = [
