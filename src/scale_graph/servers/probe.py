@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import httpx
 
-Probe = Callable[[str], "list[str] | None"]
+Probe = Callable[[str], list[str] | None]  # a replacement for probe_models (tests)
 
 
 def _is_loopback(url: str) -> bool:
