@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from scale_graph.servers import launch, local_model, manager
+from scale_graph.servers import launch, local_model, manager, processes
 from scale_graph.servers.cli import app, export_lines
-from scale_graph.servers.launch import LaunchError, ProfileOptions, ServerSpec
+from scale_graph.servers.launch import LaunchError, ProfileOptions
+from scale_graph.servers.state import default_state_dir
+from scale_graph.servers.vllm import ServerSpec
 
 PY = sys.executable
 API = "vllm.entrypoints.openai.api_server"
@@ -220,6 +222,17 @@ def test_external_profile_starts_nothing_and_needs_urls():
         "system1": {"base_url": "http://gpu:8000/v1", "model": "Qwen/Qwen3-32B"},
         "system2": {"base_url": "http://gpu:8000/v1", "model": "Qwen/Qwen3-32B"},
     }
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8000", "ftp://gpu/v1", "http://", "http://[bad", "http://gpu:99999/v1"]
+)
+def test_external_profile_refuses_what_is_not_an_http_url(url):
+    with pytest.raises(LaunchError, match="--system2-url must be an http") as info:
+        launch.external_endpoints(ProfileOptions(system2_base_url=url))
+    assert "\n" not in str(info.value)
+    with pytest.raises(LaunchError, match="--system1-url must be an http"):
+        launch.external_endpoints(ProfileOptions(system2_base_url="http://gpu:8000/v1", system1_base_url=url))
 
 
 @pytest.mark.parametrize(
@@ -617,9 +630,9 @@ def test_down_stops_exactly_our_processes(fake_script, state_dir):
             }
         )
         (state_dir / "servers.json").write_text(json.dumps(state))
-        assert not manager.is_same_process({"pid": stranger.pid, "start_time": 1.0})
-        assert manager.is_same_process(
-            {"pid": stranger.pid, "start_time": manager.process_start_time(stranger.pid)}
+        assert not processes.is_same_process({"pid": stranger.pid, "start_time": 1.0})
+        assert processes.is_same_process(
+            {"pid": stranger.pid, "start_time": processes.process_start_time(stranger.pid)}
         )
         assert manager.down(state_dir, grace=5) == ["local"]
         assert not pid_alive(ours)
@@ -636,7 +649,7 @@ def test_running_endpoints_is_none_when_the_process_died(fake_script, state_dir)
     assert manager.running_endpoints(state_dir) is not None
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while manager.is_same_process({"pid": pid}) and time.monotonic() < deadline:
+    while processes.is_same_process({"pid": pid}) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert manager.running_endpoints(state_dir) is None
     info = manager.status(state_dir)
@@ -678,13 +691,13 @@ def test_external_profile_records_the_urls(state_dir):
 
 def test_default_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SCALE_STATE_DIR", str(tmp_path / "s"))
-    assert manager.default_state_dir() == tmp_path / "s"
+    assert default_state_dir() == tmp_path / "s"
     monkeypatch.delenv("SCALE_STATE_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    assert manager.default_state_dir() == tmp_path / "xdg" / "scale-graph"
+    assert default_state_dir() == tmp_path / "xdg" / "scale-graph"
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert manager.default_state_dir() == tmp_path / "home" / ".local" / "state" / "scale-graph"
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "scale-graph"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -712,6 +725,17 @@ def test_cli_external_without_url_fails_cleanly(tmp_path):
     assert "error:" in result.stderr
     assert "--system2-url" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_external_with_a_bad_url_fails_cleanly_and_records_nothing(tmp_path):
+    result = runner.invoke(
+        app, ["up", "--profile", "external", "--system2-url", "localhost:8000", "--state-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    _clean(result)
+    assert result.stderr.startswith("error: --system2-url must be an http")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert manager.running_endpoints(tmp_path) is None
 
 
 def test_cli_bad_port_fails_cleanly(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from scale_graph.servers import launch, manager
+from scale_graph.servers import launch, manager, state
 from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.local_model import LocalModelError
 
@@ -52,10 +53,6 @@ def export_lines(endpoints: dict) -> list[str]:
         lines.append(f"export {prefix}_BASE_URL={shlex.quote(str(entry.get('base_url', '')))}")
         lines.append(f"export {prefix}_MODEL={shlex.quote(str(entry.get('model', '')))}")
     return lines
-
-
-def _state_dir(state_dir: Optional[Path]) -> Path:
-    return state_dir if state_dir is not None else manager.default_state_dir()
 
 
 StateDirOption = typer.Option(
@@ -136,7 +133,7 @@ def up(
         console.print(f"  {system}: {entry.get('base_url')}  model {entry.get('model')}", highlight=False)
     console.print(
         "`scale solve` finds these endpoints automatically (from "
-        f"{_state_dir(state_dir) / manager.ENDPOINTS_FILE}); for other tools:",
+        f"{state.state_root(state_dir) / state.ENDPOINTS_FILE}); for other tools:",
         highlight=False,
         soft_wrap=True,
     )
@@ -152,11 +149,9 @@ def _dry_run(profile: str, options: ProfileOptions) -> None:
             typer.echo(line)
         return
     if profile == "local" and not options.model:
-        from scale_graph.servers.local_model import chat_template_path, default_model_dir
+        from scale_graph.servers.local_model import default_model_dir
 
-        model_dir = default_model_dir()
-        options.local_model_dir = str(model_dir)
-        options.local_chat_template = str(chat_template_path(model_dir))
+        options = replace(options, local_model_dir=str(default_model_dir()))
     for spec in launch.servers_for_profile(profile, options):
         console.print(f"[bold]{spec.name}[/bold] → {spec.base_url} ({', '.join(spec.served_names)})")
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
@@ -177,7 +172,7 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     if not info:
-        console.print(f"No servers recorded in {_state_dir(state_dir)}.", highlight=False)
+        console.print(f"No servers recorded in {state.state_root(state_dir)}.", highlight=False)
         return
     profile = next(iter(info.values())).get("profile")
     table = Table(title=f"scale servers ({profile})")

