@@ -183,20 +183,14 @@ def with_context_window(context: Context, timeout: float = 5.0) -> Context:
     run; a server that does not say leaves the documented fallback (32,768 tokens)."""
     if context.context_window:
         return context
-    import httpx  # lazy: only runs that are about to call the servers need it
+    from scale_graph.servers.probe import model_entries  # lazy: only runs about to call the servers need it
 
     windows = []
     for system in (1, 2):
         base_url, model = getattr(context, f"system{system}_base_url"), getattr(context, f"system{system}_model")
-        key = api_key(system)
-        try:
-            response = httpx.get(base_url.rstrip("/") + "/models", timeout=timeout,
-                                 headers={"Authorization": f"Bearer {key}"} if key else None)
-            listed = response.json().get("data") or [] if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, AttributeError):
-            listed = []
-        windows += [int(item["max_model_len"]) for item in listed if isinstance(item, dict)
-                    and item.get("id") == model and isinstance(item.get("max_model_len"), int)]
+        listed = model_entries(base_url, timeout, api_key(system)) or []
+        windows += [item["max_model_len"] for item in listed
+                    if item.get("id") == model and isinstance(item.get("max_model_len"), int)]
     return replace(context, context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from scale_graph.context import ENDPOINT_FIELDS
 from scale_graph.evaluation import grading
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
@@ -29,7 +30,7 @@ from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.runner import InputError
 from scale_graph.servers.endpoints import endpoints
-from scale_graph.settings import ConfigError, resolve
+from scale_graph.settings import ConfigError, resolve, with_context_window
 from scale_graph.state import total_usage
 
 DEFAULT_CONCURRENCY = 16
@@ -110,8 +111,14 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
     for name, value in (("samples", samples), ("concurrency", concurrency)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    windows: dict[tuple, int] = {}
     for run in plans:
-        endpoints(run.setup.context)  # fail before any work when an endpoint is not configured
+        context = run.setup.context
+        endpoints(context)  # fail before any work when an endpoint is not configured
+        where = tuple(getattr(context, name) for name in ENDPOINT_FIELDS)
+        if where not in windows:  # the servers' context windows, asked once per invocation
+            windows[where] = with_context_window(context).context_window
+        run.setup.context = replace(context, context_window=context.context_window or windows[where])
     grading.warm_up()
     if console is not None:
         console.print(f"[dim]{len(plans)} run(s): {', '.join(run.name for run in plans)} → {store.shown} "

@@ -16,19 +16,25 @@ def _is_loopback(url: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def probe_models(base_url: str, timeout: float = 3.0) -> list[str] | None:
-    """Model ids listed by ``GET {base_url}/models``, or None if it does not answer."""
+def model_entries(base_url: str, timeout: float = 3.0, api_key: str | None = None) -> list[dict] | None:
+    """The entries of ``GET {base_url}/models`` (vLLM's carry ``max_model_len``), or None if it
+    does not answer."""
     url = base_url.rstrip("/") + "/models"
     try:
         # a proxy from the environment must not stand between us and a server on this machine
         with httpx.Client(timeout=timeout, trust_env=not _is_loopback(url)) as client:
-            response = client.get(url)
+            response = client.get(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         if response.status_code != 200:
             return None
-        data = response.json().get("data") or []
-        return [str(item.get("id")) for item in data if isinstance(item, dict)]
+        return [item for item in response.json().get("data") or [] if isinstance(item, dict)]
     except (httpx.HTTPError, ValueError, AttributeError, OSError):
         return None
+
+
+def probe_models(base_url: str, timeout: float = 3.0) -> list[str] | None:
+    """Model ids listed by ``GET {base_url}/models``, or None if it does not answer."""
+    entries = model_entries(base_url, timeout)
+    return None if entries is None else [str(item.get("id")) for item in entries]
 
 
 def serves(base_url: str, models: Iterable[str | None], timeout: float = 3.0, probe: Probe | None = None) -> bool:
@@ -63,4 +69,4 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-__all__ = ["endpoints_answer", "port_in_use", "probe_models", "serves"]
+__all__ = ["endpoints_answer", "model_entries", "port_in_use", "probe_models", "serves"]
