@@ -195,15 +195,25 @@ class Systems:
     def _fan_out_sync(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
         """The ``n`` samples as ``n`` requests; the first failure stops every sample not yet sent."""
         stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def sample_of(sample: int) -> ChatReply:
+            try:
+                return self._request_sync(call, sample, refused, stop)
+            except _Stopped:
+                raise
+            except BaseException as exc:
+                failures.append(exc)
+                stop.set()  # here, before this worker takes the next sample
+                raise
+
         pool = ThreadPoolExecutor(max_workers=min(call.n, self.max_in_flight, _MAX_THREADS))
-        futures = [pool.submit(self._request_sync, call, sample, refused, stop) for sample in range(call.n)]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f in done and f.exception() is not None]
-        if failed:
-            stop.set()
+        futures = [pool.submit(sample_of, sample) for sample in range(call.n)]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if failures:
             # requests already on the wire finish in the background; nothing new is sent
             pool.shutdown(wait=False, cancel_futures=True)
-            raise failed[0].exception()  # type: ignore[misc]
+            raise failures[0]
         pool.shutdown()
         return [f.result() for f in futures]
 
