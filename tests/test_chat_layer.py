@@ -12,7 +12,13 @@ import time
 import pytest
 
 from scale_graph.servers import chat
-from scale_graph.servers.chat import PREFIX_DEGRADED, ChatCall, ContextLengthError, EndpointError, Systems
+from scale_graph.servers.chat import (
+    PREFIX_DEGRADED,
+    ChatCall,
+    ContextLengthError,
+    EndpointError,
+    Systems,
+)
 from scale_graph.servers.endpoints import Endpoint
 from scale_graph.testing.fake_openai import CONTEXT_LIMIT, FakeOpenAIServer
 
@@ -40,8 +46,8 @@ def systems(server: FakeOpenAIServer, *, retries: int = 1, key: str | None = Non
 
 
 def system1_call(key: str = "solve#1", **changes) -> ChatCall:
-    fields = dict(key=key, system=1, messages=[("user", "Solve: what is 1+1?")], thinking=False, max_tokens=64,
-                  temperature=0.7)
+    fields = {"key": key, "system": 1, "messages": [("user", "Solve: what is 1+1?")], "thinking": False,
+              "max_tokens": 64, "temperature": 0.7}
     return ChatCall(**{**fields, **changes})
 
 
@@ -82,10 +88,10 @@ def test_context_length_with_an_async_call_and_schema_degrades_nothing(server):
 
 
 @pytest.mark.parametrize("message, limit, requested", [
-    ("This model's maximum context length is 32768 tokens. However, your prompt contains at least 40001 input "
-     "tokens, which exceeds this limit even without any output tokens.", 32768, 40001),
-    ("The decoder prompt (length 9000) is longer than the maximum model length of 8192. Make sure that "
-     "`max_model_len` is no smaller than the number of text tokens.", 8192, 9000),
+    (("This model's maximum context length is 32768 tokens. However, your prompt contains at least 40001 input "
+      "tokens, which exceeds this limit even without any output tokens."), 32768, 40001),
+    (("The decoder prompt (length 9000) is longer than the maximum model length of 8192. Make sure that "
+      "`max_model_len` is no smaller than the number of text tokens."), 8192, 9000),
     ("Input length (5000) exceeds model's maximum context length (4096).", 4096, 5000),
     ("This model's maximum context length is 4097 tokens. However, your messages resulted in 5000 tokens.", 4097, 5000),
     ("context_length_exceeded", None, None),

@@ -351,7 +351,7 @@ class Service:
         return shown, render_trace(shown, texts)
 
 
-_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\",)]+", re.I)
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\",)]+", re.IGNORECASE)
 
 
 def upstream_reason(exc: EndpointError) -> str:

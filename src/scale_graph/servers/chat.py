@@ -30,9 +30,20 @@ from langchain_openai import ChatOpenAI
 
 from scale_graph.parsing import split_think
 from scale_graph.redact import redact
-from scale_graph.servers.chat_errors import (PREFIX_DEGRADED, ContextLengthError, EndpointError, Feature,
-                                             MalformedResponse, context_length_error, error_message, refusal,
-                                             rejected_error, thinking_switch_error, translated_errors, where)
+from scale_graph.servers.chat_errors import (
+    PREFIX_DEGRADED,
+    ContextLengthError,
+    EndpointError,
+    Feature,
+    MalformedResponse,
+    context_length_error,
+    error_message,
+    refusal,
+    rejected_error,
+    thinking_switch_error,
+    translated_errors,
+    where,
+)
 from scale_graph.servers.endpoints import Endpoint
 
 __all__ = ["PREFIX_DEGRADED", "ChatCall", "ChatReply", "Choice", "ContextLengthError", "EndpointError",
@@ -253,9 +264,10 @@ class Systems:
             raise context_length_error(endpoint, exc) from None
         if kind == "thinking_flag":
             raise thinking_switch_error(endpoint, exc) from None
-        if kind in _features(call) and kind not in self._refused(call.system):
-            _refused.setdefault((endpoint.base_url, endpoint.model), set()).add(kind)  # type: ignore[arg-type]
-            warnings.append(redact(f"{PREFIX_DEGRADED}System {call.system} endpoint refused {_FEATURE_NAMES[kind]} "  # type: ignore[index]
+        feature = next((f for f in _features(call) if f == kind), None)
+        if feature is not None and feature not in self._refused(call.system):
+            _refused.setdefault((endpoint.base_url, endpoint.model), set()).add(feature)
+            warnings.append(redact(f"{PREFIX_DEGRADED}System {call.system} endpoint refused {_FEATURE_NAMES[feature]} "
                                    f"(HTTP 400: {error_message(exc)}); retried without it"))
             return
         raise rejected_error(endpoint, exc) from None

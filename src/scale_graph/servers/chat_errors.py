@@ -13,7 +13,8 @@ an upstream server echoes (``Authorization: Bearer …``) reach no database, log
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from types import TracebackType
+from typing import Literal
 
 import openai
 
@@ -70,17 +71,17 @@ def where(endpoint: Endpoint) -> str:
 # vLLM (renderers/params.py, v1/engine/input_processor.py, entrypoints/serve/utils/api_utils.py) and
 # OpenAI word a too-long request in these ways; the numbers are parsed when present.
 _CONTEXT = re.compile(r"maximum context length|maximum model length|context_length_exceeded|context window"
-                      r"|exceeds? (?:the )?max_model_len", re.I)
+                      r"|exceeds? (?:the )?max_model_len", re.IGNORECASE)
 _LIMIT = re.compile(r"maximum context length (?:is )?\(?(\d+)|maximum model length of (\d+)"
-                    r"|max_model_len (?:of |is )?\(?(\d+)", re.I)
+                    r"|max_model_len (?:of |is )?\(?(\d+)", re.IGNORECASE)
 _REQUESTED = re.compile(r"you requested (\d+) tokens|resulted in (\d+) tokens|contains (?:at least )?(\d+) input tokens"
-                        r"|prompt \(length (\d+)\)|input length \((\d+)\)|request has (\d+) input tokens", re.I)
+                        r"|prompt \(length (\d+)\)|input length \((\d+)\)|request has (\d+) input tokens", re.IGNORECASE)
 # Words a server uses when it refuses one feature. Checked in this order: the thinking switch is
 # never dropped silently, so it is recognised before anything else.
 _FEATURE_WORDS: tuple[tuple[Feature, re.Pattern[str]], ...] = (
-    ("thinking_flag", re.compile(r"chat_template_kwargs|enable_thinking", re.I)),
-    ("schema", re.compile(r"response_format|json[ _]schema|guided|structured|grammar", re.I)),
-    ("n", re.compile(r"\bn must be\b|\bn\s*>\s*1\b|`n`|'n'|\"n\"|multiple choices|\bparameter=n\b", re.I)),
+    ("thinking_flag", re.compile(r"chat_template_kwargs|enable_thinking", re.IGNORECASE)),
+    ("schema", re.compile(r"response_format|json[ _]schema|guided|structured|grammar", re.IGNORECASE)),
+    ("n", re.compile(r"\bn must be\b|\bn\s*>\s*1\b|`n`|'n'|\"n\"|multiple choices|\bparameter=n\b", re.IGNORECASE)),
 )
 _FEATURE_PARAMS: dict[str, Feature] = {"chat_template_kwargs": "thinking_flag", "response_format": "schema",
                                        "guided_json": "schema", "structured_outputs": "schema", "n": "n"}
@@ -153,7 +154,7 @@ class translated_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type | None, exc: BaseException | None, _tb: Any) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: TracebackType | None) -> bool:
         if exc is None or isinstance(exc, (openai.BadRequestError, MalformedResponse)):
             return False
         reason = _reason(self.endpoint, exc)
