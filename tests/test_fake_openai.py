@@ -426,6 +426,7 @@ def test_reset_and_config_validation(server, client):
         "requests": 0,
         "by_stage": {"decomposition": 0, "selection": 0, "difficulty": 0, "solve": 0},
         "faults_served": 0,
+        "max_in_flight": 0,
         "pending_faults": [],
         "log": [],
     }
@@ -558,3 +559,45 @@ def _drive_subprocess(proc: subprocess.Popen, port_file) -> None:
     except BaseException:
         proc.kill()
         raise
+
+
+def test_context_length_and_echo_faults(server):
+    server.inject("context_length")
+    server.inject("echo_auth_500")
+    url = f"{server.base_url}/chat/completions"
+    body = {"model": "m", "messages": SOLVE, "max_tokens": 10}
+    first = httpx.post(url, json=body, headers={"Authorization": "Bearer sk-abc-123456"})
+    assert first.status_code == 400
+    assert first.json()["error"]["message"].startswith("This model's maximum context length is 8192 tokens. "
+                                                       "However, you requested 9202 tokens")
+    second = httpx.post(url, json=body, headers={"Authorization": "Bearer sk-abc-123456"})
+    assert second.status_code == 500 and "Authorization: Bearer sk-abc-123456" in second.json()["error"]["message"]
+
+
+def test_malformed_200_faults(server):
+    url = f"{server.base_url}/chat/completions"
+    body = {"model": "m", "messages": SOLVE}
+    server.inject("no_choices")
+    assert httpx.post(url, json=body).json()["choices"] == []
+    server.inject("no_message")
+    assert all("message" not in c for c in httpx.post(url, json=body).json()["choices"])
+    server.inject("not_json")
+    reply = httpx.post(url, json=body)
+    assert reply.status_code == 200 and reply.headers["content-type"] == "text/html"
+    with pytest.raises(ValueError):
+        reply.json()
+    assert [e["fault"] for e in server.stats()["log"]] == ["no_choices", "no_message", "not_json"]
+
+
+def test_max_in_flight_statistic(server):
+    server.configure(latency=0.2)
+
+    async def five() -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            await asyncio.gather(*(http.post(f"{server.base_url}/chat/completions",
+                                             json={"model": "m", "messages": SOLVE}) for _ in range(5)))
+
+    asyncio.run(five())
+    assert server.stats()["max_in_flight"] == 5
+    server.reset()
+    assert server.stats()["max_in_flight"] == 0

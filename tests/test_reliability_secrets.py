@@ -26,7 +26,8 @@ from tests.reliability_helpers import CLI, KillingServer, assert_one_error_line,
 
 pytestmark = pytest.mark.timeout(600)
 
-KEYS = {name: f"sk-planted-{name}-{os.urandom(8).hex()}" for name in ("env", "killed", "server", "wrong", "toml", "tomlenv")}
+KEYS = {name: f"sk-planted-{name}-{os.urandom(8).hex()}"
+        for name in ("env", "killed", "server", "wrong", "toml", "tomlenv", "echoed")}
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -98,6 +99,21 @@ def wrong_key(tmp: Path, record: Recorder) -> None:
         assert [e["status"] for e in server.stats()["log"]].count(401) >= 2
 
 
+def echoed_key(tmp: Path, record: Recorder) -> None:
+    """An upstream 500 whose body echoes the request's ``Authorization`` header, as some proxies do."""
+    with FakeOpenAIServer(api_key=KEYS["echoed"]) as server:
+        env = endpoint_env(server.base_url, tmp / "echoed.db", candidates=2, max_retries=0,
+                           system1_api_key=KEYS["echoed"], system2_api_key=KEYS["echoed"])
+        server.inject("echo_auth_500", times=100, stage="solve")
+        failed = record("solve", "What is 6+6?", "--thread-id", "echoed", env=env)
+        # the mask itself is not checked here: the CLI prints errors as rich markup, which hides "[redacted]"
+        assert_one_error_line(failed, 1, "HTTP 500 upstream failed; request headers were: Authorization: Bearer")
+        debug = record("solve", "What is 7+7?", "--thread-id", "echoed-debug", env={**env, "SCALE_DEBUG": "1"})
+        assert debug.returncode != 0
+        assert record("runs", "show", "echoed", "--json", env=env).returncode == 0
+        assert server.stats()["log"][-1]["status"] == 500
+
+
 def toml_keys(tmp: Path, record: Recorder, *, via_env: bool) -> None:
     name = "tomlenv" if via_env else "toml"
     folder = tmp / name
@@ -120,10 +136,10 @@ def test_keys_never_reach_databases_logs_or_output(tmp_path):
     outputs = tmp_path / "outputs"
     outputs.mkdir()
     record = Recorder(outputs)
-    with ThreadPoolExecutor(max_workers=5) as pool:
+    with ThreadPoolExecutor(max_workers=6) as pool:
         jobs = [pool.submit(env_keys, tmp_path, record), pool.submit(killed_then_resumed, tmp_path, record),
                 pool.submit(wrong_key, tmp_path, record), pool.submit(toml_keys, tmp_path, record, via_env=False),
-                pool.submit(toml_keys, tmp_path, record, via_env=True)]
+                pool.submit(toml_keys, tmp_path, record, via_env=True), pool.submit(echoed_key, tmp_path, record)]
         results = [job.result() for job in jobs]
     wal_as_left = results[1]
 

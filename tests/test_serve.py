@@ -368,3 +368,49 @@ def test_unknown_route_is_json(served):
     response = httpx.get(f"{served.url}/v1/nothing")
     assert response.status_code == 404 and "no route" in response.json()["error"]["message"]
     assert httpx.get(f"{served.url}/health").json()["status"] == "ok"
+
+
+def test_upstream_error_hides_the_key_and_the_upstream_url(endpoint_env, tmp_path, fake_server, monkeypatch):
+    key = "sk-test-123456789"
+    for system in (1, 2):
+        monkeypatch.setenv(f"SCALE_SYSTEM{system}_API_KEY", key)
+    fake_server.inject("echo_auth_500", times=100, stage="decomposition")
+    with Served(tmp_path / "k.db") as server:
+        for stream in (False, True):
+            response = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+                "model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "stream": stream,
+                "scale": {"candidates": 1, "max_retries": 0}})
+            text = response.text
+            assert fake_server.stats()["log"][-1]["status"] == 500
+            assert "upstream System 1 endpoint failed" in text and "request headers were" in text, text
+            assert key not in text and "[redacted]" in text, text
+            assert fake_server.base_url not in text and f"127.0.0.1:{fake_server.port}" not in text, text
+            if not stream:
+                assert response.status_code == 502
+                assert "scale runs resume" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name, value", [("candidates", 9), ("max_problem_chars", 20001), ("max_retries", 4),
+                                         ("system2_max_tokens", 16385)])
+def test_a_client_may_not_exceed_the_servers_limits(served, fake_server, name, value):
+    response = httpx.post(f"{served.url}/v1/chat/completions", json={
+        "model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {name: value}})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert f"scale.{name} may be at most" in error["message"] and "on this server" in error["message"]
+    assert error["param"] == f"scale.{name}"
+    assert fake_server.stats()["requests"] == 0
+
+
+def test_a_client_may_ask_for_less_and_for_the_servers_own_value(endpoint_env, tmp_path, fake_server):
+    with Served(tmp_path / "l.db", default_params={"candidates": 3}) as server:
+        for candidates in (3, 2):
+            fake_server.reset()
+            reply = server.client().chat.completions.create(
+                model="scale", messages=[{"role": "user", "content": PROBLEM}],
+                extra_body={"scale": {"candidates": candidates}})
+            assert reply.model_extra["scale"]["answer"]
+            assert fake_server.stats()["log"][0]["body"]["n"] == candidates
+        refused = httpx.post(f"{server.url}/v1/chat/completions", json={
+            "model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {"candidates": 4}})
+        assert refused.status_code == 400 and "at most 3" in refused.json()["error"]["message"]

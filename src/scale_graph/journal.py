@@ -76,13 +76,13 @@ def emit(event: str, **data: Any) -> None:
 
 
 @lru_cache(maxsize=32)
-def _systems(system1: Any, system2: Any, thinking_flag: bool, structured_output: bool, use_n: bool) -> Systems:
-    return Systems(system1, system2, thinking_flag=thinking_flag, structured_output=structured_output, use_n=use_n)
+def _systems(system1: Any, system2: Any, thinking_flag: bool, structured_output: bool, use_n: bool, max_in_flight: int) -> Systems:
+    return Systems(system1, system2, thinking_flag=thinking_flag, structured_output=structured_output, use_n=use_n, max_in_flight=max_in_flight)
 
 
 def systems_for(context: Context) -> Systems:
     """The shared :class:`Systems` for a context's endpoints and capability switches."""
-    return _systems(*endpoints(context), context.thinking_flag, context.structured_output, context.use_n)
+    return _systems(*endpoints(context), context.thinking_flag, context.structured_output, context.use_n, context.max_in_flight)
 
 
 def run_context() -> Context:

@@ -12,7 +12,8 @@ Any OpenAI client can call SCALE as a model named ``scale``::
 
 The last user message is the problem; run parameters come from the body's ``scale`` object
 (any :class:`~scale_graph.Context` field except the endpoints, which stay the server's, and
-``review``). Every request is a new checkpointed run in the server's database, under the id
+``review``); a parameter that multiplies work (``context.MAXIMA``: candidates, token budgets,
+``max_problem_chars`` ...) may not exceed the server's own value. Every request is a new checkpointed run in the server's database, under the id
 returned in the ``X-Scale-Thread-Id`` header and ``scale.thread_id``: ``scale runs show ID``
 inspects it, ``scale runs resume ID`` finishes one that stopped on an endpoint failure (502).
 All requests share one SQLite saver and store and run concurrently on one event loop, so the
@@ -30,6 +31,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 import typing
 from dataclasses import fields
@@ -46,12 +48,13 @@ try:  # the `serve` extra; without it the CLI still loads and `scale serve` says
 except ImportError:  # pragma: no cover - depends on the installation
     Starlette = None  # type: ignore[assignment,misc]
 
-from scale_graph.context import ENDPOINT_FIELDS, Context
+from scale_graph.context import ENDPOINT_FIELDS, MAXIMA, Context
 from scale_graph.graph import build_graph
 from scale_graph.history import solution_texts
 from scale_graph.journal import calls_namespace, new_run_id
 from scale_graph.progress import difficulty_text, progress_line, short
 from scale_graph.persistence import DatabaseError, check_database, db_path, open_async
+from scale_graph.redact import redact
 from scale_graph.runner import InputError, start, validate_problem
 from scale_graph.runs import summary
 from scale_graph.servers.chat import ChatReply, EndpointError
@@ -156,12 +159,14 @@ def _check_type(name: str, value: Any) -> None:
 
 def context_of(params: Any, base: Context) -> Context:
     """The run parameters: the server's own (resolved once at start), overridden by the request's
-    ``scale`` object; the endpoints are always the server's."""
+    ``scale`` object; the endpoints are always the server's, and a request may not ask for more
+    work than the server is set to do (``base`` holds the limits)."""
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise bad_request("'scale' must be an object of run parameters", "scale")
     _check_params(params)
+    _check_limits(params, base)
     chosen = {k: v for k, v in params.items() if k not in ENDPOINT_FIELDS}
     try:
         return Context.from_dict(base.to_dict(), **chosen)
@@ -182,6 +187,20 @@ def _check_params(params: dict[str, Any], *, server: bool = False) -> None:
         if name not in PARAMS:
             raise bad_request(f"unknown run parameter scale.{name}; known: {', '.join(sorted(PARAMS))}", f"scale.{name}")
         _check_type(name, value)
+
+
+def _check_limits(params: dict[str, Any], limits: Context) -> None:
+    """Refuse a parameter that multiplies work above the server's own value (a client must not
+    make one request fan out further than the operator allows)."""
+    for name in MAXIMA:
+        if name not in params:
+            continue
+        most = getattr(limits, name)
+        if name == "context_window" and most == 0:  # the server asks its endpoints: nothing to exceed
+            continue
+        if params[name] > most:
+            raise bad_request(f"scale.{name} may be at most {most:,} on this server (its own setting), "
+                              f"got {params[name]:,}", f"scale.{name}")
 
 
 def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -298,17 +317,35 @@ class Service:
         return shown, render_trace(shown, texts)
 
 
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\",)]+", re.IGNORECASE)
+
+
+def upstream_reason(exc: EndpointError) -> str:
+    """What a client may read of an endpoint failure: the redacted reason, without where the
+    server's upstream endpoints are (URLs, host:port) or their keys."""
+    hidden = ()
+    if exc.endpoint is not None:
+        base = exc.endpoint.base_url
+        host = base.split("://", 1)[-1].split("/", 1)[0]
+        hidden = (base, host) if host else (base,)
+    reason = redact(exc.reason, hidden)
+    return _URL.sub("[upstream]", reason)
+
+
 def run_failure(exc: BaseException, thread_id: str) -> APIError:
-    """The error answer of a run that stopped; it stays resumable."""
+    """The error answer of a run that stopped; it stays resumable. No text of it names an
+    upstream URL or carries a key."""
     hint = f"; the run is saved: resume with `scale runs resume {thread_id}`"
     if isinstance(exc, EndpointError):
-        return APIError(502, f"{exc}{hint}", "upstream_error", "endpoint_error", thread_id=thread_id)
+        system = f"System {exc.system} endpoint" if exc.system is not None else "endpoint"
+        return APIError(502, f"upstream {system} failed: {upstream_reason(exc)}{hint}", "upstream_error",
+                        "endpoint_error", thread_id=thread_id)
     if isinstance(exc, InputError):
-        return APIError(400, str(exc), thread_id=thread_id)
+        return APIError(400, redact(str(exc)), thread_id=thread_id)
     if isinstance(exc, asyncio.CancelledError):
         return APIError(503, f"the server is shutting down{hint}", "server_error", thread_id=thread_id)
-    logger.error("run %s failed", thread_id, exc_info=exc)
-    message = " ".join(str(exc).split()) or type(exc).__name__
+    logger.error("run %s failed: %s", thread_id, redact(f"{type(exc).__name__}: {exc}"))
+    message = _URL.sub("[upstream]", redact(" ".join(str(exc).split()))) or type(exc).__name__
     return APIError(500, f"unexpected {type(exc).__name__}: {message}{hint}", "server_error", thread_id=thread_id)
 
 

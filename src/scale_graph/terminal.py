@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scale_graph.errors import ConfigError
 
@@ -23,7 +24,7 @@ err = Console(stderr=True, soft_wrap=not sys.stderr.isatty(), width=None if sys.
 
 
 def say_error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # "[redacted]" must show
 
 
 def fail(message: str, code: int) -> None:

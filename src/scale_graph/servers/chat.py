@@ -3,9 +3,10 @@
 ``ChatOpenAI`` drops the reasoning text vLLM returns (``reasoning`` or ``reasoning_content``)
 and shares one ``finish_reason`` between choices; :class:`ReasoningChatOpenAI` keeps both per
 choice. :class:`Systems` sends a :class:`ChatCall` to the right endpoint with the thinking
-flag, sampling, ``n`` and JSON schema, degrading gracefully when a server rejects an optional
-feature, and turns transport failures (after the client's bounded retries) into
-:class:`EndpointError`.
+flag, sampling, ``n`` and JSON schema. It drops an optional feature only when the server says
+it does not support it (each drop is a ``degraded:`` warning on the reply), caps the requests in
+flight per endpoint, and turns transport failures and malformed replies (after bounded retries)
+into :class:`EndpointError` (see :mod:`scale_graph.servers.chat_errors`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -27,11 +29,25 @@ from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 
 from scale_graph.parsing import split_think
+from scale_graph.redact import redact
+from scale_graph.servers.chat_errors import (
+    PREFIX_DEGRADED,
+    ContextLengthError,
+    EndpointError,
+    Feature,
+    MalformedResponse,
+    context_length_error,
+    error_message,
+    refusal,
+    rejected_error,
+    thinking_switch_error,
+    translated_errors,
+    where,
+)
 from scale_graph.servers.endpoints import Endpoint
 
-
-class EndpointError(RuntimeError):
-    """An endpoint failed after bounded retries, or refused a request; one line for the user."""
+__all__ = ["PREFIX_DEGRADED", "ChatCall", "ChatReply", "Choice", "ContextLengthError", "EndpointError",
+           "ReasoningChatOpenAI", "Systems", "close_clients"]
 
 
 class ContextLengthError(EndpointError):
@@ -46,14 +62,30 @@ class ReasoningChatOpenAI(ChatOpenAI):
     """ChatOpenAI that keeps each choice's reasoning text and its own finish reason."""
 
     def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
+        raw = _checked(response)
         result = super()._create_chat_result(response, generation_info)
-        raw = response if isinstance(response, dict) else response.model_dump(warnings=False)
         for generation, choice in zip(result.generations, raw.get("choices") or []):
             message = choice.get("message") or {}
             reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
             generation.message.additional_kwargs["reasoning_content"] = reasoning
             generation.generation_info = {**(generation.generation_info or {}), "finish_reason": choice.get("finish_reason")}
         return result
+
+
+def _checked(response: Any) -> dict[str, Any]:
+    """The reply as a dict, or MalformedResponse when it is not a chat completion with choices."""
+    if isinstance(response, dict):
+        raw = response
+    elif hasattr(response, "model_dump"):
+        raw = response.model_dump(warnings=False)
+    else:
+        raise MalformedResponse(f"the body is not a JSON object: {' '.join(str(response).split())[:120]!r}")
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedResponse("no choices")
+    if any(not isinstance(choice, dict) or not isinstance(choice.get("message"), dict) for choice in choices):
+        raise MalformedResponse("a choice without a message")
+    return raw
 
 
 @dataclass
@@ -115,16 +147,22 @@ class ChatReply:
                 "completion_tokens": self.completion_tokens, "reasoning_tokens": self.reasoning_tokens}
 
 
-# Optional request features a server may refuse with HTTP 400, dropped in this order.
-Feature = Literal["schema", "n", "thinking_flag"]
 _refused: dict[tuple[str, str], set[Feature]] = {}
+"""Per (base URL, model): features the server said it does not support, for the whole process."""
+
+_FEATURE_NAMES: dict[Feature, str] = {"schema": "schema", "n": "n"}
+_MAX_THREADS = 64  # a blocking fan-out waits on the endpoint's slots, so more threads would only idle
 
 
 class Systems:
-    """The two endpoints of a run; safe to share between threads and concurrent tasks."""
+    """The two endpoints of a run; safe to share between threads and concurrent tasks.
+
+    At most ``max_in_flight`` requests go to one endpoint at a time (all Systems of the process
+    with that limit share the slots), however many runs, candidates or samples ask at once.
+    """
 
     def __init__(self, system1: Endpoint, system2: Endpoint, *, thinking_flag: bool = True,
-                 structured_output: bool = True, use_n: bool = True) -> None:
+                 structured_output: bool = True, use_n: bool = True, max_in_flight: int = 64) -> None:
         self.endpoints = {1: system1, 2: system2}
         self.disabled: set[Feature] = set()
         if not thinking_flag:
@@ -133,6 +171,7 @@ class Systems:
             self.disabled.add("schema")
         if not use_n:
             self.disabled.add("n")
+        self.max_in_flight = max(1, max_in_flight)
 
     # ---- public API -------------------------------------------------------------------
     def call(self, call: ChatCall) -> ChatReply:
@@ -151,10 +190,10 @@ class Systems:
             started = time.perf_counter()
             try:
                 if call.n > 1 and "n" in refused:
-                    with ThreadPoolExecutor(max_workers=min(call.n, 16)) as pool:
-                        parts = list(pool.map(lambda j: self._request_sync(call, j, refused), range(call.n)))
-                    return _merge(parts, time.perf_counter() - started, warnings)
-                return _merge([self._request_sync(call, None, refused)], time.perf_counter() - started, warnings)
+                    parts = self._fan_out_sync(call, refused)
+                else:
+                    parts = [self._request_sync(call, None, refused)]
+                return _merge(parts, time.perf_counter() - started, warnings)
             except openai.BadRequestError as exc:
                 self._degrade(call, exc, warnings)
 
@@ -165,35 +204,81 @@ class Systems:
             started = time.perf_counter()
             try:
                 if call.n > 1 and "n" in refused:
-                    parts = await asyncio.gather(*(self._request_async(call, j, refused) for j in range(call.n)))
-                    return _merge(list(parts), time.perf_counter() - started, warnings)
-                return _merge([await self._request_async(call, None, refused)], time.perf_counter() - started, warnings)
+                    parts = await self._fan_out_async(call, refused)
+                else:
+                    parts = [await self._request_async(call, None, refused)]
+                return _merge(parts, time.perf_counter() - started, warnings)
             except openai.BadRequestError as exc:
                 self._degrade(call, exc, warnings)
 
+    def _fan_out_sync(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
+        """The ``n`` samples as ``n`` requests; the first failure stops every sample not yet sent."""
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def sample_of(sample: int) -> ChatReply:
+            try:
+                return self._request_sync(call, sample, refused, stop)
+            except _Stopped:
+                raise
+            except BaseException as exc:
+                failures.append(exc)
+                stop.set()  # here, before this worker takes the next sample
+                raise
+
+        pool = ThreadPoolExecutor(max_workers=min(call.n, self.max_in_flight, _MAX_THREADS))
+        futures = [pool.submit(sample_of, sample) for sample in range(call.n)]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if failures:
+            # requests already on the wire finish in the background; nothing new is sent
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise failures[0]
+        pool.shutdown()
+        return [f.result() for f in futures]
+
+    async def _fan_out_async(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
+        """The ``n`` samples as ``n`` requests; the first failure cancels the others."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._request_async(call, sample, refused)) for sample in range(call.n)]
+        except BaseExceptionGroup as failures:
+            raise failures.exceptions[0] from None  # the failure that cancelled its siblings
+        return [task.result() for task in tasks]
+
     def _remembered(self, call: ChatCall) -> list[str]:
-        """A warning for each feature this call goes without because the endpoint refused it before."""
+        """A warning for each thing this call goes without: features the endpoint refused earlier in
+        this process, and the thinking switch when the user turned it off."""
         endpoint = self.endpoints[call.system]
-        used = _features(call)
-        return [f"System {call.system} endpoint: sent without {feature}, which it refused (HTTP 400) earlier "
-                f"in this process" for feature in used if feature in _refused.get((endpoint.base_url, endpoint.model), ())
-                and feature not in self.disabled]
+        refused = _refused.get((endpoint.base_url, endpoint.model), set())
+        warnings = [f"{PREFIX_DEGRADED}System {call.system} endpoint: sent without {_FEATURE_NAMES[feature]}, "
+                    f"which it refused (HTTP 400) earlier in this process"
+                    for feature in _features(call) if feature in refused and feature not in self.disabled]
+        if "thinking_flag" in self.disabled:
+            warnings.append(f"{PREFIX_DEGRADED}System {call.system} endpoint: sent without the thinking switch "
+                            f"(thinking_flag off), so the server's default thinking mode applied, not "
+                            f"enable_thinking={str(call.thinking).lower()}")
+        return warnings
 
     def _refused(self, system: int) -> set[Feature]:
         endpoint = self.endpoints[system]
         return self.disabled | _refused.get((endpoint.base_url, endpoint.model), set())
 
     def _degrade(self, call: ChatCall, exc: openai.BadRequestError, warnings: list[str]) -> None:
-        """Drop the next optional feature the request used, or give up with a clear error."""
+        """Drop the one optional feature the server's 400 says it does not support, or raise the
+        error the 400 is: a context-length error, a refused thinking switch, or a rejection."""
         endpoint = self.endpoints[call.system]
-        refused = self._refused(call.system)
-        for feature in _features(call):
-            if feature not in refused:
-                _refused.setdefault((endpoint.base_url, endpoint.model), set()).add(feature)
-                warnings.append(f"System {call.system} endpoint refused {feature} (HTTP 400); retried without it")
-                return
-        raise EndpointError(f"System {call.system} endpoint {endpoint.base_url} rejected the request "
-                            f"(HTTP 400): {_error_message(exc)}") from None
+        kind = refusal(exc)
+        if kind == "context_length":
+            raise context_length_error(endpoint, exc) from None
+        if kind == "thinking_flag":
+            raise thinking_switch_error(endpoint, exc) from None
+        feature = next((f for f in _features(call) if f == kind), None)
+        if feature is not None and feature not in self._refused(call.system):
+            _refused.setdefault((endpoint.base_url, endpoint.model), set()).add(feature)
+            warnings.append(redact(f"{PREFIX_DEGRADED}System {call.system} endpoint refused {_FEATURE_NAMES[feature]} "
+                                   f"(HTTP 400: {error_message(exc)}); retried without it"))
+            return
+        raise rejected_error(endpoint, exc) from None
 
     def _payload(self, call: ChatCall, sample: int | None, refused: set[Feature]) -> tuple[list, dict]:
         messages = [{"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}[role](content=text)
@@ -215,86 +300,77 @@ class Systems:
         kwargs["extra_body"] = extra
         return messages, kwargs
 
-    def _request_sync(self, call: ChatCall, sample: int | None, refused: set[Feature]) -> ChatReply:
+    def _request_sync(self, call: ChatCall, sample: int | None, refused: set[Feature],
+                      stop: threading.Event | None = None) -> ChatReply:
+        endpoint = self.endpoints[call.system]
         messages, kwargs = self._payload(call, sample, refused)
-        with _translated_errors(self.endpoints[call.system]):
-            result = _client(self.endpoints[call.system]).generate([messages], **kwargs)
-        return _reply(result)
+        with _sync_slot(endpoint, self.max_in_flight):
+            problem = MalformedResponse()
+            for _ in range(endpoint.max_retries + 1):
+                if stop is not None and stop.is_set():
+                    raise _Stopped
+                try:
+                    with translated_errors(endpoint):
+                        return _reply(_client(endpoint).generate([messages], **kwargs))
+                except MalformedResponse as exc:
+                    problem = exc
+        raise _malformed(endpoint, problem)
 
     async def _request_async(self, call: ChatCall, sample: int | None, refused: set[Feature]) -> ChatReply:
+        endpoint = self.endpoints[call.system]
         messages, kwargs = self._payload(call, sample, refused)
-        with _translated_errors(self.endpoints[call.system]):
-            result = await _client(self.endpoints[call.system]).agenerate([messages], **kwargs)
-        return _reply(result)
+        async with _async_slot(endpoint, self.max_in_flight):
+            problem = MalformedResponse()
+            for _ in range(endpoint.max_retries + 1):
+                try:
+                    with translated_errors(endpoint):
+                        return _reply(await _client(endpoint).agenerate([messages], **kwargs))
+                except MalformedResponse as exc:
+                    problem = exc
+        raise _malformed(endpoint, problem)
+
+
+class _Stopped(Exception):
+    """A sample not sent because a sibling request of its call failed first."""
+
+
+def _malformed(endpoint: Endpoint, exc: MalformedResponse) -> EndpointError:
+    reason = f"sent a malformed response after {endpoint.max_retries} retries: {exc}"
+    return EndpointError(f"malformed response from {where(endpoint)} after {endpoint.max_retries} retries: {exc}",
+                         endpoint=endpoint, reason=reason)
 
 
 def _features(call: ChatCall) -> list[Feature]:
-    """The optional features a call uses, in the order they are dropped on HTTP 400."""
+    """The optional features a call uses that a server may refuse (the thinking switch is never
+    dropped: without it a Qwen3-like server thinks on every System 1 call)."""
     used: list[Feature] = []
     if call.schema is not None:
         used.append("schema")
     if call.n > 1:
         used.append("n")
-    used.append("thinking_flag")
     return used
 
 
-class _translated_errors:
-    """Turn the OpenAI client's final transport/server errors into one-line EndpointErrors."""
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, _tb: Any) -> bool:
-        if exc is None or isinstance(exc, openai.BadRequestError):
-            return False
-        where = f"System {self.endpoint.system} endpoint {self.endpoint.base_url} (model {self.endpoint.model})"
-        retries = f"after {self.endpoint.max_retries} retries"
-        if isinstance(exc, openai.APIConnectionError) and (failure := _connection_failure(exc)):
-            raise EndpointError(f"{where} is unreachable {retries}: {failure}") from None
-        if isinstance(exc, openai.APITimeoutError):
-            raise EndpointError(f"{where} timed out {retries} (timeout {self.endpoint.timeout:g} s)") from None
-        if isinstance(exc, openai.APIConnectionError):
-            raise EndpointError(f"{where} is unreachable {retries}: {_error_message(exc)}") from None
-        if isinstance(exc, openai.AuthenticationError):
-            raise EndpointError(f"{where} refused the API key (HTTP 401)") from None
-        if isinstance(exc, openai.NotFoundError):
-            raise EndpointError(f"{where} answered 404: check the base URL and model name") from None
-        if isinstance(exc, openai.APIStatusError):
-            raise EndpointError(f"{where} failed {retries}: HTTP {exc.status_code} {_error_message(exc)}") from None
-        if isinstance(exc, (ValueError, KeyError, TypeError)) and "langchain" not in type(exc).__module__:
-            raise EndpointError(f"{where} returned a malformed response: {exc}") from None
-        return False
+# ---- requests in flight ------------------------------------------------------------------------
+_SlotKey = tuple[str, str, int]
+_async_slots: weakref.WeakKeyDictionary[Any, dict[_SlotKey, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+_thread_slots: dict[_SlotKey, threading.BoundedSemaphore] = {}
+_thread_slots_lock = threading.Lock()
 
 
-_CLOSED = ("ServerDisconnectedError", "RemoteProtocolError", "ReadError")
+def _slot_key(endpoint: Endpoint, limit: int) -> _SlotKey:
+    return (endpoint.base_url, endpoint.model, limit)
 
 
-def _connection_failure(exc: BaseException) -> str | None:
-    """What went wrong when a transport error is a refused or dropped connection, not a timeout
-    (the aiohttp transport reports those as timeouts too)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(seen, ConnectionError) or type(seen).__name__ in _CLOSED:
-            return "the server closed the connection"
-        seen = seen.__cause__ or seen.__context__
-    return None
+def _async_slot(endpoint: Endpoint, limit: int) -> asyncio.Semaphore:
+    """The endpoint's in-flight slots on the running event loop (a semaphore is bound to its loop)."""
+    slots = _async_slots.setdefault(asyncio.get_running_loop(), {})
+    return slots.setdefault(_slot_key(endpoint, limit), asyncio.Semaphore(limit))
 
 
-def _error_message(exc: Exception) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        error = body.get("error")
-        message = error.get("message") if isinstance(error, dict) else body.get("message")
-        if message:
-            return " ".join(str(message).split())[:300]
-    cause = exc.__cause__ or exc
-    return " ".join(str(cause).split())[:300] or type(exc).__name__
+def _sync_slot(endpoint: Endpoint, limit: int) -> threading.BoundedSemaphore:
+    with _thread_slots_lock:
+        return _thread_slots.setdefault(_slot_key(endpoint, limit), threading.BoundedSemaphore(limit))
 
 
 def _reply(result: Any) -> ChatReply:

@@ -103,6 +103,12 @@ FAULTS: dict[str, frozenset[str]] = {
     "400": _ALL_STAGES,
     "timeout": _ALL_STAGES,  # hold the request open for hang_seconds, then close
     "drop": _ALL_STAGES,  # headers with Content-Length, then close mid-body
+    "context_length": _ALL_STAGES,  # HTTP 400 worded as vLLM words a prompt longer than the context
+    "echo_auth_500": _ALL_STAGES,  # HTTP 500 whose message echoes the request's Authorization header
+    # Malformed 200 replies.
+    "no_choices": _ALL_STAGES,  # "choices": []
+    "no_message": _ALL_STAGES,  # a choice without "message"
+    "not_json": _ALL_STAGES,  # a 200 whose body is not JSON (an HTML page)
     # Content faults.
     "empty": _ALL_STAGES,  # content "", no reasoning, finish_reason "stop"
     "reasoning_only": _ALL_STAGES,  # content "", the whole answer in the reasoning field
@@ -118,6 +124,12 @@ FAULTS: dict[str, frozenset[str]] = {
 stage is consumed by the next request of any of these stages."""
 
 _HTTP_FAULTS = {"500": 500, "502": 502, "503": 503, "429": 429, "400": 400}
+#: vLLM's wording (renderers/params.py) for a request that does not fit the model's context.
+CONTEXT_LENGTH_MESSAGE = ("This model's maximum context length is {limit} tokens. However, you requested {requested} "
+                          "tokens ({prompt} in the messages, {output} in the completion). Please reduce the length "
+                          "of the messages or completion.")
+CONTEXT_LIMIT = 8192
+_NOT_JSON_BODY = b"<html><body><h1>Welcome</h1>This is not the API you are looking for.</body></html>"
 _MANY_SUBPROBLEMS = 200
 _OUT_OF_RANGE_DIFFICULTY = 7.5
 _STREAM_PIECE_CHARS = 256
@@ -413,6 +425,7 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     action: str | None = None
     hang_seconds: float = 0.0
+    raw: bytes | None = None  # a non-JSON body, sent as text/html
 
 
 def _error(status: int, message: str, **headers: str) -> _Reply:
@@ -474,8 +487,9 @@ async def _send(writer: asyncio.StreamWriter, reply: _Reply, keep_alive: bool) -
         data = b"".join(_chunk(f"data: {event}\n\n".encode()) for event in events)
         writer.write(_head(reply.status, headers) + data + (b"" if dropping else b"0\r\n\r\n"))
     else:
-        body = json.dumps(reply.payload, default=repr).encode()
-        headers |= {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        body = reply.raw if reply.raw is not None else json.dumps(reply.payload, default=repr).encode()
+        content_type = "text/html" if reply.raw is not None else "application/json"
+        headers |= {"Content-Type": content_type, "Content-Length": str(len(body))}
         writer.write(_head(reply.status, headers) + (body[: len(body) // 2] if dropping else body))
     await writer.drain()
     return keep_alive and not dropping
@@ -496,6 +510,7 @@ class _State:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._completions = 0
+        self._in_flight = 0
         self.reset()
 
     def reset(self) -> None:
@@ -506,6 +521,17 @@ class _State:
             self._log: list[dict[str, Any]] = []
             self._faults: list[dict[str, Any]] = []
             self._difficulty_requests = 0
+            self._max_in_flight = self._in_flight  # requests still being answered keep counting
+
+    def enter(self) -> None:
+        """A chat completion started being answered (for the ``max_in_flight`` statistic)."""
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def add_fault(self, fault: str, times: int, stage: str | None) -> None:
         with self._lock:
@@ -545,6 +571,7 @@ class _State:
                 "requests": self._requests,
                 "by_stage": dict(self._by_stage),
                 "faults_served": self._faults_served,
+                "max_in_flight": self._max_in_flight,
                 "pending_faults": [dict(entry) for entry in self._faults],
                 "log": [dict(entry) for entry in self._log],
             }
@@ -691,7 +718,8 @@ class FakeOpenAIServer:
         self._state.reset()
 
     def stats(self) -> dict[str, Any]:
-        """``{"requests", "by_stage", "faults_served", "pending_faults", "log"}``; each log
+        """``{"requests", "by_stage", "faults_served", "max_in_flight", "pending_faults", "log"}``
+        (``max_in_flight``: most chat completions being answered at once since the last reset); each log
         entry is ``{"stage", "model", "body", "status", "fault"}`` (status None when the
         connection was closed without a response). Counts chat completions only."""
         return self._state.snapshot()
@@ -776,12 +804,17 @@ class FakeOpenAIServer:
         reply = self._unauthorized(request) or self._unsupported(body, cfg)
         if reply is None:
             fault = self._state.take_fault(stage)
-            reply = await self._answer(body, stage, cfg, fault)
+            self._state.enter()
+            try:
+                reply = await self._answer(body, stage, cfg, fault, request.headers)
+            finally:
+                self._state.leave()
         status = None if reply.action in ("refuse", "hang") else reply.status
         self._state.record(stage, body, status, fault)
         return reply
 
-    async def _answer(self, body: dict[str, Any], stage: str, cfg: FakeOpenAIConfig, fault: str | None) -> _Reply:
+    async def _answer(self, body: dict[str, Any], stage: str, cfg: FakeOpenAIConfig, fault: str | None,
+                      headers: dict[str, str]) -> _Reply:
         """The reply to a valid chat request, after the configured latency."""
         if fault == "refuse":
             return _Reply(action="refuse")
@@ -789,8 +822,17 @@ class FakeOpenAIServer:
             return _Reply(action="hang", hang_seconds=cfg.hang_seconds)
         await asyncio.sleep(cfg.latency)
         if fault in _HTTP_FAULTS:
-            headers = {"Retry-After": "0"} if fault == "429" else {}
-            return _error(_HTTP_FAULTS[fault], f"injected fault {fault}", **headers)
+            extra = {"Retry-After": "0"} if fault == "429" else {}
+            return _error(_HTTP_FAULTS[fault], f"injected fault {fault}", **extra)
+        if fault == "context_length":
+            prompt = CONTEXT_LIMIT + 1000
+            output = body.get("max_tokens") or body.get("max_completion_tokens") or 16
+            return _error(400, CONTEXT_LENGTH_MESSAGE.format(limit=CONTEXT_LIMIT, requested=prompt + output,
+                                                             prompt=prompt, output=output))
+        if fault == "echo_auth_500":
+            return _error(500, f"upstream failed; request headers were: Authorization: {headers.get('authorization', '')}")
+        if fault == "not_json":
+            return _Reply(raw=_NOT_JSON_BODY)
         difficulty = 0.0
         if stage == "difficulty":
             if callable(cfg.difficulties):
@@ -798,6 +840,11 @@ class FakeOpenAIServer:
             else:
                 difficulty = cfg.difficulties[self._state.next_difficulty_index() % len(cfg.difficulties)]
         completion = _completion(body, stage, cfg, difficulty, fault, self._state.next_completion_id())
+        if fault == "no_choices":
+            completion["choices"] = []
+        elif fault == "no_message":
+            for choice in completion["choices"]:
+                del choice["message"]
         action = "drop" if fault == "drop" else None
         if body.get("stream"):
             stream_options = body.get("stream_options")
