@@ -50,14 +50,6 @@ __all__ = ["PREFIX_DEGRADED", "ChatCall", "ChatReply", "Choice", "ContextLengthE
            "ReasoningChatOpenAI", "Systems", "close_clients"]
 
 
-class ContextLengthError(EndpointError):
-    """The server refused a prompt longer than its context window (``limit`` tokens; ``requested`` asked)."""
-
-    def __init__(self, message: str, *, limit: int | None = None, requested: int | None = None) -> None:
-        super().__init__(message)
-        self.limit, self.requested = limit, requested
-
-
 class ReasoningChatOpenAI(ChatOpenAI):
     """ChatOpenAI that keeps each choice's reasoning text and its own finish reason."""
 
