@@ -23,6 +23,9 @@ Carry = Literal["final", "reasoning"]
 ENDPOINT_FIELDS = ("system1_base_url", "system1_model", "system2_base_url", "system2_model")
 
 
+#: The model context assumed when neither the configuration nor the server says (``context_window`` 0).
+DEFAULT_CONTEXT_WINDOW = 32_768
+
 #: Documented upper bounds of every parameter that multiplies work or memory (issue: unbounded fan-out).
 MAXIMA: dict[str, int] = {
     "candidates": 64, "votes": 64, "max_subproblems": 64, "parse_retries": 10, "max_retries": 10,
@@ -171,4 +174,4 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-__all__ = ["Context", "ConfigError", "ENDPOINT_FIELDS", "MAXIMA", "coerce"]
+__all__ = ["Context", "ConfigError", "DEFAULT_CONTEXT_WINDOW", "ENDPOINT_FIELDS", "MAXIMA", "coerce"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
 from scale_graph import prompts
-from scale_graph.context import Context
+from scale_graph.context import DEFAULT_CONTEXT_WINDOW, Context
 from scale_graph.journal import LoadReplies, Request
 from scale_graph.servers.chat import ChatCall, ChatReply, ContextLengthError
 from scale_graph.state import Step
@@ -23,8 +23,6 @@ from scale_graph.state import Step
 #: about 3.5–4 characters per token on English and LaTeX; 3 over-estimates, so a prompt judged
 #: to fit does fit in all but unusual texts (those are caught by the server's context-length error).
 CHARS_PER_TOKEN = 3
-#: The window assumed when neither the configuration nor the server says (``context_window`` 0).
-DEFAULT_CONTEXT_WINDOW = 32_768
 #: Tokens the chat template adds around the messages (role markers, thinking switch).
 TEMPLATE_TOKENS = 64
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from scale_graph.context import ENDPOINT_FIELDS, Context, coerce
+from scale_graph.context import DEFAULT_CONTEXT_WINDOW, ENDPOINT_FIELDS, Context, coerce
 from scale_graph.errors import ConfigError
 
 DEFAULT = "default"
@@ -174,9 +174,6 @@ def resume_context(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None
     return Context(**values)
 
 
-DEFAULT_CONTEXT_WINDOW = 32768
-
-
 def with_context_window(context: Context, timeout: float = 5.0) -> Context:
     """``context`` with ``context_window`` filled from the servers' ``/v1/models`` (vLLM reports
     ``max_model_len``; the smaller of the two systems), when it is not configured. Asked once per
@@ -202,5 +199,5 @@ def _converted(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
 
 
-__all__ = ["ConfigError", "DEFAULT_CONTEXT_WINDOW", "Resolved", "api_key", "with_context_window", "config_path", "read_config", "resolve", "resume_context",
+__all__ = ["ConfigError", "Resolved", "api_key", "config_path", "read_config", "resolve", "resume_context", "with_context_window",
            "running_servers"]
