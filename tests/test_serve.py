@@ -22,7 +22,8 @@ import uvicorn
 from typer.testing import CliRunner
 
 from scale_graph.cli import app as cli_app
-from scale_graph.serve import THREAD_HEADER, create_app, serve_command
+from scale_graph.cli import serve_command
+from scale_graph.serve import THREAD_HEADER, create_app
 
 PROBLEM = "What is 1+1?"
 
@@ -340,7 +341,7 @@ def test_serve_command_in_a_process(endpoint_env, tmp_path):
     """The command as `scale serve` runs it: typer options, SCALE_SERVE_API_KEY, uvicorn, clean stop."""
     port, db = free_port(), tmp_path / "cmd.db"
     env = {**os.environ, "SCALE_SERVE_API_KEY": "k1"}
-    code = "import typer; from scale_graph.serve import serve_command; typer.run(serve_command)"
+    code = "import typer; from scale_graph.cli import serve_command; typer.run(serve_command)"
     process = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--db", str(db)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -15,8 +15,8 @@ except ImportError:  # pragma: no cover - older typer on real click
     from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 from rich.table import Table
 
-from scale_graph.terminal import err, out, run_guarded, say_error
-from scale_graph.serve import serve_command
+from scale_graph.errors import ConfigError
+from scale_graph.terminal import err, fail, out, run_guarded, say_error
 from scale_graph.servers.cli import app as servers_app
 from scale_graph.settings import resolve, with_context_window
 
@@ -27,7 +27,6 @@ app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, a
 runs_app = typer.Typer(help="Inspect, resume and delete stored runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
-app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")(serve_command)
 
 SUBPROBLEMS_FILE_MAX_CHARS = 200_000
 DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
@@ -280,6 +279,37 @@ def _require(path: Path) -> None:
 
     if not path.exists():
         raise DatabaseError(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)")
+
+
+@app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8200, help="Port to listen on."),
+    db: Optional[Path] = DbOption,
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SCALE_SERVE_API_KEY", show_default=False,
+                                          help="Require 'Authorization: Bearer KEY' from clients "
+                                               "(default: $SCALE_SERVE_API_KEY; none = open)."),
+) -> None:
+    """Serve SCALE as an OpenAI-compatible chat endpoint (model `scale`) on /v1."""
+    try:
+        import uvicorn
+
+        from scale_graph.persistence import DatabaseError, check_database, db_path
+        from scale_graph.serve import MODEL, APIError, create_app
+        from scale_graph.servers.endpoints import endpoints
+    except ImportError:
+        fail("`scale serve` needs starlette and uvicorn: pip install 'scale-graph[serve]'", 2)
+    path = db_path(db)
+    try:
+        check_database(path)
+        endpoints(resolve().context)  # fail now, not on the first request, when no System 1/2 is configured
+        app = create_app(path, api_key=api_key)
+    except (ConfigError, DatabaseError, APIError) as exc:
+        fail(str(getattr(exc, "message", exc)), 2)
+    err.print(f"SCALE on http://{host}:{port}/v1 (model {MODEL!r}); runs are stored in {path}", highlight=False)
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print("warning: no API key set (--api-key / SCALE_SERVE_API_KEY) on a non-loopback interface")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
 
 def _register_evaluation() -> None:

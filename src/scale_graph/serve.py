@@ -35,10 +35,8 @@ import re
 import time
 import typing
 from dataclasses import fields
-from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Literal, Optional
+from typing import Any, AsyncIterator, Literal
 
-import typer
 
 try:  # the `serve` extra; without it the CLI still loads and `scale serve` says what to install
     from starlette.applications import Starlette
@@ -53,7 +51,7 @@ from scale_graph.graph import build_graph
 from scale_graph.history import solution_texts
 from scale_graph.journal import calls_namespace, new_run_id
 from scale_graph.progress import difficulty_text, progress_line, short
-from scale_graph.persistence import DatabaseError, check_database, db_path, open_async
+from scale_graph.persistence import open_async
 from scale_graph.redact import redact
 from scale_graph.runner import InputError, start, validate_problem
 from scale_graph.runs import summary
@@ -504,34 +502,3 @@ async def _stream(service: Service, task: asyncio.Task, queue: asyncio.Queue, th
     if include_usage:
         yield _sse(_envelope(thread_id, created, object="chat.completion.chunk", choices=[], usage=openai_usage(shown)))
     yield b"data: [DONE]\n\n"
-
-
-# ---- the command -------------------------------------------------------------------------
-def serve_command(
-    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8200,
-    db: Annotated[Optional[Path], typer.Option("--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")] = None,
-    api_key: Annotated[Optional[str], typer.Option(
-        "--api-key", envvar="SCALE_SERVE_API_KEY", show_default=False,
-        help="Require 'Authorization: Bearer KEY' from clients (default: $SCALE_SERVE_API_KEY; none = open).")] = None,
-) -> None:
-    """Serve SCALE as an OpenAI-compatible chat endpoint (model `scale`) on /v1."""
-    from scale_graph.servers.endpoints import endpoints
-
-    api_key = api_key or os.environ.get("SCALE_SERVE_API_KEY") or None
-    path = db_path(db)
-    try:
-        check_database(path)
-        endpoints(resolve().context)  # fail now, not on the first request, when no System 1/2 is configured
-        app = create_app(path, api_key=api_key)
-        import uvicorn
-    except ImportError:
-        typer.echo("error: `scale serve` needs uvicorn: pip install 'scale-graph[serve]'", err=True)
-        raise typer.Exit(2) from None
-    except (ConfigError, DatabaseError, APIError) as exc:
-        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"SCALE on http://{host}:{port}/v1 (model {MODEL!r}); runs are stored in {path}", err=True)
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo("warning: no API key set (--api-key / SCALE_SERVE_API_KEY) on a non-loopback interface", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
