@@ -171,7 +171,7 @@ def test_a_journal_of_reused_replies_resumes_without_calls(server):
             graph = build_graph(saver, store)
             first = await runner.start(graph, store, problem, context, "first")
             made = server.stats()["requests"]
-            second = await runner.start(graph, store, problem, context, "second")
+            await runner.start(graph, store, problem, context, "second")
             assert server.stats()["requests"] == made  # every call of the second run taken from the first
             entries = await store.asearch(journal.calls_namespace("second"), limit=100)
             # the cache gone and the checkpoints gone: only the journal can answer the resumed run
