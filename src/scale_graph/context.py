@@ -74,6 +74,7 @@ class Context:
     max_problem_chars: int = _param(20000, "Longest accepted problem text.")
     parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.")
     review: bool = _param(False, "Pause after `select` for a human to accept or edit the decomposition.")
+    reuse_group: str = _param("", "Call reuse across runs: runs naming the same group share every identical call (same endpoint, messages, sampling, seed, budget) instead of making it again; each run still counts its own tokens. \"\" = no reuse. `scale eval` sets one group per evaluation; see scale_graph.reuse.")
 
     # --- server capabilities ---
     thinking_flag: bool = _param(True, "Send chat_template_kwargs.enable_thinking (turn off for servers that reject it).")

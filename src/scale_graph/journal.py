@@ -8,6 +8,11 @@ with both a sync body (``graph.invoke``) and an async body (``graph.ainvoke``, m
 flight). Each call is looked up in the journal first and recorded as soon as it returns, so a
 run resumed after a crash never repeats a finished call, even one made by a node that was
 interrupted half-way.
+
+Every call goes through :func:`serve_call` / :func:`aserve_call`, which share identical calls
+between runs of one reuse group (:mod:`scale_graph.reuse`); a reply taken that way is journalled
+like any other, marked ``reused``, so the run resumes from it without a call and its Tok stays
+what it would cost alone, while :func:`agenerated_tokens` counts only what was generated for it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from langgraph.runtime import get_runtime
 from langgraph.store.base import BaseStore, GetOp
 from langgraph.store.memory import InMemoryStore
 
+from scale_graph import reuse
 from scale_graph.context import Context
 from scale_graph.servers.chat import ChatCall, ChatReply, Systems
 from scale_graph.servers.endpoints import endpoints
@@ -42,6 +48,7 @@ Request = ChatCall | LoadReplies
 NodeLogic = Callable[[dict, Context], Generator[Request, Any, dict]]
 
 RUNS_NAMESPACE = ("scale", "runs")
+_PAGE = 1000
 _fallback_store = InMemoryStore()  # for a graph compiled without a store outside the platform
 
 
@@ -83,6 +90,29 @@ def _systems(system1: Any, system2: Any, thinking_flag: bool, structured_output:
 def systems_for(context: Context) -> Systems:
     """The shared :class:`Systems` for a context's endpoints and capability switches."""
     return _systems(*endpoints(context), context.thinking_flag, context.structured_output, context.use_n, context.max_in_flight)
+
+
+def serve_call(context: Context, store: BaseStore | None, call: ChatCall) -> ChatReply:
+    """The reply to ``call`` (blocking): shared with the context's reuse group when it has one."""
+    if context.reuse_group and store is not None:
+        return reuse.call(systems_for(context), call, context, store)
+    return systems_for(context).call(call)
+
+
+async def aserve_call(context: Context, store: BaseStore | None, call: ChatCall) -> ChatReply:
+    """The reply to ``call`` (async): shared with the context's reuse group when it has one."""
+    if context.reuse_group and store is not None:
+        return await reuse.acall(systems_for(context), call, context, store)
+    return await systems_for(context).acall(call)
+
+
+async def agenerated_tokens(store: BaseStore, run_id: str) -> int:
+    """Completion tokens generated for run ``run_id``: its journalled calls not taken from another run."""
+    namespace, total, offset = calls_namespace(run_id), 0, 0
+    while items := await store.asearch(namespace, limit=_PAGE, offset=offset):
+        total += sum(item.value.get("completion_tokens", 0) for item in items if not item.value.get("reused"))
+        offset += len(items)
+    return total
 
 
 def run_context() -> Context:
@@ -153,7 +183,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
 
     def run(state: dict) -> dict:
         context, store = _runtime()
-        execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": lambda call: systems_for(context).call(call)}
+        execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": partial(serve_call, context, store)}
         operations, result, error = _operations(logic, state, context, starts_run), None, None
         while True:
             try:
@@ -167,7 +197,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
 
     async def arun(state: dict) -> dict:
         context, store = _runtime()
-        execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": lambda call: systems_for(context).acall(call)}
+        execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": partial(aserve_call, context, store)}
         operations, result, error = _operations(logic, state, context, starts_run), None, None
         while True:
             try:

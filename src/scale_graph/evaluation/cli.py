@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from scale_graph.evaluation import datasets
-from scale_graph.evaluation.report import report
+from scale_graph.evaluation.report import generated_line, report
 from scale_graph.evaluation.runner import DEFAULT_CONCURRENCY, evaluate, plan
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.persistence import db_path
@@ -47,6 +47,11 @@ def eval_command(
     force_answer: Optional[bool] = typer.Option(None, "--force-answer/--no-force-answer", help="Forced-answer policy "
                                                 "for every method: a thinking call cut without an answer gets a short "
                                                 "non-thinking follow-up (default on)."),
+    reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Share identical calls between the runs of this "
+                               "evaluation (per-run results unchanged, fewer tokens generated); --no-reuse for "
+                               "independent runs."),
+    reuse_group: Optional[str] = typer.Option(None, "--reuse-group", help="Share identical calls with every run naming "
+                                              "this group, across commands (default: one group per evaluation name)."),
     concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each dataset."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default <method>-<dataset>, suffixed per "
@@ -65,13 +70,15 @@ def eval_command(
         loaded = [datasets.load(source, data_dir) for source in _split(dataset, "--dataset")]
         if limit is not None:
             loaded = [datasets.Dataset(d.name, d.problems[:limit]) for d in loaded]
+        methods = _split(method, "--method")
         given = {"candidates": candidates, "votes": votes, "inftythink_max_iterations": max_iterations,
-                 "inftythink_max_tokens": inftythink_max_tokens, "force_answer": force_answer}
+                 "inftythink_max_tokens": inftythink_max_tokens, "force_answer": force_answer,
+                 "reuse_group": _reuse_group(reuse, reuse_group, name, methods, loaded)}
         budgets = [_number(v, int, "--system2-max-tokens") for v in _split(system2_max_tokens, "--system2-max-tokens")]
         if budgets and inftythink_max_tokens is not None:
             raise InputError("give either --system2-max-tokens (every method's per-call budget, InftyThink's "
                              "per-iteration one included) or --inftythink-max-tokens, not both")
-        plans = plan(loaded, _split(method, "--method"), params={k: v for k, v in given.items() if v is not None},
+        plans = plan(loaded, methods, params={k: v for k, v in given.items() if v is not None},
                      thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
                      budgets=budgets, name=name)
         store = ResultsStore(results_db)
@@ -89,6 +96,8 @@ def eval_command(
               if count]
     err.print(f"[dim]{totals.done} problem sample(s) evaluated now, {totals.skipped} already stored"
               f"{'; ' + ', '.join(extras) if extras else ''}[/]", highlight=False, soft_wrap=True)
+    if totals.tokens:
+        err.print(f"[dim]{generated_line(totals.generated, totals.tokens, 'now')}[/]", highlight=False, soft_wrap=True)
     report(runs, console=out)
     if totals.failed:
         err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "
@@ -129,6 +138,21 @@ def _run(work: Callable[[], Any]) -> Any:
     from scale_graph.terminal import run_guarded
 
     return run_guarded(work)
+
+
+def _reuse_group(reuse: bool, group: str | None, name: str | None, methods: list[str],
+                 loaded: list[datasets.Dataset]) -> str:
+    """The evaluation's reuse group: ``--reuse-group``, else one named after the evaluation (stable, so a
+    re-run of the same command finds the calls cached before it stopped), or "" with ``--no-reuse``."""
+    if group is not None and not reuse:
+        raise InputError("give either --reuse-group or --no-reuse, not both")
+    if group is not None:
+        if not group.strip():
+            raise InputError("--reuse-group must not be empty (use --no-reuse for independent runs)")
+        return group.strip()
+    if not reuse:
+        return ""
+    return "eval/" + (name or "-".join([*dict.fromkeys(methods), *(d.name for d in loaded)]))
 
 
 def _split(value: str | None, option: str) -> list[str]:

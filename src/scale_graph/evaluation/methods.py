@@ -74,8 +74,9 @@ BASELINE_PARAMS = {"cot": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE),
                    "inftythink": ("seed", "inftythink_max_tokens", "inftythink_max_iterations", *_SAMPLING2, *_FORCE)}
 BASELINE_ONLY = ("votes", "inftythink_max_tokens", "inftythink_max_iterations")
 #: How to talk to the servers, not what to compute: may change between invocations of a run.
+#: ``reuse_group`` too: reuse changes which run makes a call, never a run's results (scale_graph.reuse).
 SERVER_PARAMS = ("request_timeout", "max_retries", "thinking_flag", "structured_output", "use_n", "max_in_flight",
-                 "context_window")
+                 "context_window", "reuse_group")
 SUMMARY_MAX_TOKENS = 1024
 SUMMARY_TEMPERATURE = 0.5
 THREAD_ID_MAX = 200
@@ -93,11 +94,13 @@ class Outcome:
     latency_s: float = 0.0
     error: str | None = None
     degraded: list[str] = field(default_factory=list)  # the chat layer's "degraded: …" warnings, once each
+    generated: int | None = None  # completion tokens generated for it: its calls not reused from another run
 
 
 @dataclass
 class Setup:
-    """Everything a method needs besides the problem; ``graph``/``store`` only for SCALE."""
+    """Everything a method needs besides the problem; ``graph`` only for SCALE, ``store`` for
+    SCALE's checkpoints and every method's shared calls (:mod:`scale_graph.reuse`)."""
 
     run: str
     context: Context
@@ -158,7 +161,8 @@ async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:
     """SCALE through the checkpointed workflow: resumed when the thread exists, else started."""
     thread = thread_id(setup.run, problem.id, sample)
     try:
-        values = await runner.resume(setup.graph, setup.store, thread)
+        # this invocation's reuse group, not the one saved with the run (--no-reuse must hold on resume)
+        values = await runner.resume(setup.graph, setup.store, thread, reuse_group=setup.context.reuse_group)
     except runner.UnknownRun:
         values = await runner.start(setup.graph, setup.store, problem.problem,
                                     sample_context(setup.context, sample), thread)
@@ -167,7 +171,7 @@ async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:
     warnings = shown["warnings"] + [w for step in shown["subproblems"] for w in step["warnings"]]
     return Outcome(answer=shown["answer"], usage=shown["usage"]["by_stage"], iterations=len(solved),
                    subproblems=len(shown["planned_subproblems"]), hard=sum(step["system"] == 2 for step in solved),
-                   degraded=degradations(warnings))
+                   degraded=degradations(warnings), generated=await journal.agenerated_tokens(setup.store, thread))
 
 
 @dataclass
@@ -175,12 +179,15 @@ class _Calls:
     """A baseline sample's calls: their usage by stage and the degradations they reported."""
 
     context: Context
+    store: BaseStore | None = None
     usage: dict[str, Usage] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    generated: int = 0
 
     async def call(self, call: ChatCall, stage: str) -> ChatReply:
-        reply = await journal.systems_for(self.context).acall(call)
+        reply = await journal.aserve_call(self.context, self.store, call)
         self.usage = add_usage(self.usage, {stage: reply.usage})
+        self.generated += 0 if reply.reused else reply.completion_tokens
         self.warnings += reply.warnings
         return reply
 
@@ -195,13 +202,14 @@ class _Calls:
         return answer_of(choice)
 
     def outcome(self, answer: str | None, iterations: int) -> Outcome:
-        return Outcome(answer=answer, usage=self.usage, iterations=iterations, degraded=degradations(self.warnings))
+        return Outcome(answer=answer, usage=self.usage, iterations=iterations, degraded=degradations(self.warnings),
+                       generated=self.generated)
 
 
 async def cot(problem: Problem, sample: int, setup: Setup) -> Outcome:
     """One thinking call with the paper's CoT prompt."""
     context = sample_context(setup.context, sample)
-    calls = _Calls(context)
+    calls = _Calls(context, setup.store)
     user = COT.format(problem=problem.problem)
     reply = await calls.call(_thinking_call("cot", user, context), "solve_system2")
     return calls.outcome(await calls.answer("force/cot", user, reply.choices[0]), 1)
@@ -210,7 +218,7 @@ async def cot(problem: Problem, sample: int, setup: Setup) -> Outcome:
 async def majority(problem: Problem, sample: int, setup: Setup) -> Outcome:
     """``votes`` CoT samples in one request (each cut one forced, concurrently); the answer most agree on."""
     context = sample_context(setup.context, sample)
-    calls = _Calls(context)
+    calls = _Calls(context, setup.store)
     user = COT.format(problem=problem.problem)
     reply = await calls.call(_thinking_call("majority", user, context, n=context.votes), "solve_system2")
     answers = await asyncio.gather(*(calls.answer(f"force/majority/{index}", user, choice)
@@ -222,7 +230,7 @@ async def majority(problem: Problem, sample: int, setup: Setup) -> Outcome:
 async def inftythink(problem: Problem, sample: int, setup: Setup) -> Outcome:
     """Iterations of bounded thinking; a cut one is summarised and the summary replaces the reasoning."""
     context = sample_context(setup.context, sample)
-    calls = _Calls(context)
+    calls = _Calls(context, setup.store)
     summary_text = ""
     for iteration in range(1, context.inftythink_max_iterations + 1):
         question = problem.problem + (INFTYTHINK_CONTINUE.format(summary=summary_text) if summary_text else "")

@@ -5,6 +5,11 @@
 Rows are labelled by method, plus whichever of model, τ, System 2 budget, votes and
 iterations differ between the runs of that method shown together.
 
+"generated" beside Tok is the mean of the completion tokens generated for a run's samples: its
+calls not reused from another run of the same reuse group (:mod:`scale_graph.reuse`), so a
+run's Tok is what it would cost alone and the sweep's generated total what it cost together;
+the line under the tables sums both over the runs shown.
+
 Acc is over every attempted sample; failed and ungraded samples are shown beside it. Notes
 under the tables state the forced-answer policy of the runs (and say so when runs shown
 together differ), runs compared on one dataset whose denominators differ, ungraded samples,
@@ -39,9 +44,15 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
            csv_path: Path | None = None, json_path: Path | None = None) -> list[Path]:
     """Print the tables of stored ``runs``; write plots and ``report.md`` to ``out_dir`` and the
     exports; return the files written."""
+    runs = list(runs)
     metrics = [run_metrics(run) for run in runs]
-    tables = [t for t in (runs_table(metrics), comparison_table(metrics), threshold_table(metrics)) if t.rows]
+    generated = [generated_of(run) for run in runs]
+    tables = [t for t in (runs_table(metrics, [g[0] / g[2] if g else None for g in generated]), comparison_table(metrics),
+                          threshold_table(metrics)) if t.rows]
     remarks = notes(metrics)
+    recorded = [g for g in generated if g is not None]
+    if recorded:
+        remarks.append(generated_line(sum(g[0] for g in recorded), sum(g[1] for g in recorded), "for the runs shown"))
     for table in tables:
         if markdown:
             console.print(to_markdown(table), markup=False, highlight=False, soft_wrap=True)
@@ -64,14 +75,31 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
 
 
 # ---- tables --------------------------------------------------------------------------------
-def runs_table(metrics: Sequence[RunMetrics]) -> Table:
+def runs_table(metrics: Sequence[RunMetrics], generated: Sequence[float | None] = ()) -> Table:
     """Every run on one line, with sample counts, failures, policy and degradations (parameters
-    are in the exports)."""
+    are in the exports); ``generated``: each run's mean generated tokens per completed sample."""
+    shown = list(generated) + [None] * (len(metrics) - len(generated))
     rows = [[m.name, str(m.problems), str(m.samples), str(m.failed), str(m.ungraded), _acc(m), _num(m.tpi),
-             _num(m.tok), _num(m.tok_overhead), _num(m.hard, "{:.1f}"), _num(m.iterations, "{:.1f}"),
-             _policy(m.force_answer), m.thinking or "?", str(m.degraded)] for m in metrics]
-    return Table("Runs", ["run", "problems", "samples", "failed", "ungraded", "Acc (%)", "Tpi", "Tok", "overhead",
-                          "Hard (%)", "iters/problem", "forced answer", "thinking", "degraded"], rows)
+             _num(m.tok), _num(made), _num(m.tok_overhead), _num(m.hard, "{:.1f}"), _num(m.iterations, "{:.1f}"),
+             _policy(m.force_answer), m.thinking or "?", str(m.degraded)] for m, made in zip(metrics, shown)]
+    return Table("Runs", ["run", "problems", "samples", "failed", "ungraded", "Acc (%)", "Tpi", "Tok", "generated",
+                          "overhead", "Hard (%)", "iters/problem", "forced answer", "thinking", "degraded"], rows)
+
+
+def generated_of(run: Any) -> tuple[int, int, int] | None:
+    """(tokens generated, tokens counted in Tok, samples) over a run's completed samples that recorded
+    what was generated; None when none did (results from before reuse existed)."""
+    recorded = [r for r in run.results if r.error is None and getattr(r, "generated_tokens", None) is not None]
+    if not recorded:
+        return None
+    return sum(r.generated_tokens for r in recorded), sum(r.completion_tokens for r in recorded), len(recorded)
+
+
+def generated_line(generated: int, tokens: int, when: str) -> str:
+    """The sweep's cost beside the runs' own: tokens generated vs the sum of what each run counts."""
+    saved = f" (reuse saved {100 * (1 - generated / tokens):.0f}%)" if tokens and generated < tokens else ""
+    return (f"tokens generated {when}: {generated:,} of the {tokens:,} completion tokens the runs count in Tok"
+            f"{saved}")
 
 
 def notes(metrics: Sequence[RunMetrics]) -> list[str]:

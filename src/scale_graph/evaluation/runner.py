@@ -6,6 +6,10 @@ in flight, and — for SCALE — one checkpoint database (one shared async saver
 result is stored is skipped; one that failed is stored with its error and retried first next
 time (SCALE then resumes it from its checkpoints). The grader is warmed in the background at
 the start, so its slow first call does not run into a grading deadline.
+
+Runs whose context names a ``reuse_group`` share identical calls through the checkpoint
+database's store (:mod:`scale_graph.reuse`), baselines included; :class:`Totals` counts the
+completion tokens of the samples computed now and the part of them generated now.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class Totals:
     ungraded: int = 0  # samples computed now whose answer the grader could not decide
     degraded: int = 0  # samples computed now that ran with a feature the server refused
     retried: int = 0  # samples that had failed before and were computed again now
+    tokens: int = 0  # completion tokens of the samples computed now: the sum of their Tok
+    generated: int = 0  # of those, generated for them (not reused from another run)
     first_error: str | None = None
 
 
@@ -126,7 +132,7 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
     totals = Totals()
     semaphore = asyncio.Semaphore(concurrency)
     async with AsyncExitStack() as stack:
-        if any(run.method == "scale" for run in plans):
+        if any(run.method == "scale" or run.setup.context.reuse_group for run in plans):
             saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
             graph = build_graph(saver, checkpoint_store)
             for run in plans:
@@ -166,6 +172,9 @@ async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: 
     totals.done += 1
     totals.ungraded += grade.ungraded
     totals.degraded += bool(outcome.degraded)
+    if outcome.error is None:
+        totals.tokens += total_usage(outcome.usage)["completion_tokens"]
+        totals.generated += outcome.generated or 0
     tally.correct += grade.correct
     tally.attempted += 1
     tally.failed += outcome.error is not None

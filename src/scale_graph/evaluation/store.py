@@ -7,8 +7,9 @@ is refused, so one run never mixes results of two configurations. Configs hold r
 only — the context has no API keys.
 
 Each result also records whether grading could decide (``ungraded``), the ``thinking_flag`` it
-ran with and the chat layer's degradations; databases written before those columns existed get
-them added on open (with neutral values), so older results stay readable.
+ran with, the chat layer's degradations and the completion tokens generated for it (its calls
+not reused from another run, :mod:`scale_graph.reuse`); databases written before those columns
+existed get them added on open (with neutral values), so older results stay readable.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Result(Base):
     ungraded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     thinking_flag: Mapped[bool | None] = mapped_column(Boolean)
     degraded: Mapped[list[str] | None] = mapped_column(JSON)
+    generated_tokens: Mapped[int | None]  # completion tokens not reused from another run (None: not recorded)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
     run: Mapped[Run] = relationship(back_populates="results")
 
@@ -157,7 +159,7 @@ class ResultsStore:
                       prompt_tokens=total["prompt_tokens"], completion_tokens=total["completion_tokens"],
                       tokens_by_stage=outcome.usage, iterations=outcome.iterations, subproblems=outcome.subproblems,
                       hard=outcome.hard, latency_s=outcome.latency_s, error=outcome.error, ungraded=grade.ungraded,
-                      thinking_flag=thinking_flag, degraded=outcome.degraded)
+                      thinking_flag=thinking_flag, degraded=outcome.degraded, generated_tokens=outcome.generated)
         with self._session() as session:
             row = session.scalar(select(Result).where(Result.run_id == run_id, Result.problem_id == problem.id,
                                                       Result.sample == sample))
@@ -195,7 +197,8 @@ class ResultsStore:
 
 
 #: Columns added after the first release: (name, SQL type, default for existing rows).
-_ADDED_COLUMNS = (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN", None), ("degraded", "JSON", None))
+_ADDED_COLUMNS = (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN", None), ("degraded", "JSON", None),
+                  ("generated_tokens", "INTEGER", None))
 
 
 def _add_missing_columns(engine: Any) -> None:

@@ -125,6 +125,7 @@ class ChatReply:
     latency_s: float = 0.0
     model: str = ""
     warnings: list[str] = field(default_factory=list)
+    reused: bool = False  # taken from another run's identical call (scale_graph.reuse), not generated for this one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
