@@ -163,3 +163,22 @@ def test_resume_keeps_saved_parameters_but_current_endpoints(monkeypatch, no_ser
     monkeypatch.setenv("SCALE_THRESHOLD", "0.3")
     context = settings.resume_context(saved)
     assert (context.threshold, context.system1_base_url) == (0.9, "http://new/v1")
+
+
+def test_a_context_without_endpoints_is_completed_by_the_settings(scripted, monkeypatch, no_servers):
+    """Studio and graph.invoke(context={...}): LangGraph turns the dict into a Context; what the
+    caller set wins, everything else comes from the settings (endpoints included)."""
+    from scale_graph.graph import build_graph
+
+    fake = scripted()
+    monkeypatch.setenv("SCALE_SYSTEM1_BASE_URL", "http://env/v1")
+    monkeypatch.setenv("SCALE_SYSTEM1_MODEL", "m1")
+    monkeypatch.setenv("SCALE_SYSTEM2_BASE_URL", "http://env/v1")
+    monkeypatch.setenv("SCALE_SYSTEM2_MODEL", "m2")
+    monkeypatch.setenv("SCALE_CANDIDATES", "3")
+    monkeypatch.setenv("SCALE_THRESHOLD", "0.9")
+    result = build_graph().invoke({"problem": "1+1?"}, {"configurable": {"thread_id": "s"}},
+                                  context={"threshold": 0.2})
+    assert result["answer"] is not None
+    assert fake.stage_calls("decompose")[0].n == 3  # from the environment
+    assert {s["system"] for s in result["steps"]} == {2}  # the given τ = 0.2 < difficulty 0.5, not 0.9

@@ -129,6 +129,13 @@ class Context:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in {**saved, **overrides}.items() if k in known})
 
+    def given(self) -> dict[str, Any]:
+        """The fields passed when this context was made (the rest took their defaults)."""
+        return {name: getattr(self, name) for name in getattr(self, "_given", ())}
+
+    def has_endpoints(self) -> bool:
+        return all(getattr(self, name) for name in ENDPOINT_FIELDS)
+
     def non_defaults(self) -> dict[str, Any]:
         """The fields whose value differs from the documented default."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
@@ -162,6 +169,19 @@ def coerce(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: cannot use {value!r} (expected {_type_name(hint)})") from None
     return value
+
+
+_dataclass_init = Context.__init__
+
+
+def _init_recording_given(self: Context, **given: Any) -> None:
+    _dataclass_init(self, **given)
+    # Which fields a caller set: a context made without endpoints (Studio's context panel, a
+    # dict passed to graph.invoke) takes them and every unset field from the settings.
+    self._given = frozenset(given)
+
+
+Context.__init__ = _init_recording_given  # type: ignore[method-assign]
 
 
 @functools.cache

@@ -17,7 +17,6 @@ what it would cost alone, while :func:`agenerated_tokens` counts only what was g
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 import zlib
@@ -116,21 +115,20 @@ async def agenerated_tokens(store: BaseStore, run_id: str) -> int:
 
 
 def run_context() -> Context:
-    """This run's parameters (a dict given as context, as Studio sends it, becomes a Context).
+    """This run's parameters.
 
-    Outside a run (routing re-evaluated by ``update_state``) the defaults apply.
+    A context without endpoints — Studio's context panel, ``context={"threshold": 0.3}`` passed
+    to ``graph.invoke`` (LangGraph turns the dict into a :class:`Context`), or none at all — is
+    completed by the settings resolver: what the caller set wins, every other field comes from
+    the environment, the config file, the servers record or its default.
     """
     runtime = get_runtime(Context)
     context = runtime.context if runtime is not None else None
-    return context if isinstance(context, Context) else _resolved(json.dumps(context or {}, sort_keys=True))
+    if isinstance(context, Context) and context.has_endpoints():
+        return context
+    from scale_graph.settings import resolve  # lazy: settings reach the servers record
 
-
-@lru_cache(maxsize=64)
-def _resolved(params: str) -> Context:
-    """A context given as a dict (Studio) resolved once like a command line's options."""
-    from scale_graph.settings import resolve
-
-    return resolve(json.loads(params)).context
+    return resolve(context.given() if isinstance(context, Context) else dict(context or {})).context
 
 
 def _runtime() -> tuple[Context, BaseStore]:
