@@ -120,6 +120,8 @@ class OutputState(TypedDict, total=False):
 class State(InputState, OutputState, total=False):
     """Full state: problem, candidates D_1..D_k, selection D*, per-sub-problem steps, answer."""
 
+    finished: bool  # set by finalize alone: the run reached its end (see runner.is_finished)
+
 
 def total_usage(usage: dict[str, Usage]) -> Usage:
     """Usage summed over all stages."""
