@@ -6,7 +6,8 @@ subprocess (50 ms latency); `scale runs list --json` reads the file while they w
 fail ("database is locked" or anything else), and all 64 must be finished and readable.
 
 Several processes setting up the same *new* file at the same moment is its own test (the
-store's schema migration races, see the xfail below); the main test creates the file first.
+store's schema migrations raced before persistence locked the set-up); the main test creates
+the file first.
 """
 
 from __future__ import annotations
@@ -85,10 +86,9 @@ RACE_DRIVER = Path(__file__).with_name("reliability_open_race_driver.py")
 RACERS, ROUNDS = 6, 12
 
 
-@pytest.mark.xfail(strict=False, reason="BUG: processes opening a new database at the same moment race in the "
-                                       "store's schema migration (persistence.open_async → AsyncSqliteStore.setup): "
-                                       "'duplicate column name: expires_at|ttl_minutes' or 'UNIQUE constraint failed: store_migrations.v'")
 def test_processes_setting_up_a_new_database_at_once(tmp_path):
+    """Issue 10.6: the store's migrations raced ('duplicate column name: expires_at|ttl_minutes',
+    'UNIQUE constraint failed: store_migrations.v'); persistence locks the first set-up."""
     racers = [subprocess.Popen([sys.executable, str(RACE_DRIVER), str(tmp_path), f"p{n}", str(ROUNDS)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(RACERS)]
     try:

@@ -200,10 +200,21 @@ def test_option_of_the_wrong_type_gives_one_error_line(db):
     assert_one_error_line(done, 2)
 
 
-def test_saved_parameters_win_over_a_bad_environment_on_resume(db):
-    """A resumed run uses its own saved parameters: garbage in the environment is not read."""
+def test_saved_parameters_win_over_a_bad_environment_on_resume(db, server):
+    """Resuming a finished run with garbage in the environment: the environment is not read, the
+    stored run comes back unchanged, nothing is asked of the servers and nothing is written."""
+    stored = json.loads(cli("runs", "show", "first", "--json", "--db", str(db)).stdout)
+    requests, intact = server.stats()["requests"], Intact(db)
     done = cli("runs", "resume", "first", "--json", "--db", str(db), env={"SCALE_THRESHOLD": "7", "SCALE_CANDIDATES": "x"})
     assert done.exit_code == 0, done.output
+    resumed = json.loads(done.stdout)
+    assert stored["status"] == resumed["status"] == "done"
+    assert resumed["answer"] == stored["answer"] is not None
+    assert [{k: row[k] for k in resumed_row} for row, resumed_row in zip(stored["subproblems"], resumed["subproblems"])] \
+        == resumed["subproblems"] and len(resumed["subproblems"]) == len(stored["subproblems"]) > 0
+    assert resumed["usage"] == stored["usage"]
+    assert server.stats()["requests"] == requests
+    intact.check()
 
 
 # ---- thread ids -------------------------------------------------------------------------------------
