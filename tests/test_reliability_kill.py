@@ -305,3 +305,71 @@ def test_signal_at_every_checkpoint_boundary_then_resume_gives_the_uninterrupted
         assert comparable(o["shown"]) == expected, label
         assert last_json(o["resumed"].stdout)["answer"] == expected["answer"], label
         assert sorted(o["bodies"]) == sorted(base_bodies), (label, "a call was repeated or left out", o["arrivals"])
+
+
+def stored_results(results: Path) -> list[tuple]:
+    """(answer, error) of every stored evaluation result (none when the file is not there yet)."""
+    if not results.exists():
+        return []
+    with sqlite3.connect(results) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        rows = conn.execute("SELECT answer, error FROM eval_results").fetchall() if "eval_results" in tables else []
+    conn.close()
+    return rows
+
+
+def eval_args(work: Path, dataset: Path) -> list[str]:
+    return ["eval", "--dataset", str(dataset), "--method", "scale", "--samples", "1", "--name", "kill",
+            "--candidates", str(RUN["candidates"]), "--system2-max-tokens", str(RUN["system2_max_tokens"]),
+            "--concurrency", "1", "--db", str(work / "runs.db"), "--results-db", str(work / "results.db")]
+
+
+def boundary_eval(tmp: Path, dataset: Path, number: int, name: str) -> dict:
+    """`scale eval` of one problem signalled before checkpoint write ``number``, then run again."""
+    work = tmp / f"eval-{name.lower()}{number:02d}"
+    work.mkdir()
+    server = new_server()
+    try:
+        env = endpoint_env(server.base_url)
+        killed = driven(number, name, work, eval_args(work, dataset), env)
+        after_kill = stored_results(work / "results.db")
+        again = scale(*eval_args(work, dataset), env=env, timeout=PROCESS_TIMEOUT)
+        return {"killed": killed, "after_kill": after_kill, "again": again,
+                "stored": stored_results(work / "results.db"), "bodies": request_bodies(server.stats()["log"])}
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(1800)
+def test_eval_signalled_at_every_checkpoint_boundary_stores_the_uninterrupted_answer(tmp_path):
+    """Issue 12.1: an evaluation killed between a node's saved writes and its checkpoint stored
+    the sample as a wrong answer (the run looked finished) and never retried it. Killed or
+    interrupted before each checkpoint write, re-running the same command stores the answer of
+    an uninterrupted evaluation, repeats no call, and never stores a sample done without answer."""
+    dataset = tmp_path / "one.jsonl"
+    dataset.write_text(json.dumps({"id": "p1", "problem": PROBLEM, "answer": "5"}) + "\n")
+    (tmp_path / "base").mkdir()
+    server = new_server()
+    try:
+        base = driven(0, "KILL", tmp_path / "base", eval_args(tmp_path / "base", dataset), endpoint_env(server.base_url))
+        assert base.returncode == 0, base.stderr
+        base_bodies = request_bodies(server.stats()["log"])
+    finally:
+        server.close()
+    expected = stored_results(tmp_path / "base" / "results.db")
+    assert len(expected) == 1 and expected[0][0] is not None and expected[0][1] is None, expected
+    boundaries = len((tmp_path / "base" / "writes").read_text().split())
+    assert len(base_bodies) == REQUESTS and boundaries >= REQUESTS
+
+    points = [(n, name) for n in range(1, boundaries + 1) for name in ("KILL", "INT")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda point: boundary_eval(tmp_path, dataset, *point), points))
+
+    for (number, name), o in zip(points, outcomes):
+        label = f"SIG{name} before checkpoint write {number}"
+        assert o["killed"].returncode == EXIT[name], (label, o["killed"].returncode, o["killed"].stderr[-2000:])
+        assert TRACEBACK not in o["killed"].stderr, (label, o["killed"].stderr)
+        assert all(answer is not None or error for answer, error in o["after_kill"]), (label, o["after_kill"])
+        assert o["again"].returncode == 0, (label, o["again"].stderr)
+        assert o["stored"] == expected, (label, o["stored"])
+        assert sorted(o["bodies"]) == sorted(base_bodies), (label, "a call was repeated or left out")
