@@ -112,9 +112,7 @@ class SqliteBackend:
         async with self.lock:
             await self._ensure()
             cursor = await self.conn.execute(sql, params)
-            found = list(await cursor.fetchall())
-            await self.conn.commit()  # end the read transaction: it would pin an old snapshot
-            return found
+            return list(await cursor.fetchall())
 
 
 class MemoryBackend:

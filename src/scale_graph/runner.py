@@ -58,26 +58,28 @@ class Position:
     nodes: tuple[str, ...]
     subproblem: int | None  # 1-based, when the node works on one sub-problem
     subproblems: int  # planned so far (0 before the decomposition is chosen)
+    saved: bool = False  # ``nodes`` finished and their writes are saved; their checkpoint is not
 
     def describe(self) -> str:
-        """E.g. "sub-problem 3 of 5 (assess)" or "select"."""
-        nodes = ", ".join(self.nodes) or "the end"
+        """E.g. "sub-problem 3 of 5 (assess)", "select" or "after solve_system2"."""
+        nodes = ("after " if self.saved else "") + (", ".join(self.nodes) or "the end")
         if self.subproblem is None:
             return nodes
         return f"sub-problem {self.subproblem} of {self.subproblems} ({nodes})"
 
 
 def position(snapshot: StateSnapshot) -> Position:
-    """Where ``snapshot``'s run continues (its next tasks, with or without saved writes)."""
+    """Where ``snapshot``'s run continues: its next nodes, or those whose writes are saved."""
     values = snapshot.values or {}
+    saved = not snapshot.next and bool(snapshot.tasks)
     nodes = tuple(snapshot.next) or tuple(task.name for task in snapshot.tasks)
     steps, planned = len(values.get("steps", [])), len(values.get("subproblems", []) or [])
     subproblem = None
-    if "assess" in nodes:  # assess adds the record of the next sub-problem
-        subproblem = steps + 1
+    if "assess" in nodes:  # assess adds the record of its sub-problem (to values, once saved)
+        subproblem = steps if saved else steps + 1
     elif any(node.startswith("solve") for node in nodes):
         subproblem = steps
-    return Position(nodes, subproblem, planned)
+    return Position(nodes, subproblem, planned, saved)
 
 
 def validate_problem(problem: str | None, context: Context) -> str:
@@ -120,11 +122,16 @@ async def start(graph: CompiledStateGraph, store: BaseStore, problem: str, conte
     """Run a new problem as thread ``thread_id``; its parameters are saved first so any crash is resumable."""
     problem = validate_problem(problem, context)
     validate_thread_id(thread_id)
-    async with holding(graph, thread_id):  # before the check: two starts of one new id must not both pass it
-        if (await graph.aget_state(config_for(thread_id))).values:
-            raise InputError(f"run {thread_id} already exists; resume it with `scale runs resume {thread_id}`")
+    await _refuse_existing(graph, thread_id)  # before the lease too: a refused start writes nothing
+    async with holding(graph, thread_id):
+        await _refuse_existing(graph, thread_id)  # again under the lease: two starts of one new id
         await asave_run(store, thread_id, problem, context)
         return await _drive(graph, {"problem": problem}, thread_id, context, on_event)
+
+
+async def _refuse_existing(graph: CompiledStateGraph, thread_id: str) -> None:
+    if (await graph.aget_state(config_for(thread_id))).values:
+        raise InputError(f"run {thread_id} already exists; resume it with `scale runs resume {thread_id}`")
 
 
 async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,

@@ -27,7 +27,8 @@ def status_of(snapshot: StateSnapshot, lease: leases.Lease | None = None) -> str
         return f"running (pid {lease.pid}" + ("" if lease.host == leases.HOST else f" on {lease.host}") + ")"
     if not snapshot.values:
         return "not started"
-    return "stopped before " + ", ".join(position(snapshot).nodes)
+    at = position(snapshot)
+    return ("stopped after " if at.saved else "stopped before ") + ", ".join(at.nodes)
 
 
 def summary(values: dict[str, Any], thread_id: str, status: str = "done") -> dict[str, Any]:
