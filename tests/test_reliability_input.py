@@ -106,14 +106,14 @@ def test_empty_and_whitespace_problems(db, tmp_path):
 
 
 def test_one_megabyte_problem_is_refused_and_accepted_when_allowed(db, tmp_path, monkeypatch):
-    big = tmp_path / "big.txt"
-    big.write_text("Compute the sum of the following numbers. " + "1234567 + " * 104_857 + "0")
-    assert big.stat().st_size > 1_000_000
+    big = tmp_path / "big.txt"  # just under the largest limit allowed (context.MAXIMA: 1,000,000)
+    big.write_text("Compute the sum of the following numbers. " + "1234567 + " * 99_990 + "0")
+    assert 990_000 < big.stat().st_size < 1_000_000
     intact = Intact(db)
     one_error_line(cli("solve", "--problem-file", str(big), "--db", str(db)), 2, "more than max_problem_chars")
     intact.check()
     # the documented escape hatch: raise the limit and the run goes through (prompts of ~1 MB)
-    monkeypatch.setenv("SCALE_MAX_PROBLEM_CHARS", "2000000")
+    monkeypatch.setenv("SCALE_MAX_PROBLEM_CHARS", "1000000")
     done = cli("solve", "--problem-file", str(big), "--db", str(db), "--thread-id", "big", "--json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["answer"] is not None
@@ -168,7 +168,7 @@ BAD_PARAMETERS = [
     ("SYSTEM2_MAX_TOKENS", "-1", "system2_max_tokens must be at least 1"),
     ("PARSE_RETRIES", "-1", "parse_retries must be non-negative"),
     ("MAX_RETRIES", "-1", "max_retries must be non-negative"),
-    ("REQUEST_TIMEOUT", "0", "request_timeout must be positive"),
+    ("REQUEST_TIMEOUT", "0", "request_timeout must be a positive number of seconds"),
     ("PLANNER_SYSTEM", "3", "planner_system: cannot use '3'"),
     ("CARRY", "everything", "carry: cannot use 'everything'"),
     ("SYSTEM1_TOP_P", "0", "system1_top_p must be within (0, 1]"),
