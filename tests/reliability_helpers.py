@@ -93,7 +93,8 @@ def difficulty_by_index(values: list[float]):
     return pick
 
 
-_NUMBERED = re.compile(r"(?:difficulty of sub-problem|Solve sub-problem|reasoning about sub-problem) (\d+)")
+_NUMBERED = re.compile(r"(?:difficulty of sub-problem|Solve sub-problem|reasoning about sub-problem"
+                       r"|solution of sub-problem) (\d+)")  # the last: forcing.FORCE_SUBPROBLEM
 
 
 def call_label(body: dict[str, Any]) -> str:

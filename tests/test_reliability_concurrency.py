@@ -6,7 +6,8 @@ subprocess (50 ms latency); `scale runs list --json` reads the file while they w
 fail ("database is locked" or anything else), and all 64 must be finished and readable.
 
 Several processes setting up the same *new* file at the same moment is its own test (the
-store's schema migration races, see the xfail below); the main test creates the file first.
+store's schema migrations raced before persistence locked the set-up); the main test creates
+the file first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 
 from scale_graph.persistence import open_async
 
-from tests.reliability_helpers import ServerProcess, endpoint_env, last_json, scale
+from tests.reliability_helpers import (CLI, ServerProcess, assert_one_error_line, endpoint_env, last_json,
+                                       request_bodies, scale)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -85,10 +87,9 @@ RACE_DRIVER = Path(__file__).with_name("reliability_open_race_driver.py")
 RACERS, ROUNDS = 6, 12
 
 
-@pytest.mark.xfail(strict=False, reason="BUG: processes opening a new database at the same moment race in the "
-                                       "store's schema migration (persistence.open_async → AsyncSqliteStore.setup): "
-                                       "'duplicate column name: expires_at|ttl_minutes' or 'UNIQUE constraint failed: store_migrations.v'")
 def test_processes_setting_up_a_new_database_at_once(tmp_path):
+    """Issue 10.6: the store's migrations raced ('duplicate column name: expires_at|ttl_minutes',
+    'UNIQUE constraint failed: store_migrations.v'); persistence locks the first set-up."""
     racers = [subprocess.Popen([sys.executable, str(RACE_DRIVER), str(tmp_path), f"p{n}", str(ROUNDS)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(RACERS)]
     try:
@@ -109,3 +110,32 @@ def test_processes_setting_up_a_new_database_at_once(tmp_path):
         assert process.returncode == 0, stderr[-2000:]
         failures += last_json(stdout)["failures"]
     assert failures == [], f"{len(failures)} of {RACERS * ROUNDS} opens failed, e.g. {failures[:3]}"
+
+
+def test_two_resumes_of_one_run_at_once_one_refuses_and_each_call_is_made_once(tmp_path):
+    """Issue 12.2: the second `scale runs resume` of a run another process works on refuses (exit
+    2, one line naming the holder) instead of running everything left a second time."""
+    db = tmp_path / "runs.db"
+    with ServerProcess("--latency", "0") as server:
+        env = endpoint_env(server.base_url, db, candidates=2)
+        server.inject("refuse", times=50, stage="difficulty")  # stops the run before its first assess
+        stopped = scale("solve", "What is 2+3?", "--thread-id", "r", env=env, timeout=300)
+        assert stopped.returncode == 1, stopped.stderr
+        server.reset()
+        server.configure(latency=2.0)  # the first resume works ~12 s: the second comes meanwhile
+        first = subprocess.Popen([*CLI, "runs", "resume", "r", "--json"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while server.stats()["requests"] < 1 and not server.stats()["log"] and time.monotonic() < deadline:
+            if first.poll() is not None:
+                break
+            time.sleep(0.05)
+        second = scale("runs", "resume", "r", "--json", env=env, timeout=300)
+        out, err = first.communicate(timeout=300)
+        stats = server.stats()
+    assert first.returncode == 0, err
+    assert last_json(out)["answer"] is not None
+    assert_one_error_line(second, 2, f"run r is being worked on by another process (pid {first.pid} on ")
+    assert "try again after it stops, or in " in second.stderr
+    bodies = request_bodies(stats["log"])
+    assert len(bodies) == len(set(bodies)) == 6, "a call was made twice"  # 3 × (assess, solve)

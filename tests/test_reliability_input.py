@@ -106,14 +106,14 @@ def test_empty_and_whitespace_problems(db, tmp_path):
 
 
 def test_one_megabyte_problem_is_refused_and_accepted_when_allowed(db, tmp_path, monkeypatch):
-    big = tmp_path / "big.txt"
-    big.write_text("Compute the sum of the following numbers. " + "1234567 + " * 104_857 + "0")
-    assert big.stat().st_size > 1_000_000
+    big = tmp_path / "big.txt"  # just under the largest limit allowed (context.MAXIMA: 1,000,000)
+    big.write_text("Compute the sum of the following numbers. " + "1234567 + " * 99_990 + "0")
+    assert 990_000 < big.stat().st_size < 1_000_000
     intact = Intact(db)
     one_error_line(cli("solve", "--problem-file", str(big), "--db", str(db)), 2, "more than max_problem_chars")
     intact.check()
     # the documented escape hatch: raise the limit and the run goes through (prompts of ~1 MB)
-    monkeypatch.setenv("SCALE_MAX_PROBLEM_CHARS", "2000000")
+    monkeypatch.setenv("SCALE_MAX_PROBLEM_CHARS", "1000000")
     done = cli("solve", "--problem-file", str(big), "--db", str(db), "--thread-id", "big", "--json")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["answer"] is not None
@@ -168,7 +168,7 @@ BAD_PARAMETERS = [
     ("SYSTEM2_MAX_TOKENS", "-1", "system2_max_tokens must be at least 1"),
     ("PARSE_RETRIES", "-1", "parse_retries must be non-negative"),
     ("MAX_RETRIES", "-1", "max_retries must be non-negative"),
-    ("REQUEST_TIMEOUT", "0", "request_timeout must be positive"),
+    ("REQUEST_TIMEOUT", "0", "request_timeout must be a positive number of seconds"),
     ("PLANNER_SYSTEM", "3", "planner_system: cannot use '3'"),
     ("CARRY", "everything", "carry: cannot use 'everything'"),
     ("SYSTEM1_TOP_P", "0", "system1_top_p must be within (0, 1]"),
@@ -200,10 +200,21 @@ def test_option_of_the_wrong_type_gives_one_error_line(db):
     assert_one_error_line(done, 2)
 
 
-def test_saved_parameters_win_over_a_bad_environment_on_resume(db):
-    """A resumed run uses its own saved parameters: garbage in the environment is not read."""
+def test_saved_parameters_win_over_a_bad_environment_on_resume(db, server):
+    """Resuming a finished run with garbage in the environment: the environment is not read, the
+    stored run comes back unchanged, nothing is asked of the servers and nothing is written."""
+    stored = json.loads(cli("runs", "show", "first", "--json", "--db", str(db)).stdout)
+    requests, intact = server.stats()["requests"], Intact(db)
     done = cli("runs", "resume", "first", "--json", "--db", str(db), env={"SCALE_THRESHOLD": "7", "SCALE_CANDIDATES": "x"})
     assert done.exit_code == 0, done.output
+    resumed = json.loads(done.stdout)
+    assert stored["status"] == resumed["status"] == "done"
+    assert resumed["answer"] == stored["answer"] is not None
+    assert [{k: row[k] for k in resumed_row} for row, resumed_row in zip(stored["subproblems"], resumed["subproblems"])] \
+        == resumed["subproblems"] and len(resumed["subproblems"]) == len(stored["subproblems"]) > 0
+    assert resumed["usage"] == stored["usage"]
+    assert server.stats()["requests"] == requests
+    intact.check()
 
 
 # ---- thread ids -------------------------------------------------------------------------------------

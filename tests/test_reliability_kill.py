@@ -21,10 +21,12 @@ reasoning texts), and at most the one request in flight at the kill may be sent 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +39,7 @@ from scale_graph.persistence import open_async, open_sync
 from scale_graph.journal import calls_namespace
 from scale_graph.runs import show_run
 
-from tests.reliability_helpers import (CLI, KillingServer, comparable, difficulty_by_index, endpoint_env,
+from tests.reliability_helpers import (CLI, TRACEBACK, KillingServer, comparable, difficulty_by_index, endpoint_env,
                                        kill_on_database_event, last_json, request_bodies, scale)
 
 PROBLEM = "What is 2+3?"
@@ -232,3 +234,142 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert {"decompose", "select", "assess", "solve_system1", "solve_system2"} <= stops, stops
     # and between a reply reaching the journal and the node's checkpoint (nothing to repeat then)
     assert any(o["requests"] == REQUESTS for o in outcomes)
+
+
+# ---- every checkpoint boundary: SIGKILL and SIGINT just before each checkpoint write -----------------
+DRIVER = Path(__file__).with_name("reliability_kill_driver.py")
+EXIT = {"KILL": -signal.SIGKILL, "INT": 130}
+
+
+def driven(number: int, name: str, work: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``scale ARGS`` signalling itself (SIG``name``) before checkpoint write ``number`` (0: never)."""
+    done = subprocess.run([sys.executable, str(DRIVER), str(number), name, str(work / "writes"), "--", *args],
+                          env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+    return done
+
+
+def boundary_run(tmp: Path, number: int, name: str) -> dict:
+    """Solve, signalled before checkpoint write ``number``; then `scale runs resume`."""
+    work = tmp / f"{name.lower()}{number:02d}"
+    work.mkdir()
+    server = new_server()
+    try:
+        env = endpoint_env(server.base_url, work / "runs.db", **RUN)
+        killed = driven(number, name, work, ["solve", PROBLEM, "--thread-id", THREAD, "--json"], env)
+        where, _ = stopped_where(work / "runs.db", work / "inspect")
+        listed = scale("runs", "list", "--json", env=env, timeout=PROCESS_TIMEOUT)
+        resumed = scale("runs", "resume", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
+        return {"killed": killed, "where": where, "listed": listed, "resumed": resumed,
+                "arrivals": list(server.arrivals), "bodies": request_bodies(server.stats()["log"]),
+                "shown": shown_in_process(work / "runs.db") if resumed.returncode == 0 else None}
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(1800)
+def test_signal_at_every_checkpoint_boundary_then_resume_gives_the_uninterrupted_result(tmp_path):
+    """Issues 12.1 and 15.7: killed (SIGKILL) or interrupted (SIGINT, Ctrl-C) just before each
+    checkpoint write — the node's writes saved, its checkpoint not — a run is never reported
+    done without its answer, and resuming it ends with the uninterrupted result and repeats no
+    call (no request is in flight at a checkpoint boundary)."""
+    (tmp_path / "base").mkdir()
+    server = new_server()
+    try:
+        env = endpoint_env(server.base_url, tmp_path / "base" / "runs.db", **RUN)
+        base = driven(0, "KILL", tmp_path / "base", ["solve", PROBLEM, "--thread-id", THREAD, "--json"], env)
+        assert base.returncode == 0, base.stderr
+        base_bodies = request_bodies(server.stats()["log"])
+        expected = comparable(shown_in_process(tmp_path / "base" / "runs.db"))
+    finally:
+        server.close()
+    boundaries = len((tmp_path / "base" / "writes").read_text().split())
+    assert boundaries >= 2 + REQUESTS - 2  # input, decompose, select, 4 × (assess, solve), finalize …
+    assert len(base_bodies) == REQUESTS and expected["answer"] is not None
+
+    points = [(n, name) for n in range(1, boundaries + 1) for name in ("KILL", "INT")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda point: boundary_run(tmp_path, *point), points))
+
+    for (number, name), o in zip(points, outcomes):
+        label = f"SIG{name} before checkpoint write {number} (stopped before {o['where']})"
+        killed = o["killed"]
+        assert killed.returncode == EXIT[name], (label, killed.returncode, killed.stderr[-2000:])
+        assert TRACEBACK not in killed.stderr, (label, killed.stderr)
+        if name == "INT":
+            assert killed.stderr.strip().splitlines()[-1].startswith("error: interrupted"), (label, killed.stderr)
+        assert o["listed"].returncode == 0, (label, o["listed"].stderr)
+        status = json.loads(o["listed"].stdout)[0]
+        # "done" only when finalize's writes are saved: then with the answer
+        assert status["status"] != "done" or status["answer"] == expected["answer"], (label, status)
+        assert o["resumed"].returncode == 0, (label, o["resumed"].stderr)
+        assert comparable(o["shown"]) == expected, label
+        assert last_json(o["resumed"].stdout)["answer"] == expected["answer"], label
+        assert sorted(o["bodies"]) == sorted(base_bodies), (label, "a call was repeated or left out", o["arrivals"])
+
+
+def stored_results(results: Path) -> list[tuple]:
+    """(answer, error) of every stored evaluation result (none when the file is not there yet)."""
+    if not results.exists():
+        return []
+    with sqlite3.connect(results) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        rows = conn.execute("SELECT answer, error FROM eval_results").fetchall() if "eval_results" in tables else []
+    conn.close()
+    return rows
+
+
+def eval_args(work: Path, dataset: Path) -> list[str]:
+    return ["eval", "--dataset", str(dataset), "--method", "scale", "--samples", "1", "--name", "kill",
+            "--candidates", str(RUN["candidates"]), "--system2-max-tokens", str(RUN["system2_max_tokens"]),
+            "--concurrency", "1", "--db", str(work / "runs.db"), "--results-db", str(work / "results.db")]
+
+
+def boundary_eval(tmp: Path, dataset: Path, number: int, name: str) -> dict:
+    """`scale eval` of one problem signalled before checkpoint write ``number``, then run again."""
+    work = tmp / f"eval-{name.lower()}{number:02d}"
+    work.mkdir()
+    server = new_server()
+    try:
+        env = endpoint_env(server.base_url)
+        killed = driven(number, name, work, eval_args(work, dataset), env)
+        after_kill = stored_results(work / "results.db")
+        again = scale(*eval_args(work, dataset), env=env, timeout=PROCESS_TIMEOUT)
+        return {"killed": killed, "after_kill": after_kill, "again": again,
+                "stored": stored_results(work / "results.db"), "bodies": request_bodies(server.stats()["log"])}
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(1800)
+def test_eval_signalled_at_every_checkpoint_boundary_stores_the_uninterrupted_answer(tmp_path):
+    """Issue 12.1: an evaluation killed between a node's saved writes and its checkpoint stored
+    the sample as a wrong answer (the run looked finished) and never retried it. Killed or
+    interrupted before each checkpoint write, re-running the same command stores the answer of
+    an uninterrupted evaluation, repeats no call, and never stores a sample done without answer."""
+    dataset = tmp_path / "one.jsonl"
+    dataset.write_text(json.dumps({"id": "p1", "problem": PROBLEM, "answer": "5"}) + "\n")
+    (tmp_path / "base").mkdir()
+    server = new_server()
+    try:
+        base = driven(0, "KILL", tmp_path / "base", eval_args(tmp_path / "base", dataset), endpoint_env(server.base_url))
+        assert base.returncode == 0, base.stderr
+        base_bodies = request_bodies(server.stats()["log"])
+    finally:
+        server.close()
+    expected = stored_results(tmp_path / "base" / "results.db")
+    assert len(expected) == 1 and expected[0][0] is not None and expected[0][1] is None, expected
+    boundaries = len((tmp_path / "base" / "writes").read_text().split())
+    assert len(base_bodies) == REQUESTS and boundaries >= REQUESTS
+
+    points = [(n, name) for n in range(1, boundaries + 1) for name in ("KILL", "INT")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda point: boundary_eval(tmp_path, dataset, *point), points))
+
+    for (number, name), o in zip(points, outcomes):
+        label = f"SIG{name} before checkpoint write {number}"
+        assert o["killed"].returncode == EXIT[name], (label, o["killed"].returncode, o["killed"].stderr[-2000:])
+        assert TRACEBACK not in o["killed"].stderr, (label, o["killed"].stderr)
+        assert all(answer is not None or error for answer, error in o["after_kill"]), (label, o["after_kill"])
+        assert o["again"].returncode == 0, (label, o["again"].stderr)
+        assert o["stored"] == expected, (label, o["stored"])
+        assert sorted(o["bodies"]) == sorted(base_bodies), (label, "a call was repeated or left out")

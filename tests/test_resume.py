@@ -122,3 +122,60 @@ def test_a_fork_with_edited_state_makes_new_calls(scripted, tmp_path):
     out = graph.invoke(None, forked, context=context())
     assert [s["text"] for s in out["steps"]] == ["other a", "other b", "other c"]
     assert len(fake.calls) == count + 6  # every assess and solve made again for the new sub-problems
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing in the graph catches it."""
+
+
+def test_killed_before_each_checkpoint_write_resumes_to_the_end(scripted, tmp_path):
+    """Issue 12.1: a run stopped after a node's writes were saved but before the next checkpoint
+    is not finished; resuming it runs on to the uninterrupted answer and repeats no call."""
+    import asyncio
+
+    from scale_graph.persistence import open_async
+    from scale_graph.runner import resume, start
+    from scale_graph.runs import list_runs
+
+    async def run(db, kill_before=None):
+        async with open_async(db) as (saver, store):
+            written, put = [], saver.aput
+
+            async def aput(*args, **kwargs):
+                if len(written) + 1 == kill_before:
+                    raise Killed()
+                written.append(1)
+                return await put(*args, **kwargs)
+
+            saver.aput = aput
+            graph = build_graph(saver, store)
+            try:
+                return await start(graph, store, "What is a+b?", context(), "t1"), len(written)
+            except Killed:
+                return None, len(written)
+
+    async def resumed(db):
+        async with open_async(db) as (saver, store):
+            graph = build_graph(saver, store)
+            before = [(row["status"], row["answer"]) for row in await list_runs(graph, store)]
+            values = await resume(graph, store, "t1")
+            after = [(row["status"], row["answer"]) for row in await list_runs(graph, store)]
+            return before, values, after
+
+    fake = scripted()
+    baseline, checkpoints = asyncio.run(run(tmp_path / "base.db"))
+    uninterrupted = [c.key for c in fake.calls]
+    assert baseline["answer"] == "33" and checkpoints > 10
+    for n in range(1, checkpoints + 1):
+        fake.calls.clear()
+        db = tmp_path / f"k{n}.db"
+        killed, _ = asyncio.run(run(db, kill_before=n))
+        assert killed is None
+        before, values, after = asyncio.run(resumed(db))
+        # "done" only once finalize's writes are saved (the last checkpoint), then with the answer
+        assert before[0][0] != "done" or before[0][1] == baseline["answer"], (n, before)
+        assert values["answer"] == baseline["answer"], (n, values.get("answer"))
+        assert after == [("done", baseline["answer"])], (n, after)
+        assert values["steps"] == baseline["steps"], n
+        keys = [c.key for c in fake.calls]
+        assert sorted(keys) == sorted(uninterrupted), (n, "a call was repeated or skipped")

@@ -7,6 +7,7 @@ several processes share one file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from contextlib import asynccontextmanager, contextmanager
@@ -18,7 +19,13 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
 
-from scale_graph.settings import ConfigError
+from scale_graph.leases import CREATE as CREATE_LEASES
+
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no set-up lock
+    fcntl = None  # type: ignore[assignment]
 
 DEFAULT_DB = "scale.db"
 BUSY_TIMEOUT_S = 60.0
@@ -121,7 +128,48 @@ def check_database(path: Path, *, must_exist: bool = False) -> None:
 
 
 MARK_SCHEMA = ("CREATE TABLE IF NOT EXISTS scale_meta (key TEXT PRIMARY KEY, value TEXT);"
-               f"INSERT OR IGNORE INTO scale_meta VALUES ('schema_version', '{SCHEMA_VERSION}');")
+               f"INSERT OR IGNORE INTO scale_meta VALUES ('schema_version', '{SCHEMA_VERSION}');"
+               f"{CREATE_LEASES};")
+
+
+def _open_setup_lock(path: Path) -> int | None:
+    """An exclusive lock on ``<db>.lock`` around the tables' set-up, or None where none can be had.
+
+    The store's migrations read their version, then alter tables: several processes setting up
+    a new file at the same instant fail with "duplicate column name" or a UNIQUE constraint.
+    None when the folder is not writable: then the file exists already (check_database) and
+    is set up, so there is nothing to race on.
+    """
+    if fcntl is None:
+        return None
+    try:
+        return os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+
+
+@contextmanager
+def _setup_locked(path: Path) -> Iterator[None]:
+    fd = _open_setup_lock(path)
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
+
+
+@asynccontextmanager
+async def _asetup_locked(path: Path) -> AsyncIterator[None]:
+    fd = _open_setup_lock(path)
+    try:
+        if fd is not None:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)  # waiting must not block the event loop
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
@@ -138,13 +186,14 @@ def open_sync(path: str | os.PathLike | None = None) -> Iterator[tuple[SqliteSav
     check_database(path)
     saver_conn = store_conn = None
     try:
-        saver_conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-        saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
-        store_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        store_conn.executescript(PRAGMAS)
-        saver, store = SqliteSaver(saver_conn), _ImmediateSqliteStore(store_conn)
-        saver.setup()
-        store.setup()
+        with _setup_locked(path):
+            saver_conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
+            store_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            store_conn.executescript(PRAGMAS)
+            saver, store = SqliteSaver(saver_conn), _ImmediateSqliteStore(store_conn)
+            saver.setup()
+            store.setup()
         yield saver, store
     except sqlite3.Error as exc:
         raise _translate(exc, path) from None
@@ -162,11 +211,12 @@ async def open_async(path: str | os.PathLike | None = None) -> AsyncIterator[tup
     try:
         async with aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S) as saver_conn, \
                 aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None) as store_conn:
-            await saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
-            await store_conn.executescript(PRAGMAS)
-            saver, store = AsyncSqliteSaver(saver_conn), _ImmediateAsyncSqliteStore(store_conn)
-            await saver.setup()
-            await store.setup()
+            async with _asetup_locked(path):
+                await saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
+                await store_conn.executescript(PRAGMAS)
+                saver, store = AsyncSqliteSaver(saver_conn), _ImmediateAsyncSqliteStore(store_conn)
+                await saver.setup()
+                await store.setup()
             yield saver, store
     except sqlite3.Error as exc:
         raise _translate(exc, path) from None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
-from langgraph.types import Command
+from langgraph.types import Command, StateSnapshot
 
+from scale_graph import leases
 from scale_graph.context import Context
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
 from scale_graph.settings import resume_context
@@ -22,6 +26,61 @@ class InputError(ValueError):
 
 class UnknownRun(LookupError):
     """No run with this id in the database."""
+
+
+class RunBusy(InputError):
+    """Another live process works on this run (it holds the run's lease)."""
+
+    def __init__(self, lease: leases.Lease, lost: bool = False) -> None:
+        wait = max(0, round(lease.expires - time.time()))
+        what = "was taken over by" if lost else "is being worked on by"
+        super().__init__(f"run {lease.thread_id} {what} another process (pid {lease.pid} on {lease.host}); "
+                         f"try again after it stops, or in {wait} s if that process died")
+        self.lease = lease
+
+
+def is_finished(snapshot: StateSnapshot) -> bool:
+    """The run reached its end: ``finalize`` recorded it.
+
+    Not "``next`` is empty": LangGraph leaves out of ``next`` a task whose writes were saved,
+    so a run killed between those writes and the next checkpoint would look finished. Runs
+    stored before the marker existed count as finished when no task is left at all.
+    """
+    values = snapshot.values or {}
+    if "finished" in values:
+        return bool(values["finished"])
+    return bool(values) and "answer" in values and not snapshot.tasks
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a stopped run picks up: the node(s) to run, and the sub-problem they work on."""
+
+    nodes: tuple[str, ...]
+    subproblem: int | None  # 1-based, when the node works on one sub-problem
+    subproblems: int  # planned so far (0 before the decomposition is chosen)
+    saved: bool = False  # ``nodes`` finished and their writes are saved; their checkpoint is not
+
+    def describe(self) -> str:
+        """E.g. "sub-problem 3 of 5 (assess)", "select" or "after solve_system2"."""
+        nodes = ("after " if self.saved else "") + (", ".join(self.nodes) or "the end")
+        if self.subproblem is None:
+            return nodes
+        return f"sub-problem {self.subproblem} of {self.subproblems} ({nodes})"
+
+
+def position(snapshot: StateSnapshot) -> Position:
+    """Where ``snapshot``'s run continues: its next nodes, or those whose writes are saved."""
+    values = snapshot.values or {}
+    saved = not snapshot.next and bool(snapshot.tasks)
+    nodes = tuple(snapshot.next) or tuple(task.name for task in snapshot.tasks)
+    steps, planned = len(values.get("steps", [])), len(values.get("subproblems", []) or [])
+    subproblem = None
+    if "assess" in nodes:  # assess adds the record of its sub-problem (to values, once saved)
+        subproblem = steps if saved else steps + 1
+    elif any(node.startswith("solve") for node in nodes):
+        subproblem = steps
+    return Position(nodes, subproblem, planned, saved)
 
 
 def validate_problem(problem: str | None, context: Context) -> str:
@@ -64,10 +123,16 @@ async def start(graph: CompiledStateGraph, store: BaseStore, problem: str, conte
     """Run a new problem as thread ``thread_id``; its parameters are saved first so any crash is resumable."""
     problem = validate_problem(problem, context)
     validate_thread_id(thread_id)
+    await _refuse_existing(graph, thread_id)  # before the lease too: a refused start writes nothing
+    async with holding(graph, thread_id):
+        await _refuse_existing(graph, thread_id)  # again under the lease: two starts of one new id
+        await asave_run(store, thread_id, problem, context)
+        return await _drive(graph, {"problem": problem}, thread_id, context, on_event)
+
+
+async def _refuse_existing(graph: CompiledStateGraph, thread_id: str) -> None:
     if (await graph.aget_state(config_for(thread_id))).values:
         raise InputError(f"run {thread_id} already exists; resume it with `scale runs resume {thread_id}`")
-    await asave_run(store, thread_id, problem, context)
-    return await _drive(graph, {"problem": problem}, thread_id, context, on_event)
 
 
 async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
@@ -75,21 +140,44 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
     """Continue run ``thread_id`` after its last finished node, with its saved parameters.
 
     A run paused for review continues with ``review`` ("accept" or edited sub-problems).
+    ``on_event`` first gets ``{"event": "resuming", "at": "sub-problem 3 of 5 (assess)", ...}``
+    (see :class:`Position`) when the run is not finished. :class:`RunBusy` when another live
+    process works on the run.
     """
     record = await store.aget(RUNS_NAMESPACE, thread_id)
     snapshot = await graph.aget_state(config_for(thread_id))
     if record is None and not snapshot.values:
         raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
     context = resume_context(record.value["params"] if record else {}, overrides)
-    if snapshot.values and not snapshot.next:
-        return snapshot.values  # already finished
-    inputs: Any = None if snapshot.values else {"problem": record.value["problem"]}
-    if snapshot.interrupts:
-        if review is None:
-            raise InputError(f"run {thread_id} is waiting for review of its decomposition: "
-                             f"resume with --accept or --subproblems-file FILE")
-        inputs = Command(resume=review)
-    return await _drive(graph, inputs, thread_id, context, on_event)
+    if is_finished(snapshot) and not snapshot.tasks:
+        return snapshot.values  # finished and fully checkpointed: nothing to do, no lease needed
+    async with holding(graph, thread_id):
+        snapshot = await graph.aget_state(config_for(thread_id))  # another worker may have moved it on
+        if is_finished(snapshot) and not snapshot.tasks:
+            return snapshot.values
+        inputs: Any = None if snapshot.values else {"problem": record.value["problem"]}
+        if snapshot.interrupts:
+            if review is None:
+                raise InputError(f"run {thread_id} is waiting for review of its decomposition: "
+                                 f"resume with --accept or --subproblems-file FILE")
+            inputs = Command(resume=review)
+        if on_event is not None and snapshot.values:
+            at = position(snapshot)
+            on_event({"event": "resuming", "at": at.describe(), "nodes": list(at.nodes),
+                      "subproblem": at.subproblem, "subproblems": at.subproblems, "time": time.time()})
+        # None continues after the last checkpoint: LangGraph first applies writes saved there
+        # by tasks that finished before a crash, so no finished node runs again
+        return await _drive(graph, inputs, thread_id, context, on_event)
+
+
+@asynccontextmanager
+async def holding(graph: CompiledStateGraph, thread_id: str) -> AsyncIterator[leases.Lease]:
+    """This process's lease on ``thread_id`` for the body; :class:`RunBusy` when another live one holds it."""
+    try:
+        async with leases.held(leases.backend_for(graph.checkpointer), thread_id) as lease:
+            yield lease
+    except leases.LeaseHeld as exc:
+        raise RunBusy(exc.lease, exc.lost) from None
 
 
 async def _drive(graph: CompiledStateGraph, inputs: dict | None, thread_id: str, context: Context,

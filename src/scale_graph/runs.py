@@ -7,22 +7,28 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
+from langgraph.types import StateSnapshot
 
+from scale_graph import leases
 from scale_graph.history import solution_texts
 from scale_graph.journal import RUNS_NAMESPACE, calls_namespace
-from scale_graph.runner import UnknownRun, config_for
+from scale_graph.runner import UnknownRun, config_for, is_finished, position
 from scale_graph.servers.chat import ChatReply
 from scale_graph.state import total_usage
 
 PAGE = 1000
 
 
-def status_of(values: dict[str, Any], next_nodes: tuple[str, ...]) -> str:
-    if not values:
-        return "not started"
-    if not next_nodes:
+def status_of(snapshot: StateSnapshot, lease: leases.Lease | None = None) -> str:
+    """"done", "running (pid N)" while a live process holds the run, else where it stopped."""
+    if is_finished(snapshot):
         return "done"
-    return "stopped before " + ", ".join(next_nodes)
+    if lease is not None and lease.live():
+        return f"running (pid {lease.pid}" + ("" if lease.host == leases.HOST else f" on {lease.host}") + ")"
+    if not snapshot.values:
+        return "not started"
+    at = position(snapshot)
+    return ("stopped after " if at.saved else "stopped before ") + ", ".join(at.nodes)
 
 
 def summary(values: dict[str, Any], thread_id: str, status: str = "done") -> dict[str, Any]:
@@ -51,12 +57,13 @@ def summary(values: dict[str, Any], thread_id: str, status: str = "done") -> dic
 async def list_runs(graph: CompiledStateGraph, store: BaseStore) -> list[dict[str, Any]]:
     """Every run in the database, newest first."""
     items = await store.asearch(RUNS_NAMESPACE, limit=PAGE * 100)
+    held = await leases.current(leases.backend_for(graph.checkpointer))
     rows = []
     for item in items:
         snapshot = await graph.aget_state(config_for(item.key))
         values = snapshot.values or {}
         rows.append({"thread_id": item.key, "created": item.value.get("created"),
-                     "status": status_of(values, snapshot.next), "problem": item.value.get("problem", ""),
+                     "status": status_of(snapshot, held.get(item.key)), "problem": item.value.get("problem", ""),
                      "answer": values.get("answer"), "subproblems": len(values.get("steps", [])),
                      "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0)})
     return sorted(rows, key=lambda r: r["created"] or 0, reverse=True)
@@ -70,7 +77,8 @@ async def show_run(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
     if not snapshot.values and record is None:
         raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
     values = snapshot.values or {"problem": record.value.get("problem") if record else None}
-    shown = summary(values, thread_id, status_of(snapshot.values, snapshot.next))
+    lease = (await leases.current(leases.backend_for(graph.checkpointer))).get(thread_id)
+    shown = summary(values, thread_id, status_of(snapshot, lease))
     shown["params"] = record.value.get("params") if record else None
     shown["checkpoints"] = [
         {"step": s.metadata.get("step"), "source": s.metadata.get("source"), "next": list(s.next),

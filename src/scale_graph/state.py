@@ -129,6 +129,7 @@ class State(InputState, OutputState, total=False):
 
     # Sub-problems solved so far: the one assess and solve work on is number ``solved`` (0-based).
     solved: int
+    finished: bool  # set by finalize alone: the run reached its end (see runner.is_finished)
 
 
 def total_usage(usage: dict[str, Usage]) -> Usage:

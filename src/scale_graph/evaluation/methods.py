@@ -124,6 +124,8 @@ async def solve(method: str, problem: Problem, sample: int, setup: Setup) -> Out
     started = time.perf_counter()
     try:
         outcome = await METHODS[method](problem, sample, setup)
+    except runner.RunBusy:  # another live process works on this sample and will store it
+        raise
     except Exception as exc:  # recorded and retried on the next run; the evaluation goes on
         outcome = Outcome(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
     outcome.latency_s = round(time.perf_counter() - started, 3)

@@ -32,7 +32,7 @@ from scale_graph.evaluation.methods import METHODS, Setup, solve
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
-from scale_graph.runner import InputError
+from scale_graph.runner import InputError, RunBusy
 from scale_graph.servers.endpoints import endpoints
 from scale_graph.settings import ConfigError, resolve, with_context_window
 from scale_graph.state import total_usage
@@ -161,7 +161,11 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
 async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: ResultsStore,
                semaphore: asyncio.Semaphore, progress: Progress, task: Any, tally: _Tally, totals: Totals) -> None:
     async with semaphore:
-        outcome = await solve(run.method, problem, sample, run.setup)
+        try:
+            outcome = await solve(run.method, problem, sample, run.setup)
+        except RunBusy:  # held by another live evaluation: left for it (or for a re-run), not stored as failed
+            totals.skipped += 1
+            return
     if outcome.error is None:
         grade = await asyncio.to_thread(grading.grade, problem.answer, outcome.answer)
     else:

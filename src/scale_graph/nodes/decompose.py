@@ -59,6 +59,6 @@ def decompose(state: dict, context: Context) -> Generator[Request, Any, dict]:
     emit("decomposed", candidates=len(valid), sizes=[len(c) for c in valid])
     # Decomposing starts a run, so whatever an earlier run on this thread left is replaced, not
     # added to (Overwrite bypasses the accumulating reducers): new input on a finished thread is a clean new run.
-    return {"run_id": state["run_id"], "candidates": valid, "selection": {}, "subproblems": [], "solved": 0,
+    return {"run_id": state["run_id"], "candidates": valid, "selection": {}, "subproblems": [], "solved": 0, "finished": False,
             "steps": Overwrite([]), "answer": None, "usage": Overwrite({"decompose": usage}),
             "warnings": Overwrite(warnings)}

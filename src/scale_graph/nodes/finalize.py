@@ -14,5 +14,7 @@ def finalize(state: dict, context: Context) -> Generator[Request, Any, dict]:
     answer = steps[-1].get("result") if steps else None
     warnings = [] if answer else ["finalize: the last sub-problem's solution has no \\boxed{} answer"]
     emit("finalized", answer=answer)
-    return {"answer": answer, "warnings": warnings}
+    # `finished` is how a run is known to have reached its end: an empty `next` is not enough,
+    # since LangGraph leaves out of `next` a task whose writes were saved before a crash.
+    return {"answer": answer, "warnings": warnings, "finished": True}
     yield  # a generator like every node, though it needs no call

@@ -1,0 +1,185 @@
+"""One worker per run (issue 12.2): the lease in the run database, in-process.
+
+The two-process case (`scale runs resume` twice at once) is in test_reliability_concurrency.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scale_graph import build_graph, leases
+from scale_graph.evaluation.datasets import Dataset, Problem
+from scale_graph.evaluation.methods import Setup, thread_id
+from scale_graph.evaluation.runner import RunPlan, evaluate
+from scale_graph.evaluation.store import ResultsStore
+from scale_graph.persistence import open_async
+from scale_graph.runner import RunBusy, resume, start
+from scale_graph.runs import list_runs, show_run
+
+from tests.conftest import context
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def put_lease(db, thread: str, *, host: str = "elsewhere", pid: int = 4242, expires_in: float = 100.0) -> None:
+    """A lease row as another worker would have written it."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT OR REPLACE INTO scale_leases VALUES (?, 'other', ?, ?, ?)",
+                     (thread, host, pid, time.time() + expires_in))
+    conn.close()
+
+
+def stopped_run(db, scripted) -> None:
+    """Run "t" stopped before its first assess (the assess call fails)."""
+    from scale_graph.servers.chat import EndpointError
+    from tests.conftest import default_respond
+
+    down = {"on": True}
+    scripted(lambda call: EndpointError("down") if call.key.startswith("assess") and down["on"] else default_respond(call))
+
+    async def main():
+        async with open_async(db) as (saver, store):
+            with pytest.raises(EndpointError):
+                await start(build_graph(saver, store), store, "What is a+b?", context(), "t")
+
+    asyncio.run(main())
+    down["on"] = False
+
+
+async def resumed(db, thread: str = "t"):
+    async with open_async(db) as (saver, store):
+        return await resume(build_graph(saver, store), store, thread)
+
+
+def test_a_run_held_by_a_live_worker_is_refused_with_who_and_when(scripted, tmp_path):
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+    put_lease(db, "t", host="elsewhere", pid=4242, expires_in=100)
+    with pytest.raises(RunBusy) as refused:
+        asyncio.run(resumed(db))
+    message = str(refused.value)
+    assert message.startswith("run t is being worked on by another process (pid 4242 on elsewhere); "
+                              "try again after it stops, or in "), message
+    assert 95 <= int(message.rsplit(" in ", 1)[1].split()[0]) <= 100
+    assert "\n" not in message
+
+
+def test_an_expired_lease_is_taken_over(scripted, tmp_path):
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+    put_lease(db, "t", host="elsewhere", expires_in=-1)
+    assert asyncio.run(resumed(db))["answer"] == "33"
+    with sqlite3.connect(db) as conn:  # released at the end
+        assert conn.execute("SELECT count(*) FROM scale_leases").fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(scripted, tmp_path):
+    """A killed `scale solve` must be resumable right away, not after the expiry."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+    put_lease(db, "t", host=leases.HOST, pid=dead.pid, expires_in=100)
+    assert asyncio.run(resumed(db))["answer"] == "33"
+
+
+def test_two_workers_in_one_process_one_runs_the_other_is_refused(scripted, tmp_path):
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+    fake = scripted()
+
+    async def main():
+        async with open_async(db) as (saver, store):
+            graph = build_graph(saver, store)
+            return await asyncio.gather(resume(graph, store, "t"), resume(graph, store, "t"), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert sorted(type(o).__name__ for o in outcomes) == ["RunBusy", "dict"], outcomes
+    assert f"(pid {os.getpid()} on {leases.HOST})" in str(next(o for o in outcomes if isinstance(o, RunBusy)))
+    keys = [call.key for call in fake.calls]
+    assert len(keys) == len(set(keys)) == 6  # 3 × (assess, solve), each once
+
+
+def test_runs_list_tells_a_running_run_from_a_stopped_one(scripted, tmp_path):
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+
+    async def statuses():
+        async with open_async(db) as (saver, store):
+            graph = build_graph(saver, store)
+            return [row["status"] for row in await list_runs(graph, store)], (await show_run(graph, store, "t"))["status"]
+
+    assert asyncio.run(statuses()) == (["stopped before assess"], "stopped before assess")
+    put_lease(db, "t", host=leases.HOST, pid=os.getpid())
+    assert asyncio.run(statuses()) == ([f"running (pid {os.getpid()})"], f"running (pid {os.getpid()})")
+    put_lease(db, "t", host="gpu-7", pid=99)
+    assert asyncio.run(statuses())[0] == ["running (pid 99 on gpu-7)"]
+    put_lease(db, "t", host="gpu-7", pid=99, expires_in=-1)  # its holder stopped renewing: stopped
+    assert asyncio.run(statuses())[0] == ["stopped before assess"]
+
+
+def test_resume_says_where_it_picks_up(scripted, tmp_path):
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+    events = []
+
+    async def main():
+        async with open_async(db) as (saver, store):
+            return await resume(build_graph(saver, store), store, "t", on_event=events.append)
+
+    asyncio.run(main())
+    assert events[0]["event"] == "resuming" and events[0]["at"] == "sub-problem 1 of 3 (assess)", events[0]
+    assert (events[0]["subproblem"], events[0]["subproblems"], events[0]["nodes"]) == (1, 3, ["assess"])
+
+
+def test_a_lost_lease_stops_the_worker(tmp_path):
+    """A worker that stalled past the expiry and was taken over stops instead of running on."""
+
+    async def main():
+        async with open_async(tmp_path / "runs.db") as (saver, _):
+            backend = leases.backend_for(saver)
+            with pytest.raises(leases.LeaseHeld) as lost:
+                async with leases.held(backend, "t", ttl=30, renew_every=0.05):
+                    await backend.execute("UPDATE scale_leases SET holder = 'thief', pid = 7", {})
+                    await asyncio.sleep(5)
+            return lost.value
+
+    lost = asyncio.run(main())
+    assert lost.lost and lost.lease.pid == 7
+
+
+def test_an_evaluation_skips_a_sample_another_live_process_holds(scripted, tmp_path):
+    """Not stored as failed (a re-run would then count it): left for its holder or a later run."""
+    scripted()
+    db, results = tmp_path / "runs.db", ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    problems = [Problem("p1", "What is a+b?", "33"), Problem("p2", "What is b+a?", "33")]
+    run = RunPlan("scale-held", "scale", Dataset("handmade", problems), Setup("scale-held", context()))
+
+    async def create():
+        async with open_async(db):
+            pass
+
+    asyncio.run(create())
+    put_lease(db, thread_id("scale-held", "p1", 0))
+    try:
+        totals = asyncio.run(evaluate([run], results, samples=1, checkpoint_db=db))
+        assert (totals.done, totals.failed, totals.skipped) == (1, 0, 1)
+        stored = results.runs(["scale-held"])[0].results
+        assert [r.problem_id for r in stored] == ["p2"]
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM scale_leases")
+        conn.close()
+        totals = asyncio.run(evaluate([run], results, samples=1, checkpoint_db=db))
+        assert (totals.done, totals.failed) == (1, 0)
+        assert sorted((r.problem_id, r.answer) for r in results.runs(["scale-held"])[0].results) == \
+            [("p1", "33"), ("p2", "33")]
+    finally:
+        results.close()
