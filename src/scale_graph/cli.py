@@ -139,7 +139,7 @@ def solve(
                 if decision is None:
                     return summary(values, thread, "awaiting review")
                 values = await resume(graph, store, thread, on_event=_progress, review=decision)
-            return summary(values, thread)
+            return summary(values, thread, "done" if values.get("finished") else "stopped")
 
     started: list[str] = []
     shown = run_guarded(work, thread_id=thread, db=db, saved=lambda: bool(started))
@@ -252,7 +252,7 @@ def runs_resume(
                         if line.strip()]
         async with open_async(path) as (saver, store):
             values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress, review=decision)
-            return summary(values, thread_id)
+            return summary(values, thread_id, "done" if values.get("finished") else "stopped")
 
     _emit(run_guarded(work, thread_id=thread_id, db=db), as_json)
 
