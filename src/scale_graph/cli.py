@@ -60,7 +60,7 @@ def _print_summary(shown: dict[str, Any]) -> None:
 
 
 def _read_problem(problem: Optional[str], problem_file: Optional[Path], max_chars: int) -> str:
-    from scale_graph.runner import InputError
+    from scale_graph.errors import InputError
 
     if problem_file is not None:
         if problem:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from scale_graph.context import ENDPOINT_FIELDS
-from scale_graph.evaluation import grading
+from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import METHODS, Setup, solve
@@ -37,7 +37,6 @@ from scale_graph.servers.endpoints import endpoints
 from scale_graph.settings import ConfigError, resolve, with_context_window
 from scale_graph.state import total_usage
 
-DEFAULT_CONCURRENCY = 16
 #: Seconds between progress lines when stderr is not a terminal.
 PROGRESS_LINE_INTERVAL_S = 30.0
 

@@ -32,7 +32,7 @@ from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import Outcome
 from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
-from scale_graph.runner import InputError
+from scale_graph.errors import InputError
 from scale_graph.state import total_usage
 
 DEFAULT_RESULTS_DB = "scale-results.db"
