@@ -165,3 +165,150 @@ def test_two_replicas_behind_the_router_keep_each_run_on_one_replica(tmp_path):
         down = scale("servers", "down", "--grace", "20", env=env)
         recorded = Path(state / "servers.json")
         assert down.returncode == 0 and not recorded.exists()
+
+
+# --------------------------------------------------------------------------- command lines (no processes)
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from scale_graph.servers import launch, manager  # noqa: E402
+from scale_graph.servers.cli import app  # noqa: E402
+from scale_graph.servers.launch import LaunchError, ProfileOptions  # noqa: E402
+from scale_graph.servers.router import ROUTER_MODULE  # noqa: E402
+from scale_graph.servers.vllm import ServerSpec  # noqa: E402
+
+
+def _router_argv(port: int, workers: list[str], metrics: int, policy: str = "sticky_least_loaded") -> tuple:
+    return (
+        "python", "-m", ROUTER_MODULE, "--host", "127.0.0.1", "--port", str(port),
+        "--worker-urls", *workers, "--policy", policy,
+        "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics),
+        "--worker-startup-timeout-secs", "3600", "--worker-startup-check-interval", "2",
+    )  # fmt: skip
+
+
+def test_local_replicas_argv(tmp_path):
+    one = ProfileOptions(python="python", local_model_dir=str(tmp_path / "m"), port=8100)
+    (single,) = launch.servers_for_profile("local", one)
+    specs = launch.servers_for_profile("local", _replace(one, replicas=2))
+    assert [(s.name, s.role, s.port) for s in specs] == [
+        ("local-1", "replica", 8101), ("local-2", "replica", 8102), ("router", "router", 8100)]
+    for spec in specs[:2]:  # the single server's command line, on the replica's own port
+        assert spec.argv == tuple(str(spec.port) if a == "8100" else a for a in single.argv)
+        assert spec.env == single.env
+    router = specs[2]
+    assert router.argv == _router_argv(8100, ["http://127.0.0.1:8101", "http://127.0.0.1:8102"], 8103)
+    assert router.other_ports == (8103,) and router.served_names == single.served_names
+    assert router.env["NO_PROXY"].split(",")[0] == "127.0.0.1"
+    assert launch.endpoints_for_servers(specs) == launch.endpoints_for_servers([single])  # clients: the router
+
+
+def test_qwen3_replicas_get_their_own_gpus():
+    options = ProfileOptions(python="python", port=9000, tensor_parallel_size=2, replicas=2,
+                             router_policy="consistent_hash")
+    first, second, router = launch.servers_for_profile("qwen3", options)
+    assert (first.env["CUDA_VISIBLE_DEVICES"], second.env["CUDA_VISIBLE_DEVICES"]) == ("0,1", "2,3")
+    for spec, port in ((first, 9001), (second, 9002)):
+        argv = list(spec.argv)
+        assert argv[argv.index("--port") + 1] == str(port)
+        assert argv[argv.index("--tensor-parallel-size") + 1] == "2" and "--enable-prefix-caching" in argv
+    assert router.argv == _router_argv(9000, ["http://127.0.0.1:9001", "http://127.0.0.1:9002"], 9003,
+                                       "consistent_hash")
+    assert "CUDA_VISIBLE_DEVICES" not in router.env
+
+
+def test_paired_replicas_one_router_per_system():
+    specs = launch.servers_for_profile("paired", ProfileOptions(python="python", replicas=2))
+    names = [(s.name, s.port, s.env.get("CUDA_VISIBLE_DEVICES")) for s in specs]
+    assert names == [("system2-1", 8102, "0"), ("system2-2", 8103, "1"), ("system1-1", 8104, "2"),
+                     ("system1-2", 8105, "3"), ("router-system2", 8100, None), ("router-system1", 8101, None)]
+    assert specs[4].other_ports == (8106,) and specs[5].other_ports == (8107,)
+    assert launch.endpoints_for_servers(specs) == {
+        "system1": {"base_url": "http://127.0.0.1:8101/v1", "model": "scale-system1"},
+        "system2": {"base_url": "http://127.0.0.1:8100/v1", "model": "scale-system2"}}
+
+
+@pytest.mark.parametrize("profile, options, message", [
+    ("qwen3", ProfileOptions(replicas=0), "--replicas must be a positive integer"),
+    ("qwen3", ProfileOptions(replicas=2, router_policy="fastest"), "unknown router policy"),
+    ("qwen3", ProfileOptions(replicas=3, port=65533), "choose a lower --port"),
+    ("paired", ProfileOptions(replicas=2, system1_gpus="4"), "with --replicas each replica"),
+])
+def test_bad_replica_options(profile, options, message):
+    with pytest.raises(LaunchError, match=message):
+        launch.servers_for_profile(profile, options)
+
+
+def test_external_profile_has_no_replicas():
+    options = ProfileOptions(replicas=2, system2_base_url="http://router:8000/v1")
+    with pytest.raises(LaunchError, match="your router's URL"):
+        launch.external_endpoints(options)
+
+
+def test_cli_dry_run_with_replicas():
+    result = CliRunner().invoke(app, ["up", "--profile", "qwen3", "--replicas", "2", "--dry-run", "--port", "9100"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if " -m " in line]
+    assert len(lines) == 3 and lines[2].endswith("--worker-startup-check-interval 2")
+    assert "--worker-urls http://127.0.0.1:9101 http://127.0.0.1:9102" in lines[2]
+    bad = CliRunner().invoke(app, ["up", "--replicas", "0", "--dry-run"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+# --------------------------------------------------------------------------- up / status / down (fake processes)
+
+FAKE = """
+import http.server, json, sys
+port, names = int(sys.argv[1]), sys.argv[2].split(",")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": n} for n in names]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_up_status_down_with_replicas_and_router(tmp_path):
+    """Replicas and router are recorded, shown and stopped like any server (fake processes whose
+    command lines replace the real ones)."""
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    port = _free_block(4)
+    options = ProfileOptions(python="python", local_model_dir=str(tmp_path), port=port, replicas=2)
+    specs = [_replace(s, argv=(sys.executable, str(script), str(s.port), ",".join(s.served_names)))
+             for s in launch.servers_for_profile("local", options)]
+    state = tmp_path / "state"
+    try:
+        endpoints = manager.up("local", options, state_dir=state, specs=specs, timeout=30, poll_interval=0.1)
+        assert endpoints["system1"]["base_url"] == f"http://127.0.0.1:{port}/v1"
+        assert {k: v["url"] for k, v in manager.status(state).items()} == {
+            "system1": f"http://127.0.0.1:{port}/v1", "system2": f"http://127.0.0.1:{port}/v1"}
+        rows = manager.servers_status(state)
+        assert [(r["name"], r["role"], r["alive"], r["answering"]) for r in rows] == [
+            ("local-1", "replica", True, True), ("local-2", "replica", True, True), ("router", "router", True, True)]
+        shown = CliRunner().invoke(app, ["status", "--state-dir", str(state)])
+        assert all(name in shown.output for name in ("local-1", "local-2", "router", "replica"))
+        pids = [r["pid"] for r in rows]
+    finally:
+        stopped = manager.down(state, grace=5)
+    assert stopped == ["local-1", "local-2", "router"]
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                   for pid in pids)
+    assert manager.servers_status(state) == []
+
+
+def test_router_metrics_port_in_use_is_refused(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        spec = ServerSpec(name="router", argv=("true",), env={}, port=_free_block(1), served_names=("m",),
+                          role="router", other_ports=(taken,))
+        with pytest.raises(manager.ServerError, match=f"port {taken} .*router"):
+            manager.up("local", ProfileOptions(), state_dir=tmp_path / "s", specs=[spec], timeout=5)
