@@ -9,15 +9,24 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
+from dataclasses import replace as _replace
 from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from scale_graph.servers import launch, manager
 from scale_graph.servers.chat import SESSION_HEADER, ChatCall, Systems, session
+from scale_graph.servers.cli import app
 from scale_graph.servers.endpoints import Endpoint
+from scale_graph.servers.launch import LaunchError, ProfileOptions
+from scale_graph.servers.probe import port_in_use
+from scale_graph.servers.router import ROUTER_MODULE
+from scale_graph.servers.vllm import ServerSpec
 from scale_graph.testing.fake_openai import FakeOpenAIServer
 from tests.tcp_proxy import RecordingProxy
 
@@ -109,8 +118,6 @@ def _vllm_request_counts(base_url: str) -> float:
 
 
 def _free_block(size: int) -> int:
-    from scale_graph.servers.probe import port_in_use
-
     for _ in range(200):
         base = random.randint(20000, 60000)
         if not any(port_in_use("127.0.0.1", base + i) for i in range(size)):
@@ -168,17 +175,6 @@ def test_two_replicas_behind_the_router_keep_each_run_on_one_replica(tmp_path):
 
 
 # --------------------------------------------------------------------------- command lines (no processes)
-
-from dataclasses import replace as _replace  # noqa: E402
-
-from typer.testing import CliRunner  # noqa: E402
-
-from scale_graph.servers import launch, manager  # noqa: E402
-from scale_graph.servers.cli import app  # noqa: E402
-from scale_graph.servers.launch import LaunchError, ProfileOptions  # noqa: E402
-from scale_graph.servers.router import ROUTER_MODULE  # noqa: E402
-from scale_graph.servers.vllm import ServerSpec  # noqa: E402
-
 
 def _router_argv(port: int, workers: list[str], metrics: int, policy: str = "sticky_least_loaded") -> tuple:
     return (
@@ -302,8 +298,6 @@ def test_up_status_down_with_replicas_and_router(tmp_path):
 
 
 def test_router_metrics_port_in_use_is_refused(tmp_path):
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -35,7 +35,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from scale_graph.servers.local_model import chat_template_path, packaged_template_path
-from scale_graph.servers.router import DEFAULT_ROUTER_POLICY, ROUTER_POLICIES, last_port, replicated
+from scale_graph.servers.router import (
+    DEFAULT_ROUTER_POLICY,
+    ROUTER_POLICIES,
+    last_port,
+    replicated,
+)
 from scale_graph.servers.vllm import (
     DEFAULT_HOST,
     Gpu,
