@@ -165,8 +165,9 @@ def test_two_replicas_behind_the_router_keep_each_run_on_one_replica(tmp_path):
             assert result.returncode == 0, result.stderr
             calls = json.loads(result.stdout)["usage"]["total"]["calls"]
             added = [_vllm_request_counts(url) - b for url, b in zip(replicas, before)]
-            assert sorted(added) == [0, calls], f"run {run}: {added} requests per replica, {calls} calls"
-            placement[run] = added.index(calls)
+            # vLLM counts each of a call's n samples as a request: at least `calls`, all on one replica
+            assert min(added) == 0 and max(added) >= calls, f"run {run}: {added} requests per replica, {calls} calls"
+            placement[run] = added.index(max(added))
         assert set(placement.values()) == {0, 1}, f"every run landed on one replica: {placement}"
     finally:
         down = scale("servers", "down", "--grace", "20", env=env)
