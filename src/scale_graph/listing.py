@@ -11,7 +11,9 @@ that is not a plain scalar), :func:`quick_list` returns None and the caller take
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import Any
 
 from scale_graph.leases import Lease
 
-_CHANNELS = ("finished", "answer", "solved")
+#: The layout of SCALE-Graph's own use of the file (``scale_meta``), which this reader knows.
+SCHEMA_VERSION = 1
 _WRITES = ("SELECT thread_id, channel, type, value FROM writes WHERE checkpoint_ns = '' AND channel IN "
            "('finished', 'answer', 'solved') ORDER BY thread_id, checkpoint_id, idx")
 _TOKENS = ("SELECT prefix, SUM(json_extract(value, '$.completion_tokens')), "
@@ -32,11 +35,20 @@ class _NotPlain(Exception):
 
 
 def quick_list(path: Path) -> list[dict[str, Any]] | None:
-    """Every run in the SQLite database at ``path``, newest first, or None when only the full path can say."""
+    """Every run in the SQLite database at ``path``, newest first, or None when only the full path
+    can say — including every database the full path refuses (read-only, foreign, other schema)."""
+    if not os.access(path, os.W_OK):
+        return None
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
+        # read-write but query-only: the last connection to close tidies the WAL files away, as
+        # every other command's connections do (a read-only one would leave them behind)
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+            conn.execute("PRAGMA query_only = ON")
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not {"store", "writes", "scale_leases"} <= tables:
+            if not {"store", "writes", "scale_leases", "scale_meta"} <= tables:
+                return None
+            version = conn.execute("SELECT value FROM scale_meta WHERE key = 'schema_version'").fetchone()
+            if version is None or version[0] != str(SCHEMA_VERSION):
                 return None
             records = conn.execute("SELECT key, value FROM store WHERE prefix = 'scale.runs'").fetchall()
             channels: dict[str, dict[str, Any]] = {}

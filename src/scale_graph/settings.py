@@ -35,7 +35,7 @@ import os
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from scale_graph.context import DEFAULT_CONTEXT_WINDOW, ENDPOINT_FIELDS, Context, coerce
 from scale_graph.errors import ConfigError
@@ -122,11 +122,13 @@ def _endpoint_layer(section: Mapping[str, Any], system: int) -> dict[str, Any]:
     return {f"system{system}_{key}": section[key] for key in ("base_url", "model") if section.get(key)}
 
 
-def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True) -> Resolved:
+def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True,
+            only: Iterable[str] | None = None) -> Resolved:
     """Merge default < servers record < config file < environment < ``explicit``, once.
 
     Values are converted to each field's type with a one-line ConfigError naming the source.
-    ``servers=False`` ignores the servers record (tests, and callers that must not see it).
+    ``servers=False`` ignores the servers record (tests, and callers that must not see it);
+    ``only`` takes just those fields from the layers (the rest keep their defaults).
     """
     known = {f.name for f in fields(Context)}
     explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
@@ -148,14 +150,17 @@ def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True) 
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    wanted = known if only is None else set(only)
     for source, layer in layers:
         for name, value in layer.items():
+            if name not in wanted:
+                continue
             values[name], sources[name] = _converted(name, value, source), source
     if record and all(values.get(f"system{s}_{k}") == (record.get(f"system{s}") or {}).get(k)
                       for s in (1, 2) for k in ("base_url", "model")):
         # The record's run defaults belong to its servers (e.g. the tiny local model's budgets).
         for name, value in (record.get("run_defaults") or {}).items():
-            if name in known and sources.get(name, SERVERS) == SERVERS:
+            if name in wanted and sources.get(name, SERVERS) == SERVERS:
                 values[name], sources[name] = _converted(name, value, SERVERS), SERVERS
     context = Context(**values)
     return Resolved(context, {name: sources[name] for name in context.non_defaults() if name in sources})
@@ -166,7 +171,7 @@ def resume_context(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None
     run can be resumed against servers that moved) and ``overrides``."""
     known = {f.name for f in fields(Context)}
     values = {k: v for k, v in saved.items() if k in known}
-    current = resolve().context
+    current = resolve(only=ENDPOINT_FIELDS).context  # a bad unrelated variable must not block a resume
     for name in ENDPOINT_FIELDS:
         if getattr(current, name):
             values[name] = getattr(current, name)
