@@ -327,6 +327,18 @@ def _register_evaluation() -> None:
 _register_evaluation()
 
 
+def _register_whatif() -> None:
+    from scale_graph.whatif_cli import calibrate_command, runs_diff, runs_fork
+
+    runs_app.command("fork")(runs_fork)
+    runs_app.command("diff")(runs_diff)
+    app.command("calibrate", help="Routing calibration over a SCALE evaluation: each sub-problem forked to the "
+                "other system.")(calibrate_command)
+
+
+_register_whatif()
+
+
 def main() -> None:
     """Console entry point: usage errors (unknown option, wrong type) also get one error line."""
     try:
