@@ -172,3 +172,21 @@ def test_fork_of_an_unknown_run_is_one_line(server):
     parent_run()
     result = scale("runs", "fork", "nobody", "--at", "1", "--system", "2")
     assert result.exit_code == 2 and "no run 'nobody'" in result.output
+
+
+def test_fork_refuses_an_edited_decomposition_beyond_the_runs_limit(server, tmp_path):
+    parent_run()
+    (tmp_path / "long.txt").write_text("".join(f"step {i}\n" for i in range(13)), encoding="utf-8")
+    result = scale("runs", "fork", "parent", "--subproblems-file", "long.txt")
+    assert result.exit_code == 2 and "1 to 12 sub-problems, got 13" in result.output
+    listed = scale("runs", "list", "--json")
+    assert [row["thread_id"] for row in json.loads(listed.stdout)] == ["parent"]  # nothing was written
+
+
+def test_runs_list_names_the_parent_of_a_fork(server):
+    parent_run()
+    created = scale("runs", "fork", "parent", "--at", "1", "--system", "2", "--thread-id", "child", "--no-run")
+    assert created.exit_code == 0, created.output
+    rows = {row["thread_id"]: row for row in json.loads(scale("runs", "list", "--json").stdout)}
+    assert rows["child"]["fork_of"] == "parent" and rows["parent"]["fork_of"] is None
+    assert rows["child"]["status"] == "stopped before solve_system2"

@@ -35,7 +35,9 @@ from langgraph.store.base import BaseStore, GetOp, PutOp
 from langgraph.types import StateSnapshot
 
 from scale_graph import runner
+from scale_graph.context import Context
 from scale_graph.journal import RUNS_NAMESPACE, calls_namespace, new_run_id
+from scale_graph.nodes.review import reviewed_subproblems
 from scale_graph.nodes.route import system_for
 from scale_graph.runner import InputError, UnknownRun, config_for, holding
 
@@ -102,7 +104,7 @@ async def fork(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, a
                 raise InputError(f"run {new_id} already exists")
             return new_id
         base = await _base_checkpoint(graph, thread_id, spec)
-        values, as_node = _forked_values(base.values, spec, record.value.get("params", {}), new_id)
+        values, as_node = _forked_values(base.values, spec, Context.from_dict(record.value.get("params", {})), new_id)
         await _copy_journal(store, thread_id, new_id, _needed_keys(base.values, spec))
         origin = {"thread_id": thread_id, "checkpoint_id": base.config["configurable"]["checkpoint_id"],
                   **{k: v for k, v in asdict(spec).items() if v is not None}}
@@ -131,12 +133,16 @@ async def _base_checkpoint(graph: CompiledStateGraph, thread_id: str, spec: Fork
                      f"(see `scale runs show {thread_id}`)")
 
 
-def _forked_values(values: dict[str, Any], spec: ForkSpec, params: dict[str, Any],
+def _forked_values(values: dict[str, Any], spec: ForkSpec, context: Context,
                    new_id: str) -> tuple[dict[str, Any], str]:
     """The fork's first state and the node it is written as."""
     forked = {**values, "run_id": new_id, "finished": False, "answer": None}
     if spec.subproblems is not None:
-        forked["subproblems"] = spec.subproblems
+        try:  # the limits a review's edit has
+            forked["subproblems"] = reviewed_subproblems(spec.subproblems, context)
+        except ValueError:
+            raise InputError(f"the edited decomposition must have 1 to {context.max_subproblems} sub-problems, "
+                             f"got {len(spec.subproblems)}") from None
         forked["selection"] = {**values.get("selection", {}), "method": "human"}
         return forked, "review"  # as the review node would: its edge goes on to assess
     steps = [dict(step) for step in values["steps"]]
@@ -144,7 +150,7 @@ def _forked_values(values: dict[str, Any], spec: ForkSpec, params: dict[str, Any
     if spec.difficulty is not None:
         step["assessed_difficulty"] = step["difficulty"]
         step["difficulty"] = spec.difficulty
-        forced = system_for(spec.difficulty, float(params.get("threshold", 0.2)))
+        forced = system_for(spec.difficulty, context.threshold)
     else:
         forced = spec.system
     step["forced_system"] = forced

@@ -66,7 +66,8 @@ async def list_runs(graph: CompiledStateGraph, store: BaseStore) -> list[dict[st
         rows.append({"thread_id": item.key, "created": item.value.get("created"),
                      "status": status_of(snapshot, held.get(item.key)), "problem": item.value.get("problem", ""),
                      "answer": values.get("answer"), "subproblems": len(values.get("steps", [])),
-                     "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0)})
+                     "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0),
+                     "fork_of": (item.value.get("fork_of") or {}).get("thread_id")})
     return sorted(rows, key=lambda r: r["created"] or 0, reverse=True)
 
 
