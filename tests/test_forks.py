@@ -122,7 +122,7 @@ def test_fork_with_difficulty_routes_by_the_runs_threshold(server):
     async def work(graph, store):
         return await forks.fork_and_run(graph, store, "parent", at=1, difficulty=0.9)
 
-    thread, values = asyncio.run(_with_graph(work))
+    _, values = asyncio.run(_with_graph(work))
     step = values["steps"][0]
     assert (step["difficulty"], step["assessed_difficulty"], step["system"], step["forced_system"]) == (0.9, 0.1, 2, 2)
     assert not any(stage in ("decomposition", "selection") for stage, _, _ in requests(server))

@@ -157,7 +157,7 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
                     return
                 except ConfigError:  # the settings are wrong for every fork: stop
                     raise
-                except Exception as exc:  # recorded; a re-run retries it from its checkpoints
+                except Exception as exc:  # noqa: BLE001 - recorded; a re-run retries it from its checkpoints
                     counts["failed"] += 1
                     errors.append(f"{job.thread_id}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
                     return

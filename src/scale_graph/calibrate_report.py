@@ -87,8 +87,9 @@ def markdown(shown: dict[str, Any]) -> str:
     for tau in shown["taus"]:
         lines.append(f"| {tau['tau']:.2f} | {_fmt(tau['accuracy'], 3)} | {_fmt(tau['run_tokens'], 0)} | "
                      f"{_fmt(tau['accuracy_per_1k_tokens'], 4)} | {_fmt(tau['system2_share'])} |")
-    lines += ["", f"τ maximising accuracy: {_fmt(shown['best_tau_accuracy'])}; "
-                  f"τ maximising accuracy per token: {_fmt(shown['best_tau_accuracy_per_token'])}", ""]
+    best = (f"τ maximising accuracy: {_fmt(shown['best_tau_accuracy'])}; "
+            f"τ maximising accuracy per token: {_fmt(shown['best_tau_accuracy_per_token'])}")
+    lines += ["", best, ""]
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -21,21 +21,27 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON object instead o
 
 def runs_fork(
     thread_id: str = typer.Argument(..., help="The run to fork."),
-    at: Optional[int] = typer.Option(None, "--at", help="Sub-problem N (1-based) whose route is forced."),
-    system: Optional[int] = typer.Option(None, "--system", help="Solve sub-problem N on this system (1 or 2)."),
-    difficulty: Optional[float] = typer.Option(None, "--difficulty", help="Give sub-problem N this difficulty "
+    at: int | None = typer.Option(None, "--at", help="Sub-problem N (1-based) whose route is forced."),
+    system: int | None = typer.Option(None, "--system", help="Solve sub-problem N on this system (1 or 2)."),
+    difficulty: float | None = typer.Option(None, "--difficulty", help="Give sub-problem N this difficulty "
                                                "(routed by the run's τ)."),
-    subproblems_file: Optional[Path] = typer.Option(None, "--subproblems-file", help="Fork from the selection on "
+    subproblems_file: Path | None = typer.Option(None, "--subproblems-file", help="Fork from the selection on "
                                                     "with these sub-problems (one per line)."),
-    new_thread_id: Optional[str] = typer.Option(None, "--thread-id", help="Id for the fork (default: random)."),
+    new_thread_id: str | None = typer.Option(None, "--thread-id", help="Id for the fork (default: random)."),
     run: bool = typer.Option(True, "--run/--no-run", help="Run the fork to its end now (default), or only create "
                              "it (continue with `scale runs resume`)."),
-    db: Optional[Path] = DbOption,
+    db: Path | None = DbOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Fork a run before sub-problem N's routing with its system or difficulty forced (no call is
     made for anything before N), or from the selection with edited sub-problems; then run it."""
-    from scale_graph.cli import SUBPROBLEMS_FILE_MAX_CHARS, _emit, _progress, _read_problem, _require
+    from scale_graph.cli import (
+        SUBPROBLEMS_FILE_MAX_CHARS,
+        _emit,
+        _progress,
+        _read_problem,
+        _require,
+    )
     from scale_graph.forks import fork
     from scale_graph.graph import build_graph
     from scale_graph.persistence import db_path, open_async
@@ -66,7 +72,7 @@ def runs_fork(
 
 
 def runs_diff(first: str = typer.Argument(..., help="A run."), second: str = typer.Argument(..., help="Another run."),
-              db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
+              db: Path | None = DbOption, as_json: bool = JsonOption) -> None:
     """Where two runs diverge: sub-problems, difficulties, systems, tokens and answers side by side."""
     from scale_graph.cli import _require
     from scale_graph.graph import build_graph
@@ -109,17 +115,17 @@ def runs_diff(first: str = typer.Argument(..., help="A run."), second: str = typ
 
 def calibrate_command(
     eval_run: str = typer.Argument(..., help="A finished SCALE evaluation run (its name in the results database)."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Fork only K sub-problems, drawn at random (seeded)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Start no more forks once they have "
+    sample: int | None = typer.Option(None, "--sample", help="Fork only K sub-problems, drawn at random (seeded)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Start no more forks once they have "
                                              "generated this many completion tokens in total."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", help="Forks in flight."),
     bin_width: float = typer.Option(0.1, "--bin-width", help="Width of the difficulty bins."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --sample draw."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for calibration.md/.json/.png and "
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Folder for calibration.md/.json/.png and "
                                            "labels.jsonl (default: ./scale-calibrate/<run>)."),
-    db: Optional[Path] = typer.Option(None, "--db", help="SQLite checkpoint database of the evaluation "
+    db: Path | None = typer.Option(None, "--db", help="SQLite checkpoint database of the evaluation "
                                       "(default: $SCALE_DB or ./scale.db)."),
-    results_db: Optional[str] = typer.Option(None, "--results-db", help="Results database: SQLAlchemy URL or SQLite "
+    results_db: str | None = typer.Option(None, "--results-db", help="Results database: SQLAlchemy URL or SQLite "
                                              "path (default: $SCALE_RESULTS_DB or ./scale-results.db)."),
     as_json: bool = JsonOption,
 ) -> None:
