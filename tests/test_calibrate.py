@@ -61,6 +61,7 @@ def test_calibrate_end_to_end_writes_table_plot_jsonl_and_resumes_without_calls(
         by_subproblem.setdefault((row["problem_id"], row["index"]), set()).add(row["system"])
         assert row["difficulty"] == DIFFICULTY[row["index"] + 1]
         assert len(row["previous"]) == row["index"]
+        assert all(earlier["solution"] and earlier["result"] in earlier["solution"] for earlier in row["previous"])
     assert all(systems == {1, 2} for systems in by_subproblem.values())
     shown = json.loads((folder / "calibration.json").read_text())
     assert shown["paired"] == 6 and shown["counts"]["made"] == 6

@@ -24,12 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from langgraph.store.base import GetOp
 from rich.console import Console
 
 from scale_graph import journal, runner
 from scale_graph.errors import ConfigError
 from scale_graph.forks import ForkSpec, fork, fork_thread_id
+from scale_graph.history import solution_texts
 from scale_graph.runner import InputError, config_for, is_finished
+from scale_graph.servers.chat import ChatReply
 from scale_graph.state import total_usage
 
 
@@ -74,7 +77,7 @@ class Labelled:
     index: int  # 0-based
     problem: str
     subproblem: str
-    previous: list[dict[str, Any]]  # the earlier sub-problems of C_i: text and boxed result
+    previous: list[dict[str, Any]]  # C_i: the earlier sub-problems, their solutions and boxed results
     difficulty: float
     sides: dict[int, Side] = field(default_factory=dict)
 
@@ -127,7 +130,8 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
             if not is_finished(snapshot):
                 counts["not_finished"] += 1
                 continue
-            for label in _labels(result, parent, snapshot.values):
+            solutions = await _solutions(cstore, parent, snapshot.values)
+            for label in _labels(result, parent, snapshot.values, solutions):
                 labels.append(label)
                 (own,) = label.sides.values()
                 other: Literal[1, 2] = 2 if own.system == 1 else 1
@@ -181,15 +185,26 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
     return shown
 
 
-def _labels(result: Any, parent: str, values: dict[str, Any]) -> list[Labelled]:
-    """One label per solved sub-problem of a finished run, with the run's own side filled in."""
+async def _solutions(store: Any, thread: str, values: dict[str, Any]) -> list[str]:
+    """The full solution text of each sub-problem of run ``thread``, from its journal."""
+    namespace, texts = journal.calls_namespace(thread), []
+    for step in values.get("steps", []):
+        items = await store.abatch([GetOp(namespace, key) for key in step.get("call_keys", [])])
+        texts.append(solution_texts([ChatReply.from_dict(item.value) for item in items if item is not None])[0])
+    return texts
+
+
+def _labels(result: Any, parent: str, values: dict[str, Any], solutions: list[str]) -> list[Labelled]:
+    """One label per solved sub-problem of a finished run, with the run's own side filled in;
+    its context C_i is the problem and the earlier sub-problems with their solutions."""
     labels = []
     steps = [step for step in values.get("steps", []) if step.get("system") in (1, 2)]
     run_tokens = total_usage(values.get("usage", {})).get("completion_tokens", 0)
     for step in steps:
         index = step["index"]
         label = Labelled(result.problem_id, result.sample, index, values.get("problem", ""), step.get("text", ""),
-                         [{"subproblem": s.get("text", ""), "result": s.get("result")} for s in steps[:index]],
+                         [{"subproblem": s.get("text", ""), "solution": solutions[s["index"]], "result": s.get("result")}
+                          for s in steps[:index]],
                          float(step.get("difficulty", 1.0)))
         label.sides[step["system"]] = Side(step["system"], parent, values.get("answer"), bool(result.correct),
                                            bool(result.ungraded), step.get("completion_tokens", 0), run_tokens)
