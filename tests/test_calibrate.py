@@ -123,3 +123,15 @@ def test_report_bins_and_best_thresholds():
     assert by_tau[0.5]["accuracy"] == by_tau[0.6]["accuracy"] == 1.0 and by_tau[1.0]["accuracy"] == 0.6
     assert by_tau[0.0]["system2_share"] == 1.0
     assert shown["best_tau_accuracy_per_token"] == 1.0  # System 1 everywhere: 60 % at a tenth of the tokens
+
+
+def test_a_failed_fork_exits_non_zero_and_a_re_run_completes_it(evaluated):
+    evaluated.inject("400", times=1, stage="solve")
+    failed = scale("calibrate", "tiny", "--out", "f", "--concurrency", "1", "--json")
+    assert failed.exit_code == 1 and "1 fork(s) failed" in failed.output and "Traceback" not in failed.output
+    first = json.loads(failed.stdout)
+    assert first["counts"]["failed"] == 1 and first["counts"]["made"] == 5 and first["paired"] == 5
+    retried = scale("calibrate", "tiny", "--out", "f", "--json")
+    assert retried.exit_code == 0, retried.output
+    counts = json.loads(retried.stdout)["counts"]
+    assert (counts["made"], counts["reused"], counts["failed"]) == (1, 5, 0)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from langgraph.store.base import GetOp
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from scale_graph import journal, runner
 from scale_graph.errors import ConfigError
@@ -146,6 +147,9 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
         done = [job for job in jobs if is_finished(await graph.aget_state(config_for(job.thread_id)))]
         spent = [sum([await journal.agenerated_tokens(cstore, job.thread_id) for job in done])]
         semaphore = asyncio.Semaphore(options.concurrency)
+        progress = Progress(TextColumn(f"[bold]calibrate {eval_run}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=console, disable=console is None)
+        task = progress.add_task("forks", total=len(jobs))
 
         async def one(job: _Job, finished: bool) -> None:
             async with semaphore:
@@ -173,15 +177,14 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
                     counts["reused"] += 1
             grade = await asyncio.to_thread(grading.grade, job.gold, values.get("answer"))
             job.label.sides[job.system] = _side(job.system, new, values, job.label.index, grade)
+            progress.advance(task)
 
         finished_ids = {job.thread_id for job in done}
-        await asyncio.gather(*(one(job, job.thread_id in finished_ids) for job in jobs))
+        with progress:
+            await asyncio.gather(*(one(job, job.thread_id in finished_ids) for job in jobs))
     shown = report(labels, options.bin_width)
     shown.update(eval_run=eval_run, counts=counts, generated_tokens=spent[0], errors=errors[:20])
     shown["written"] = [str(path) for path in write_outputs(shown, labels, out_dir)]
-    if console is not None and errors:
-        console.print(f"[yellow]{len(errors)} fork(s) failed (first: {errors[0]}); re-run to retry them[/]",
-                      highlight=False, soft_wrap=True)
     return shown
 
 

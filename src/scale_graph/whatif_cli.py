@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from scale_graph.terminal import err, out, run_guarded
+from scale_graph.terminal import err, out, run_guarded, say_error
 
 DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
@@ -144,3 +144,7 @@ def calibrate_command(
         sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
     else:
         print_calibration(shown, out)
+    if shown["counts"]["failed"]:
+        say_error(f"{shown['counts']['failed']} fork(s) failed (first: {shown['errors'][0]}); "
+                  "re-run the same command to retry them (finished forks are kept)")
+        raise typer.Exit(1)
