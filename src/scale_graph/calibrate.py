@@ -26,7 +26,13 @@ from typing import Any, Literal
 
 from langgraph.store.base import GetOp
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from scale_graph import journal, runner
 from scale_graph.errors import ConfigError
