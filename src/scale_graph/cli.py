@@ -47,10 +47,14 @@ def _print_summary(shown: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for row in shown["subproblems"]:
         difficulty = f"{row['difficulty']:.2f}" if row["difficulty"] is not None else "-"
-        system = f"{row['system']}" + (" (forced)" if row.get("forced_answer") else "") if row["system"] else "-"
+        system = (f"{row['system']}" + (" (forced answer)" if row.get("forced_answer") else "")
+                  + (" (reused)" if row.get("reused") else "")) if row["system"] else "-"
         table.add_row(str(row["index"] + 1), row["text"] or "", difficulty, system,
                       str(row["completion_tokens"]), str(row["result"]))
     out.print(table)
+    if shown.get("fork_of"):
+        fork = shown["fork_of"]
+        out.print(f"forked from run {fork.get('thread_id')} at sub-problem {fork.get('at')}", highlight=False)
     total = shown["usage"]["total"]
     out.print(f"answer: [bold]{shown['answer']}[/]", highlight=False)
     out.print(f"usage: {total['calls']} calls, {total['prompt_tokens']} prompt + "
@@ -332,6 +336,18 @@ def _register_evaluation() -> None:
 
 
 _register_evaluation()
+
+
+def _register_whatif() -> None:
+    from scale_graph.whatif_cli import calibrate_command, runs_diff, runs_fork
+
+    runs_app.command("fork")(runs_fork)
+    runs_app.command("diff")(runs_diff)
+    app.command("calibrate", help="Routing calibration over a SCALE evaluation: each sub-problem forked to the "
+                "other system.")(calibrate_command)
+
+
+_register_whatif()
 
 
 def main() -> None:

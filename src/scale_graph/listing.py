@@ -45,7 +45,7 @@ def quick_list(path: Path) -> list[dict[str, Any]] | None:
         with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
             conn.execute("PRAGMA query_only = ON")
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not {"store", "writes", "scale_leases", "scale_meta"} <= tables:
+            if not {"store", "writes", "checkpoints", "scale_leases", "scale_meta"} <= tables:
                 return None
             version = conn.execute("SELECT value FROM scale_meta WHERE key = 'schema_version'").fetchone()
             if version is None or version[0] != str(SCHEMA_VERSION):
@@ -56,6 +56,7 @@ def quick_list(path: Path) -> list[dict[str, Any]] | None:
                 channels.setdefault(thread, {})[channel] = _decoded(kind, value)
             tokens = {prefix[len("scale."):-len(".calls")]: (total or 0, solved)
                       for prefix, total, solved in conn.execute(_TOKENS)}
+            checkpointed = {row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
             leases = {row[0]: Lease(*row) for row in
                       conn.execute("SELECT thread_id, holder, host, pid, expires FROM scale_leases")}
     except (sqlite3.Error, _NotPlain, TypeError, ValueError):
@@ -73,11 +74,12 @@ def quick_list(path: Path) -> list[dict[str, Any]] | None:
         elif lease is not None and lease.live(now):
             status = lease.describe()
         else:
-            status = "stopped" if written else "not started"
+            status = "stopped" if written or thread in checkpointed else "not started"
         total, solved = tokens.get(thread, (0, 0))
         rows.append({"thread_id": thread, "created": record.get("created"), "status": status,
                      "problem": record.get("problem", ""), "answer": written.get("answer"),
-                     "subproblems": written.get("solved", solved), "tokens": total})
+                     "subproblems": written.get("solved", solved), "tokens": total,
+                     "fork_of": (record.get("fork_of") or {}).get("thread_id")})
     return sorted(rows, key=lambda row: row["created"] or 0, reverse=True)
 
 

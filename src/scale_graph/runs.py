@@ -44,6 +44,7 @@ def summary(values: dict[str, Any], thread_id: str, status: str = "done") -> dic
              "result": s.get("result"), "prompt_tokens": s.get("prompt_tokens", 0),
              "completion_tokens": s.get("completion_tokens", 0), "reasoning_tokens": s.get("reasoning_tokens", 0),
              "assess_tokens": s.get("assess_tokens", 0), "forced_answer": s.get("forced_answer", False),
+             "forced_system": s.get("forced_system"), "assessed_difficulty": s.get("assessed_difficulty"),
              "latency_s": s.get("latency_s"), "warnings": s.get("warnings", [])}
             for s in values.get("steps", [])],
         "planned_subproblems": values.get("subproblems", []),
@@ -65,7 +66,8 @@ async def list_runs(graph: CompiledStateGraph, store: BaseStore) -> list[dict[st
         rows.append({"thread_id": item.key, "created": item.value.get("created"),
                      "status": status_of(snapshot, held.get(item.key)), "problem": item.value.get("problem", ""),
                      "answer": values.get("answer"), "subproblems": values.get("solved", len(values.get("steps", []))),
-                     "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0)})
+                     "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0),
+                     "fork_of": (item.value.get("fork_of") or {}).get("thread_id")})
     return sorted(rows, key=lambda r: r["created"] or 0, reverse=True)
 
 
@@ -80,6 +82,9 @@ async def show_run(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
     lease = (await leases.current(leases.backend_for(graph.checkpointer))).get(thread_id)
     shown = summary(values, thread_id, status_of(snapshot, lease))
     shown["params"] = record.value.get("params") if record else None
+    shown["fork_of"] = record.value.get("fork_of") if record else None
+    shown["calls"] = await journal_calls(store, thread_id)
+    shown["generated_tokens"] = sum(c["completion_tokens"] for c in shown["calls"] if not c["reused"])
     shown["checkpoints"] = [
         {"step": s.metadata.get("step"), "source": s.metadata.get("source"), "next": list(s.next),
          "created_at": s.created_at, "checkpoint_id": s.config["configurable"].get("checkpoint_id")}
@@ -90,7 +95,19 @@ async def show_run(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
             replies = [ChatReply.from_dict(item.value) for key in step.get("call_keys", [])
                        if (item := await store.aget(namespace, key)) is not None]
             row["solution"], row["reasoning"] = solution_texts(replies)
+            row["reused"] = bool(replies) and all(reply.reused for reply in replies)
     return shown
+
+
+async def journal_calls(store: BaseStore, thread_id: str) -> list[dict[str, Any]]:
+    """Every journalled call of a run: key, completion tokens, and ``reused`` — taken from another
+    run's identical call (:mod:`scale_graph.reuse`) or from the run it was forked from, not generated for it."""
+    namespace, calls, offset = calls_namespace(thread_id), [], 0
+    while items := await store.asearch(namespace, limit=PAGE, offset=offset):
+        calls += [(item.created_at, {"key": item.key, "completion_tokens": item.value.get("completion_tokens", 0),
+                                     "reused": bool(item.value.get("reused"))}) for item in items]
+        offset += len(items)
+    return [call for _, call in sorted(calls, key=lambda pair: pair[0])]
 
 
 async def delete_run(checkpointer: BaseCheckpointSaver, store: BaseStore, thread_id: str) -> int:
@@ -108,3 +125,30 @@ async def delete_run(checkpointer: BaseCheckpointSaver, store: BaseStore, thread
     await store.adelete(RUNS_NAMESPACE, thread_id)
     await checkpointer.adelete_thread(thread_id)
     return removed
+
+
+#: What `runs diff` compares per sub-problem; the first index where any differs is the divergence.
+DIFF_FIELDS = ("text", "difficulty", "system", "result", "completion_tokens")
+
+
+async def diff_runs(graph: CompiledStateGraph, store: BaseStore, first: str, second: str) -> dict[str, Any]:
+    """Where runs ``first`` and ``second`` diverge: per sub-problem the fields of :data:`DIFF_FIELDS`
+    side by side, the first sub-problem (1-based) where they differ, answers and total tokens."""
+    a = await show_run(graph, store, first, texts=False)
+    b = await show_run(graph, store, second, texts=False)
+    rows, divergence = [], None
+    for index in range(max(len(a["subproblems"]), len(b["subproblems"]))):
+        left, right = (rows_of[index] if index < len(rows_of) else None
+                       for rows_of in (a["subproblems"], b["subproblems"]))
+        differs = [name for name in DIFF_FIELDS if (left or {}).get(name) != (right or {}).get(name)]
+        if differs and divergence is None:
+            divergence = index + 1
+        rows.append({"index": index + 1, "differs": differs,
+                     "a": {name: left.get(name) for name in DIFF_FIELDS} if left else None,
+                     "b": {name: right.get(name) for name in DIFF_FIELDS} if right else None})
+    tokens = [run["usage"]["total"].get("completion_tokens", 0) for run in (a, b)]
+    return {"a": first, "b": second, "same_problem": a["problem"] == b["problem"],
+            "first_divergence": divergence, "same_decomposition": a["planned_subproblems"] == b["planned_subproblems"],
+            "subproblems": rows, "answer": {"a": a["answer"], "b": b["answer"]},
+            "completion_tokens": {"a": tokens[0], "b": tokens[1]},
+            "status": {"a": a["status"], "b": b["status"]}, "fork_of": {"a": a["fork_of"], "b": b["fork_of"]}}

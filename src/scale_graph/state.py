@@ -47,6 +47,8 @@ class Step(TypedDict, total=False):
     reasoning_tokens: int
     latency_s: float
     warnings: list[str]
+    forced_system: Literal[1, 2]  # the route was forced by a fork (scale_graph.forks), not Eq. 4
+    assessed_difficulty: float  # the assessed d_i, when a fork replaced ``difficulty``
 
 
 class Selection(TypedDict, total=False):

@@ -7,11 +7,18 @@ from typing import Literal
 from scale_graph.journal import run_context
 
 
-def route(state: dict) -> Literal["solve_system1", "solve_system2"]:
+def system_for(difficulty: float, threshold: float) -> Literal[1, 2]:
     """Eq. 4: m_i = System 2 if d_i > τ else System 1."""
-    difficulty, threshold = state["steps"][state.get("solved", 0)]["difficulty"], run_context().threshold
     # τ = 0 is the "System 2 for everything" setting; Eq. 4 alone would still send d_i = 0 to System 1.
-    return "solve_system2" if difficulty > threshold or threshold == 0.0 else "solve_system1"
+    return 2 if difficulty > threshold or threshold == 0.0 else 1
+
+
+def route(state: dict) -> Literal["solve_system1", "solve_system2"]:
+    """Eq. 4, unless the step's system was forced (a fork, :mod:`scale_graph.forks`)."""
+    step = state["steps"][state.get("solved", 0)]
+    forced = step.get("forced_system")
+    system = forced if forced in (1, 2) else system_for(step["difficulty"], run_context().threshold)
+    return "solve_system2" if system == 2 else "solve_system1"
 
 
 def next_subproblem(state: dict) -> Literal["assess", "finalize"]:
