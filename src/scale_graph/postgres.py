@@ -36,10 +36,10 @@ SCHEMES = ("postgresql://", "postgres://")
 SETUP_LOCK_KEY = 0x5CA1E_6A_F00D
 POOL_MIN = 1
 POOL_MAX = 8  # the saver serialises its own statements and the store batches: a few connections serve many runs
-POOL_TIMEOUT_S = 3.0  # waiting for a connection (the server down: reconnection attempts fail meanwhile)
+POOL_TIMEOUT_S = 2.0  # waiting for a connection (the server down: reconnection attempts fail meanwhile)
 CONNECT_TIMEOUT_S = 5
 RETRY_ATTEMPTS = 4
-RETRY_WINDOW_S = 10.0
+RETRY_WINDOW_S = 8.0
 
 
 def is_postgres(value: object) -> bool:
