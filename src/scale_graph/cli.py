@@ -29,7 +29,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
 
 SUBPROBLEMS_FILE_MAX_CHARS = 200_000
-DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
+DbOption = typer.Option(None, "--db", help="Run database: a SQLite file or a postgresql:// URL "
+                        "(default: $SCALE_DB or ./scale.db).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 
 
@@ -187,7 +188,9 @@ def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None
     """List the runs in the database, newest first."""
     from scale_graph.listing import quick_list
 
-    path = Path(db or os.environ.get("SCALE_DB") or "scale.db")  # persistence.db_path, without its imports
+    from scale_graph.database import db_path
+
+    path = db_path(db)
 
     async def work() -> list[dict[str, Any]]:
         from scale_graph.graph import build_graph
@@ -199,7 +202,7 @@ def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None
             return await list_runs(build_graph(saver, store), store)
 
     quick = None
-    if "://" not in str(path):  # a SQLite file: answer without importing LangGraph when it can
+    if isinstance(path, Path):  # a SQLite file: answer without importing LangGraph when it can
         if not path.exists():
             fail(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)", 2)
         quick = quick_list(path)
@@ -321,6 +324,32 @@ def serve_command(
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("warning: no API key set (--api-key / SCALE_SERVE_API_KEY) on a non-loopback interface")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+db_app = typer.Typer(help="Move run databases between backends.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("copy")
+def db_copy(
+    src: Path = typer.Argument(..., help="SQLite run database to copy from (e.g. scale.db)."),
+    dst: str = typer.Argument(..., help="PostgreSQL database to copy to: postgresql://user:password@host:port/db."),
+    results: Optional[str] = typer.Option(None, "--results", help="Results database to copy too (default: "
+                                          "$SCALE_RESULTS_DB or ./scale-results.db when it exists)."),
+    results_to: Optional[str] = typer.Option(None, "--results-to", help="Where the results go (default: DST)."),
+) -> None:
+    """Copy runs (checkpoints, call journal) and evaluation results from SQLite to PostgreSQL."""
+    from scale_graph.dbcopy import copy
+
+    if results is None:
+        candidate = os.environ.get("SCALE_RESULTS_DB") or "scale-results.db"
+        results = candidate if "://" not in candidate and Path(candidate).is_file() else None
+    copied = run_guarded(lambda: copy(src, dst, results, results_to))
+    out.print(f"copied {copied.runs} run(s) ({copied.checkpoints} checkpoints, {copied.items} stored items)"
+              + (f" and {copied.results} result(s)" if results is not None else ""), highlight=False)
+    for what, names in (("runs", copied.skipped_runs), ("result runs", copied.skipped_results)):
+        if names:
+            out.print(f"skipped {len(names)} {what} already in the destination: {', '.join(names)}", highlight=False)
 
 
 def _register_evaluation() -> None:

@@ -9,13 +9,14 @@ A holder on this host whose process is gone is treated as expired at once (a kil
 The SQL is plain SQL-standard upsert (``INSERT … ON CONFLICT … DO UPDATE … WHERE``), valid on
 SQLite ≥ 3.24 and PostgreSQL; ``expires`` is DOUBLE PRECISION (PostgreSQL's REAL is 4 bytes,
 too coarse for epoch seconds; SQLite gives it REAL affinity). Parameters are named
-(``:name``), the style of :mod:`sqlite3`; a PostgreSQL backend maps them to ``%(name)s``.
+(``:name``), the style of :mod:`sqlite3`; the PostgreSQL backend maps them to ``%(name)s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import time
 import uuid
@@ -119,6 +120,46 @@ class SqliteBackend:
             return list(await cursor.fetchall())
 
 
+class PostgresBackend:
+    """On the saver's psycopg pool (autocommit: each statement is its own transaction).
+
+    Statements get the saver's bounded retries on a dropped connection.
+    """
+
+    def __init__(self, pool: Any, url: Any) -> None:
+        self.pool, self.url, self.ready = pool, url, False
+
+    @staticmethod
+    def _pg(sql: str) -> str:
+        return re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+
+    async def _run(self, sql: str, params: dict[str, Any]) -> Any:
+        from scale_graph.postgres import aretry
+
+        async def once() -> Any:
+            async with self.pool.connection() as conn:
+                if not self.ready:  # also created with the database (persistence); covers savers made elsewhere
+                    await conn.execute(CREATE)
+                    self.ready = True
+                cursor = await conn.execute(self._pg(sql), params)
+                return cursor.rowcount, (await cursor.fetchall() if cursor.description else [])
+        if sql is RENEW or sql is RELEASE:  # not worth a wait: the renewer tries again, and a lease left behind expires
+            try:
+                return await once()
+            except Exception as exc:  # noqa: BLE001 - callers expect one error type for an unusable database
+                from scale_graph.persistence import DatabaseError
+
+                raise DatabaseError(str(exc)) from None
+        return await aretry(self.url, once)
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> int:
+        return (await self._run(sql, params))[0]
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[tuple]:
+        # the pool's rows are dicts (the savers need dict_row); READ names its columns in Lease's order
+        return [tuple(row.values()) if isinstance(row, dict) else tuple(row) for row in (await self._run(sql, params))[1]]
+
+
 class MemoryBackend:
     """Leases of one process, for checkpointers without a database (InMemorySaver)."""
 
@@ -147,6 +188,7 @@ class MemoryBackend:
 
 _memory: weakref.WeakKeyDictionary[Any, MemoryBackend] = weakref.WeakKeyDictionary()
 _sqlite: weakref.WeakKeyDictionary[Any, SqliteBackend] = weakref.WeakKeyDictionary()
+_postgres: weakref.WeakKeyDictionary[Any, PostgresBackend] = weakref.WeakKeyDictionary()
 
 
 def backend_for(checkpointer: Any) -> Backend:
@@ -156,6 +198,13 @@ def backend_for(checkpointer: Any) -> Backend:
         if checkpointer not in _sqlite:
             _sqlite[checkpointer] = SqliteBackend(conn, lock)
         return _sqlite[checkpointer]
+    if type(conn).__module__.startswith("psycopg_pool"):  # scale_graph.postgres: a pool, and its URL for messages
+        if checkpointer not in _postgres:
+            from scale_graph.postgres import PostgresUrl
+
+            url = getattr(checkpointer, "scale_url", None) or PostgresUrl("postgresql://")
+            _postgres[checkpointer] = PostgresBackend(conn, url)
+        return _postgres[checkpointer]
     key = checkpointer if checkpointer is not None else _memory
     if key is _memory:  # no checkpointer: nothing is resumable, so nothing to share
         return MemoryBackend()

@@ -3,10 +3,11 @@
 Importing LangGraph costs seconds; listing needs only a few values per run. They are read from
 the tables the SQLite saver and store keep: the run records (store, JSON), the channels
 ``finished``/``answer``/``solved`` as the nodes wrote them (``writes``, msgpack scalars), the
-call journal's token counts (store, JSON) and the leases. When a database does not look
-exactly like that (another layout, an older run without the ``finished`` channel, a value
-that is not a plain scalar), :func:`quick_list` returns None and the caller takes the full path
-(:func:`scale_graph.runs.list_runs`), which asks LangGraph.
+call journal's token counts (store, JSON) and the leases. That answers for runs that are done, running or not started;
+when any run stopped half-way (only LangGraph can say before which node), or the database does
+not look exactly as expected (another layout, an older run without the ``finished`` channel, a
+value that is not a plain scalar), :func:`quick_list` returns None and the caller takes the full
+path (:func:`scale_graph.runs.list_runs`), which asks LangGraph.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scale_graph.database import SCHEMA_VERSION
 from scale_graph.leases import Lease
 
-#: The layout of SCALE-Graph's own use of the file (``scale_meta``), which this reader knows.
-SCHEMA_VERSION = 1
 _WRITES = ("SELECT thread_id, channel, type, value FROM writes WHERE checkpoint_ns = '' AND channel IN "
            "('finished', 'answer', 'solved') ORDER BY thread_id, checkpoint_id, idx")
 _TOKENS = ("SELECT prefix, SUM(json_extract(value, '$.completion_tokens')), "
@@ -73,8 +73,10 @@ def quick_list(path: Path) -> list[dict[str, Any]] | None:
             status = "done"
         elif lease is not None and lease.live(now):
             status = lease.describe()
+        elif written or thread in checkpointed:
+            return None  # stopped: only LangGraph can say where (before which node, awaiting review)
         else:
-            status = "stopped" if written or thread in checkpointed else "not started"
+            status = "not started"
         total, solved = tokens.get(thread, (0, 0))
         rows.append({"thread_id": thread, "created": record.get("created"), "status": status,
                      "problem": record.get("problem", ""), "answer": written.get("answer"),

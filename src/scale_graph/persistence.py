@@ -1,4 +1,8 @@
-"""The run database: one SQLite file holding LangGraph checkpoints and the call journal (store).
+"""The run database: LangGraph checkpoints and the call journal (store) in one SQLite file.
+
+``--db``/``SCALE_DB`` may instead be a ``postgresql://`` URL: the same checkpoints, store and
+lease table on a PostgreSQL server (:mod:`scale_graph.postgres`), for several processes or
+machines sharing one store. Every function here takes either.
 
 WAL with ``synchronous=NORMAL``: a committed step survives a killed process (only a power
 loss can take the last commits), at a fraction of the fsync cost. ``busy_timeout`` lets
@@ -12,14 +16,17 @@ import os
 import sqlite3
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiosqlite
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
 
+from scale_graph import postgres
+from scale_graph.database import DEFAULT_DB, SCHEMA_VERSION, Database, db_path  # noqa: F401  (re-exported)
 from scale_graph.leases import CREATE as CREATE_LEASES
+from scale_graph.postgres import PostgresUrl
 
 
 try:
@@ -27,10 +34,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no set-up lock
     fcntl = None  # type: ignore[assignment]
 
-DEFAULT_DB = "scale.db"
 BUSY_TIMEOUT_S = 60.0
 PRAGMAS = f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)};"
-SCHEMA_VERSION = 1  # of SCALE-Graph's own use of the file (the `scale_meta` table)
 
 
 class _ImmediateSqliteStore(SqliteStore):
@@ -88,13 +93,13 @@ class DatabaseError(RuntimeError):
     """The run database cannot be used; one line for the user."""
 
 
-def db_path(explicit: str | os.PathLike | None = None) -> Path:
-    """``--db``, else ``SCALE_DB``, else ``scale.db`` in the working directory."""
-    return Path(explicit or os.environ.get("SCALE_DB") or DEFAULT_DB)
 
 
-def check_database(path: Path, *, must_exist: bool = False) -> None:
-    """Fail early and clearly on a missing, unwritable, corrupted, foreign or too-new file."""
+def check_database(path: Database, *, must_exist: bool = False) -> None:
+    """Fail early and clearly on a missing, unwritable, corrupted, foreign or too-new database."""
+    if isinstance(path, PostgresUrl):
+        postgres.check(path, SCHEMA_VERSION)
+        return
     if not path.exists():
         if must_exist:
             raise DatabaseError(f"database {path} does not exist")
@@ -180,9 +185,13 @@ def _translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
 
 
 @contextmanager
-def open_sync(path: str | os.PathLike | None = None) -> Iterator[tuple[SqliteSaver, SqliteStore]]:
-    """Checkpointer and store on one file, for ``graph.invoke``."""
+def open_sync(path: str | os.PathLike | PostgresUrl | None = None) -> Iterator[tuple[Any, Any]]:
+    """Checkpointer and store on one database, for ``graph.invoke``."""
     path = db_path(path)
+    if isinstance(path, PostgresUrl):
+        with postgres.open_sync(path, SCHEMA_VERSION, CREATE_LEASES) as pair:
+            yield pair
+        return
     check_database(path)
     saver_conn = store_conn = None
     try:
@@ -204,9 +213,18 @@ def open_sync(path: str | os.PathLike | None = None) -> Iterator[tuple[SqliteSav
 
 
 @asynccontextmanager
-async def open_async(path: str | os.PathLike | None = None) -> AsyncIterator[tuple[AsyncSqliteSaver, AsyncSqliteStore]]:
-    """Checkpointer and store on one file, for ``graph.ainvoke`` with many runs in flight."""
+async def open_async(path: str | os.PathLike | PostgresUrl | None = None,
+                     pool_size: int = postgres.POOL_MAX) -> AsyncIterator[tuple[Any, Any]]:
+    """Checkpointer and store on one database, for ``graph.ainvoke`` with many runs in flight.
+
+    ``pool_size``: connections to a PostgreSQL server (the runs this process keeps in flight
+    share them); unused for SQLite, which gets one connection each.
+    """
     path = db_path(path)
+    if isinstance(path, PostgresUrl):
+        async with postgres.open_async(path, SCHEMA_VERSION, CREATE_LEASES, pool_size) as pair:
+            yield pair
+        return
     check_database(path)
     try:
         async with aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S) as saver_conn, \

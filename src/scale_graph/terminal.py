@@ -44,13 +44,13 @@ def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Pa
         finally:
             await close_clients()
 
-    from scale_graph.persistence import DatabaseError
+    from scale_graph.persistence import DatabaseError, db_path  # db_path: a URL's password is masked
     from scale_graph.servers.chat import EndpointError, close_clients
 
     def resume_hint() -> str:
         if not thread_id or not saved():
             return ""
-        return f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db}`" if db else "`")
+        return f"; the run is saved: resume with `scale runs resume {thread_id}" + (f" --db {db_path(db)}`" if db else "`")
 
     try:
         return asyncio.run(closing())

@@ -2,7 +2,8 @@
 
 A SQLite file by default (``scale-results.db``, or ``SCALE_RESULTS_DB``); any SQLAlchemy URL
 (e.g. ``postgresql+psycopg://…``) when several machines share one store; a plain path means
-``sqlite:///<path>``. A run is identified by its name; re-opening it with different parameters
+``sqlite:///<path>``. When ``SCALE_DB`` names a PostgreSQL database, results default to that same
+database (their ``eval_*`` tables beside the checkpoints), so one server holds everything. A run is identified by its name; re-opening it with different parameters
 is refused, so one run never mixes results of two configurations. Configs hold run parameters
 only — the context has no API keys.
 
@@ -33,6 +34,7 @@ from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import Outcome
 from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
 from scale_graph.errors import InputError
+from scale_graph.postgres import SETUP_LOCK_KEY, is_postgres, parse
 from scale_graph.state import total_usage
 
 DEFAULT_RESULTS_DB = "scale-results.db"
@@ -92,8 +94,15 @@ class Result(Base):
 
 
 def results_url(value: str | None = None) -> str:
-    """``--results-db``, else ``SCALE_RESULTS_DB``, else ``scale-results.db``; a path becomes a SQLite URL."""
-    value = value or os.environ.get("SCALE_RESULTS_DB") or DEFAULT_RESULTS_DB
+    """``--results-db``, else ``SCALE_RESULTS_DB``, else the PostgreSQL ``SCALE_DB``, else ``scale-results.db``.
+
+    A path becomes a SQLite URL; ``postgresql://`` gets the psycopg 3 driver (SQLAlchemy's
+    default for that scheme is psycopg2, which the ``postgres`` extra does not install).
+    """
+    run_db = os.environ.get("SCALE_DB") or ""
+    value = value or os.environ.get("SCALE_RESULTS_DB") or (run_db if is_postgres(run_db) else DEFAULT_RESULTS_DB)
+    if is_postgres(value):
+        return parse(value).sqlalchemy_url
     return value if "://" in value else f"sqlite:///{value}"
 
 
@@ -114,8 +123,12 @@ class ResultsStore:
             self.engine = create_engine(self.url, connect_args=_connect_args(self.url))
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+            with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # concurrent CREATE TABLEs of several starting workers collide on the catalog's unique keys
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SETUP_LOCK_KEY})
+                Base.metadata.create_all(connection)
+                _add_missing_columns(connection)
         except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
@@ -183,6 +196,16 @@ class ResultsStore:
                              f"(runs: {', '.join(r.name for r in runs) or 'none'})")
         return chosen
 
+    def import_run(self, run: Run) -> bool:
+        """Store a copy of ``run`` (from another results database) with its results; False when the name exists."""
+        with self._session() as session:
+            if session.scalar(select(Run.id).where(Run.name == run.name)) is not None:
+                return False
+            copy = Run(**_columns(run, Run))
+            copy.results = [Result(**_columns(result, Result)) for result in run.results]
+            session.add(copy)
+            return True
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -201,16 +224,19 @@ _ADDED_COLUMNS = (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN",
                   ("generated_tokens", "INTEGER", None))
 
 
-def _add_missing_columns(engine: Any) -> None:
+def _add_missing_columns(connection: Any) -> None:
     """Bring a results table from an older version up to date (create_all adds no columns)."""
-    present = {column["name"] for column in inspect(engine).get_columns(Result.__tablename__)}
-    missing = [(name, kind, default) for name, kind, default in _ADDED_COLUMNS if name not in present]
-    if not missing:
-        return
-    with engine.begin() as connection:
-        for name, kind, default in missing:
+    present = {column["name"] for column in inspect(connection).get_columns(Result.__tablename__)}
+    for name, kind, default in _ADDED_COLUMNS:
+        if name not in present:
             suffix = f" NOT NULL DEFAULT {default}" if default is not None else ""
             connection.execute(text(f"ALTER TABLE {Result.__tablename__} ADD COLUMN {name} {kind}{suffix}"))
+
+
+def _columns(row: Base, model: type[Base]) -> dict[str, Any]:
+    """A row's column values except its keys (the copy gets its own ids)."""
+    return {column.key: getattr(row, column.key) for column in model.__table__.columns
+            if column.key not in ("id", "run_id")}
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
