@@ -16,6 +16,17 @@ from scale_graph.testing.fake_openai import FakeOpenAIServer
 from tests.vllm_fixture import vllm_server  # noqa: F401  (session fixture: one real local vLLM server)
 
 
+TIERS = ("unit", "system", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries its tier's marker (its folder): ``-m unit`` runs the fast tier alone."""
+    for item in items:
+        tier = next((part for part in item.path.parts[::-1] if part in TIERS), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No user config, no running servers, no SCALE_* variables leak into a test."""

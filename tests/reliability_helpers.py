@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability suite (tests/test_reliability_*.py).
+"""Shared helpers of the reliability suite (tests/system/test_reliability_*.py).
 
 * :func:`scale` runs the real ``scale`` command in a subprocess (``python -m scale_graph.cli``),
   so tracebacks, exit codes and SIGKILL behave as for a user.

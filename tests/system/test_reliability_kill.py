@@ -237,7 +237,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path):
 
 
 # ---- every checkpoint boundary: SIGKILL and SIGINT just before each checkpoint write -----------------
-DRIVER = Path(__file__).with_name("reliability_kill_driver.py")
+DRIVER = Path(__file__).parents[1] / "reliability_kill_driver.py"
 EXIT = {"KILL": -signal.SIGKILL, "INT": 130}
 
 

@@ -28,7 +28,7 @@ from tests.reliability_helpers import (CLI, ServerProcess, assert_one_error_line
 
 pytestmark = pytest.mark.timeout(600)
 
-DRIVER = Path(__file__).with_name("reliability_concurrency_driver.py")
+DRIVER = Path(__file__).parents[1] / "reliability_concurrency_driver.py"
 PROCESSES, PROBLEMS = 4, 16
 REQUESTS_PER_RUN = 8  # decompose, select, 3 × (assess, solve): 3 sub-problems, no cut-off thinking
 
@@ -83,7 +83,7 @@ def test_four_processes_sixteen_problems_each_on_one_database(tmp_path):
     assert shown.returncode == 0 and last_json(shown.stdout)["status"] == "done"
 
 
-RACE_DRIVER = Path(__file__).with_name("reliability_open_race_driver.py")
+RACE_DRIVER = Path(__file__).parents[1] / "reliability_open_race_driver.py"
 RACERS, ROUNDS = 6, 12
 
 

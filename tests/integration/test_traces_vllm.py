@@ -11,7 +11,7 @@ from scale_graph.traces.render import FORMATS
 from scale_graph.traces.validate import assistant_text, user_text, validate_file
 
 from tests.conftest import write_datasets
-from tests.test_traces import cli_app, runner
+from tests.system.test_traces import cli_app, runner
 
 pytestmark = pytest.mark.vllm
 
