@@ -178,3 +178,17 @@ def test_explicit_option_equal_to_default_beats_environment(endpoint_env, fake_s
     result = scale("solve", "What is 1+1?", "-k", "2", "--thread-id", "t09", "--json")
     assert json.loads(scale("runs", "show", "t09", "--json").stdout)["params"]["threshold"] == 0.9
     assert "threshold=0.9 (environment)" in result.stderr
+
+
+def test_resume_says_where_it_picks_up_and_the_stopped_run_is_not_done(endpoint_env, fake_server, monkeypatch):
+    """Issue 15.5: `runs resume` says where it picks up; a stopped run is never shown as done."""
+    monkeypatch.setenv("SCALE_MAX_RETRIES", "0")
+    fake_server.inject("500", times=1, stage="solve")
+    stopped = scale("solve", "What is 1+1?", "-k", "2", "--thread-id", "p1")
+    assert stopped.exit_code == 1
+    listed = json.loads(scale("runs", "list", "--json").stdout)
+    assert listed[0]["status"].startswith("stopped")
+    resumed = scale("runs", "resume", "p1", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming at sub-problem 1 of 3" in resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "done"

@@ -290,3 +290,15 @@ def test_a_slow_grader_leaves_samples_ungraded_never_wrong(endpoint_env, fake_se
     assert (shown.samples, shown.ungraded, shown.accuracy) == (2, 2, 0.0)
     assert all(r.ungraded and r.grading_note.startswith("ungraded: ") for r in results)
     assert "ungraded 2" in result.stdout
+
+
+def test_progress_lines_at_intervals_when_stderr_is_not_a_terminal(endpoint_env, fake_server, monkeypatch):
+    """Issue 15.5: `scale eval` with stderr not a terminal printed nothing for minutes."""
+    from scale_graph.evaluation import runner as evaluation_runner
+
+    monkeypatch.setattr(evaluation_runner, "PROGRESS_LINE_INTERVAL_S", 0.1)
+    fake_server.configure(latency=0.1)
+    result = evaluate_ok("--dataset", "aime24", "--data-dir", "data", "--method", "cot", "--samples", "2",
+                         "--concurrency", "1")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("progress cot-aime24:")]
+    assert len(lines) >= 2 and "samples" in lines[-1] and "tok/s" in lines[-1]

@@ -22,7 +22,7 @@ from scale_graph.evaluation.metrics import compute, run_metrics
 from scale_graph.evaluation.report import report
 from scale_graph.evaluation.runner import plan
 from scale_graph.evaluation.store import ResultsStore
-from scale_graph.runner import InputError
+from scale_graph.errors import InputError
 from scale_graph.servers.chat import Choice
 from scale_graph.settings import ConfigError
 from tests.conftest import DATASETS, write_datasets

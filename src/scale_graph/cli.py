@@ -61,7 +61,7 @@ def _print_summary(shown: dict[str, Any]) -> None:
 
 
 def _read_problem(problem: Optional[str], problem_file: Optional[Path], max_chars: int) -> str:
-    from scale_graph.runner import InputError
+    from scale_graph.errors import InputError
 
     if problem_file is not None:
         if problem:
@@ -140,7 +140,7 @@ def solve(
                 if decision is None:
                     return summary(values, thread, "awaiting review")
                 values = await resume(graph, store, thread, on_event=_progress, review=decision)
-            return summary(values, thread)
+            return summary(values, thread, "done" if values.get("finished") else "stopped")
 
     started: list[str] = []
     shown = run_guarded(work, thread_id=thread, db=db, saved=lambda: bool(started))
@@ -182,18 +182,25 @@ def _emit(shown: dict[str, Any], as_json: bool) -> None:
 @runs_app.command("list")
 def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
     """List the runs in the database, newest first."""
-    from scale_graph.graph import build_graph
-    from scale_graph.persistence import db_path, open_async
-    from scale_graph.runs import list_runs
+    from scale_graph.listing import quick_list
 
-    path = db_path(db)
+    path = Path(db or os.environ.get("SCALE_DB") or "scale.db")  # persistence.db_path, without its imports
 
     async def work() -> list[dict[str, Any]]:
+        from scale_graph.graph import build_graph
+        from scale_graph.persistence import open_async
+        from scale_graph.runs import list_runs
+
         _require(path)
         async with open_async(path) as (saver, store):
             return await list_runs(build_graph(saver, store), store)
 
-    rows = run_guarded(work)
+    quick = None
+    if "://" not in str(path):  # a SQLite file: answer without importing LangGraph when it can
+        if not path.exists():
+            fail(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)", 2)
+        quick = quick_list(path)
+    rows = quick if quick is not None else run_guarded(work)
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
         return
@@ -253,7 +260,7 @@ def runs_resume(
                         if line.strip()]
         async with open_async(path) as (saver, store):
             values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress, review=decision)
-            return summary(values, thread_id)
+            return summary(values, thread_id, "done" if values.get("finished") else "stopped")
 
     _emit(run_guarded(work, thread_id=thread_id, db=db), as_json)
 

@@ -1,7 +1,21 @@
-"""Every error the user can see, in one place; each message is one line meant for the user."""
+"""The errors a user can see, in one place; each message is one line meant for the user.
+
+Exit codes (see :mod:`scale_graph.terminal`): bad input → 2, a failed run → 1 (it stays
+resumable). Errors of one component that carry its own details live beside it and derive from
+these: ``persistence.DatabaseError``, ``servers.chat_errors.EndpointError`` (and
+``ContextLengthError``), ``runner.RunBusy`` (an :class:`InputError`).
+"""
 
 from __future__ import annotations
 
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range."""
+
+
+class InputError(ValueError):
+    """Bad input from the user: a problem, a thread id, a file, an option."""
+
+
+class UnknownRun(LookupError):
+    """No run with this id in the database."""

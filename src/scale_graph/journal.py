@@ -32,7 +32,7 @@ from langgraph.store.memory import InMemoryStore
 
 from scale_graph import reuse
 from scale_graph.context import Context
-from scale_graph.servers.chat import ChatCall, ChatReply, Systems
+from scale_graph.servers.chat import ChatCall, ChatReply, Systems, session
 from scale_graph.servers.endpoints import endpoints
 
 
@@ -180,6 +180,10 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
     """
 
     def run(state: dict) -> dict:
+        with session(current_run_id(state)):  # a router keeps the run on one replica
+            return _run(state)
+
+    def _run(state: dict) -> dict:
         context, store = _runtime()
         execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": partial(serve_call, context, store)}
         operations, result, error = _operations(logic, state, context, starts_run), None, None
@@ -194,6 +198,10 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
                 result, error = None, failed
 
     async def arun(state: dict) -> dict:
+        with session(current_run_id(state)):
+            return await _arun(state)
+
+    async def _arun(state: dict) -> dict:
         context, store = _runtime()
         execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": partial(aserve_call, context, store)}
         operations, result, error = _operations(logic, state, context, starts_run), None, None

@@ -60,6 +60,10 @@ class Lease:
             return False
         return self.host != HOST or _process_exists(self.pid)
 
+    def describe(self) -> str:
+        """The status of a run this lease holds: ``running (pid N)``, naming the host when it is another."""
+        return f"running (pid {self.pid}" + ("" if self.host == HOST else f" on {self.host}") + ")"
+
 
 class LeaseHeld(Exception):
     """Another live worker holds the run."""

@@ -20,6 +20,8 @@ def difficulty_text(value: Any) -> str:
 def progress_line(event: dict[str, Any]) -> str | None:
     """One line of streamed progress per workflow event."""
     kind = event.get("event")
+    if kind == "resuming":
+        return f"Resuming at {event['at']}.\n"
     if kind == "decomposed":
         return f"Decomposed the problem into {event['candidates']} candidate plan(s) of sizes {event['sizes']}.\n"
     if kind == "selected":

@@ -14,18 +14,11 @@ from langgraph.types import Command, StateSnapshot
 
 from scale_graph import leases
 from scale_graph.context import Context
+from scale_graph.errors import InputError, UnknownRun
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
 from scale_graph.settings import resume_context
 
 EventHandler = Callable[[dict[str, Any]], None]
-
-
-class InputError(ValueError):
-    """Bad input from the user; one line."""
-
-
-class UnknownRun(LookupError):
-    """No run with this id in the database."""
 
 
 class RunBusy(InputError):

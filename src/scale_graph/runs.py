@@ -24,7 +24,7 @@ def status_of(snapshot: StateSnapshot, lease: leases.Lease | None = None) -> str
     if is_finished(snapshot):
         return "done"
     if lease is not None and lease.live():
-        return f"running (pid {lease.pid}" + ("" if lease.host == leases.HOST else f" on {lease.host}") + ")"
+        return lease.describe()
     if not snapshot.values:
         return "not started"
     at = position(snapshot)
@@ -64,7 +64,7 @@ async def list_runs(graph: CompiledStateGraph, store: BaseStore) -> list[dict[st
         values = snapshot.values or {}
         rows.append({"thread_id": item.key, "created": item.value.get("created"),
                      "status": status_of(snapshot, held.get(item.key)), "problem": item.value.get("problem", ""),
-                     "answer": values.get("answer"), "subproblems": len(values.get("steps", [])),
+                     "answer": values.get("answer"), "subproblems": values.get("solved", len(values.get("steps", []))),
                      "tokens": total_usage(values.get("usage", {})).get("completion_tokens", 0)})
     return sorted(rows, key=lambda r: r["created"] or 0, reverse=True)
 

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from scale_graph.errors import ConfigError
+from scale_graph.errors import ConfigError, InputError, UnknownRun
 
 # Not a terminal (a log file, a pipe): no wrapping at 80 columns, so lines and tables stay whole.
 out = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 1000)
@@ -45,7 +45,6 @@ def run_guarded(work: Callable[[], Any], *, thread_id: str | None = None, db: Pa
             await close_clients()
 
     from scale_graph.persistence import DatabaseError, db_path  # db_path: a URL's password is masked
-    from scale_graph.runner import InputError, UnknownRun
     from scale_graph.servers.chat import EndpointError, close_clients
 
     def resume_hint() -> str:

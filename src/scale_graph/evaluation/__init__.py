@@ -8,3 +8,6 @@ database), :mod:`.runner` (runs with bounded concurrency and resume), :mod:`.met
 (Acc/Tpi/Tok/Hard), :mod:`.report` (tables, plots, exports), :mod:`.cli` (``scale eval`` and
 ``scale report``).
 """
+
+#: Problem samples in flight at once in `scale eval` / `scale traces generate` (``--concurrency``).
+DEFAULT_CONCURRENCY = 16

@@ -12,12 +12,11 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from scale_graph.evaluation import datasets
-from scale_graph.evaluation.report import generated_line, report
-from scale_graph.evaluation.runner import DEFAULT_CONCURRENCY, evaluate, plan
-from scale_graph.evaluation.store import ResultsStore
-from scale_graph.persistence import db_path
-from scale_graph.runner import InputError
+from scale_graph.errors import InputError
+from scale_graph.evaluation import DEFAULT_CONCURRENCY
+
+# The harness (LangGraph, the chat layer, SQLAlchemy, matplotlib) is imported by the commands
+# themselves: `scale --help` must not pay for it.
 
 out = Console()
 err = Console(stderr=True)
@@ -63,6 +62,11 @@ def eval_command(
                                             "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
 ) -> None:
     """Evaluate SCALE and baselines on math benchmarks; results are stored and a re-run resumes."""
+    from scale_graph.evaluation import datasets
+    from scale_graph.evaluation.report import generated_line, report
+    from scale_graph.evaluation.runner import evaluate, plan
+    from scale_graph.evaluation.store import ResultsStore
+    from scale_graph.persistence import db_path
 
     async def work() -> tuple[Any, list[Any]]:
         if limit is not None and limit < 1:
@@ -114,6 +118,8 @@ def report_command(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every run's metrics as JSON."),
 ) -> None:
     """Tables (paper Tables 1 and 2), plots (Figure 2 style) and exports of stored evaluation runs."""
+    from scale_graph.evaluation.report import report
+    from scale_graph.evaluation.store import ResultsStore
 
     async def work() -> list[Path]:
         store = ResultsStore(results_db, must_exist=True)
@@ -141,7 +147,7 @@ def _run(work: Callable[[], Any]) -> Any:
 
 
 def _reuse_group(reuse: bool, group: str | None, name: str | None, methods: list[str],
-                 loaded: list[datasets.Dataset]) -> str:
+                 loaded: list[Any]) -> str:
     """The evaluation's reuse group: ``--reuse-group``, else one named after the evaluation (stable, so a
     re-run of the same command finds the calls cached before it stopped), or "" with ``--no-reuse``."""
     if group is not None and not reuse:

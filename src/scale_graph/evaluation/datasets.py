@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scale_graph.parsing import last_boxed
-from scale_graph.runner import InputError
+from scale_graph.errors import InputError
 
 #: Preset → (Hugging Face dataset, preferred split).
 PRESETS: dict[str, tuple[str, str]] = {

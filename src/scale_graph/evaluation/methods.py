@@ -50,7 +50,7 @@ from scale_graph.nodes.solve import solve_call
 from scale_graph.parsing import last_boxed
 from scale_graph.prompts import COT
 from scale_graph.runs import summary
-from scale_graph.servers.chat import ChatCall, ChatReply, Choice
+from scale_graph.servers.chat import ChatCall, ChatReply, Choice, session
 from scale_graph.state import Usage, add_usage
 
 INFTYTHINK_CONTINUE = (
@@ -123,7 +123,8 @@ async def solve(method: str, problem: Problem, sample: int, setup: Setup) -> Out
     """Run ``method`` on one sample, timed; a failure becomes the outcome's one-line error."""
     started = time.perf_counter()
     try:
-        outcome = await METHODS[method](problem, sample, setup)
+        with session(thread_id(setup.run, problem.id, sample)):  # a router keeps a sample on one replica
+            outcome = await METHODS[method](problem, sample, setup)
     except runner.RunBusy:  # another live process works on this sample and will store it
         raise
     except Exception as exc:  # recorded and retried on the next run; the evaluation goes on

@@ -15,17 +15,17 @@ completion tokens of the samples computed now and the part of them generated now
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from scale_graph.context import ENDPOINT_FIELDS
-from scale_graph.evaluation import grading
+from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import METHODS, Setup, solve
@@ -37,7 +37,8 @@ from scale_graph.servers.endpoints import endpoints
 from scale_graph.settings import ConfigError, resolve, with_context_window
 from scale_graph.state import total_usage
 
-DEFAULT_CONCURRENCY = 16
+#: Seconds between progress lines when stderr is not a terminal.
+PROGRESS_LINE_INTERVAL_S = 30.0
 
 
 @dataclass
@@ -138,6 +139,8 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             for run in plans:
                 run.setup.graph, run.setup.store = graph, checkpoint_store
         progress = stack.enter_context(_progress(console))
+        if console is not None and not console.is_terminal:  # a log file sees no bar: a line at intervals
+            await stack.enter_async_context(_progress_lines(console, progress, PROGRESS_LINE_INTERVAL_S))
         jobs: list[tuple[bool, Any]] = []
         for run in plans:
             run_id = store.open_run(run.name, run.method, run.dataset.name, run.setup.config(run.method))
@@ -198,6 +201,29 @@ class _TokensPerSecond(ProgressColumn):
         elapsed = task.elapsed or 0.0
         rate = task.fields["tokens"] / elapsed if elapsed > 0 else 0.0
         return Text(f"{rate:,.0f} tok/s", style="cyan")
+
+
+@asynccontextmanager
+async def _progress_lines(console: Console, progress: Progress, every: float) -> AsyncIterator[None]:
+    """While the body runs, one plain line per run every ``every`` seconds (for stderr that is
+    not a terminal, where the live bar shows nothing until the end)."""
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(every)
+            for task in progress.tasks:
+                fields = task.fields
+                accuracy = f"acc {100 * fields['correct'] / fields['attempted']:.1f}%" if fields["attempted"] else "acc –"
+                elapsed = task.elapsed or 0.0
+                console.print(f"progress {task.description}: {int(task.completed)}/{int(task.total or 0)} samples, "
+                              f"{accuracy}, {fields['failed']} failed, "
+                              f"{fields['tokens'] / elapsed if elapsed > 0 else 0:,.0f} tok/s, {elapsed:,.0f} s",
+                              highlight=False, markup=False, soft_wrap=True)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticker.cancel()
 
 
 def _progress(console: Console | None) -> Progress:

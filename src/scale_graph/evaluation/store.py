@@ -33,8 +33,8 @@ from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import Outcome
 from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
+from scale_graph.errors import InputError
 from scale_graph.postgres import SETUP_LOCK_KEY, is_postgres, parse
-from scale_graph.runner import InputError
 from scale_graph.state import total_usage
 
 DEFAULT_RESULTS_DB = "scale-results.db"

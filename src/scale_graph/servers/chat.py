@@ -7,16 +7,23 @@ flag, sampling, ``n`` and JSON schema. It drops an optional feature only when th
 it does not support it (each drop is a ``degraded:`` warning on the reply), caps the requests in
 flight per endpoint, and turns transport failures and malformed replies (after bounded retries)
 into :class:`EndpointError` (see :mod:`scale_graph.servers.chat_errors`).
+
+Every request made inside :func:`session` carries that session's key in the ``X-Session-ID``
+header: a router in front of several replicas (``scale servers up --replicas``) keeps all calls
+of one run on one replica, whose prefix cache holds the run's earlier prompts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import json
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -46,8 +53,24 @@ from scale_graph.servers.chat_errors import (
 )
 from scale_graph.servers.endpoints import Endpoint
 
-__all__ = ["PREFIX_DEGRADED", "ChatCall", "ChatReply", "Choice", "ContextLengthError", "EndpointError",
-           "ReasoningChatOpenAI", "Systems", "close_clients"]
+__all__ = ["PREFIX_DEGRADED", "SESSION_HEADER", "ChatCall", "ChatReply", "Choice", "ContextLengthError",
+           "EndpointError", "ReasoningChatOpenAI", "Systems", "close_clients", "session"]
+
+# The header vllm-router's session policies read first (sticky_least_loaded, consistent_hash). A
+# body field would not do: the router finds `"user"` by text search and stops at `"role": "user"`.
+SESSION_HEADER = "X-Session-ID"
+_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("scale_session", default=None)
+
+
+@contextlib.contextmanager
+def session(key: str | None) -> Iterator[None]:
+    """Requests made inside (this task or thread, and tasks it starts) carry ``key`` as their
+    session; not part of :attr:`ChatCall.journal_key`, so journals and call reuse ignore it."""
+    token = _session.set(key)
+    try:
+        yield
+    finally:
+        _session.reset(token)
 
 
 class ReasoningChatOpenAI(ChatOpenAI):
@@ -220,7 +243,8 @@ class Systems:
                 raise
 
         pool = ThreadPoolExecutor(max_workers=min(call.n, self.max_in_flight, _MAX_THREADS))
-        futures = [pool.submit(sample_of, sample) for sample in range(call.n)]
+        # a pool thread does not see this thread's context variables (the session): give each its copy
+        futures = [pool.submit(contextvars.copy_context().run, sample_of, sample) for sample in range(call.n)]
         wait(futures, return_when=FIRST_EXCEPTION)
         if failures:
             # requests already on the wire finish in the background; nothing new is sent
@@ -291,6 +315,9 @@ class Systems:
         if call.schema is not None and "schema" not in refused:
             extra["response_format"] = {"type": "json_schema", "json_schema": {**call.schema, "strict": True}}
         kwargs["extra_body"] = extra
+        key = _session.get()
+        if key:
+            kwargs["extra_headers"] = {SESSION_HEADER: key}
         return messages, kwargs
 
     def _request_sync(self, call: ChatCall, sample: int | None, refused: set[Feature],

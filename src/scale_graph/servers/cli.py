@@ -17,6 +17,9 @@ from rich.table import Table
 from scale_graph.servers import launch, manager, state
 from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.local_model import LocalModelError
+from scale_graph.servers.router import DEFAULT_ROUTER_POLICY, ROUTER_POLICIES
+
+RouterPolicy = Enum("RouterPolicy", {name: name for name in ROUTER_POLICIES}, type=str)  # type: ignore[misc]
 
 app = typer.Typer(
     name="servers",
@@ -96,6 +99,19 @@ def up(
     extra_arg: list[str] = typer.Option(
         [], "--extra-arg", help="Extra vLLM argument, repeatable (e.g. --extra-arg=--seed=1)."
     ),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        min=1,
+        help="Start N copies of each server (each on its own port and, on GPUs, its own GPU set) "
+        "behind vllm-router on --port; a run's calls stay on one replica.",
+    ),
+    router_policy: RouterPolicy = typer.Option(  # type: ignore[valid-type]
+        DEFAULT_ROUTER_POLICY,
+        "--router-policy",
+        help="vllm-router policy with --replicas (sticky_least_loaded and consistent_hash keep a "
+        "run on one replica through its X-Session-ID header).",
+    ),
     timeout: float = typer.Option(manager.DEFAULT_TIMEOUT, "--timeout", help="Seconds to wait for /v1/models."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command lines only."),
     state_dir: Optional[Path] = StateDirOption,
@@ -116,6 +132,8 @@ def up(
         extra_args=tuple(extra_arg),
         system1_base_url=system1_url,
         system2_base_url=system2_url,
+        replicas=replicas,
+        router_policy=RouterPolicy(router_policy).value,
     )
     name = profile.value
     try:
@@ -166,10 +184,11 @@ def status(
     """Show the recorded endpoints: pid, process alive, answering /v1/models."""
     try:
         info = manager.status(state_dir=state_dir)
+        processes = manager.servers_status(state_dir=state_dir)
     except OSError as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json.dumps({**info, "servers": processes} if info else info, indent=2))
         return
     if not info:
         console.print(f"No servers recorded in {state.state_root(state_dir)}.", highlight=False)
@@ -185,10 +204,29 @@ def status(
             str(entry.get("url")),
             str(entry.get("model")),
             "-" if entry.get("pid") is None else str(entry.get("pid")),
-            "-" if alive is None else ("[green]yes[/green]" if alive else "[red]no[/red]"),
+            _yes_no(alive),
             "[green]yes[/green]" if entry.get("answering") else "[red]no[/red]",
         )
     console.print(table)
+    if len(processes) > 1 or any(row["role"] != "server" for row in processes):
+        console.print(_processes_table(processes))
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("[green]yes[/green]" if value else "[red]no[/red]")
+
+
+def _processes_table(rows: list[dict]) -> Table:
+    """Every process behind the endpoints: each replica and its router."""
+    table = Table(title="processes")
+    for column in ("name", "role", "url", "pid", "alive", "answering"):
+        table.add_column(column)
+    for row in rows:
+        pid = "-" if row.get("pid") is None else str(row["pid"])
+        table.add_row(
+            str(row["name"]), str(row["role"]), str(row["url"]), pid, _yes_no(row["alive"]), _yes_no(row["answering"])
+        )
+    return table
 
 
 @app.command()

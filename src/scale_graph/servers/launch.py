@@ -20,7 +20,11 @@ Profiles
 ``external``
     No servers: the user gives the URLs (and model names) of running OpenAI-compatible servers.
 
-The command line of each server is written by :func:`scale_graph.servers.vllm.vllm_argv`.
+``--replicas N`` (every profile but ``external``) starts N copies of each server behind one
+``vllm-router`` on the server's port (:mod:`scale_graph.servers.router`).
+
+The command line of each server is written by :func:`scale_graph.servers.vllm.vllm_argv`, the
+router's by :func:`scale_graph.servers.router.router_argv`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from scale_graph.servers.local_model import chat_template_path, packaged_template_path
+from scale_graph.servers.router import (
+    DEFAULT_ROUTER_POLICY,
+    ROUTER_POLICIES,
+    last_port,
+    replicated,
+)
 from scale_graph.servers.vllm import (
     DEFAULT_HOST,
     Gpu,
@@ -106,6 +116,8 @@ class ProfileOptions:
     system2_base_url: str | None = None
     # local profile: the converted model folder (set by the manager after prepare_local_model)
     local_model_dir: str | None = None
+    replicas: int = 1  # > 1: that many copies of each server behind vllm-router
+    router_policy: str = DEFAULT_ROUTER_POLICY
 
 
 def _check_common(options: ProfileOptions) -> None:
@@ -125,10 +137,22 @@ def _check_common(options: ProfileOptions) -> None:
     ):
         if value is not None and value < 1:
             raise LaunchError(f"{label} must be a positive integer, got {value}")
+    if options.replicas < 1:
+        raise LaunchError(f"--replicas must be a positive integer, got {options.replicas}")
+    if options.router_policy not in ROUTER_POLICIES:
+        raise LaunchError(
+            f"unknown router policy {options.router_policy!r}; choose one of: {', '.join(ROUTER_POLICIES)}"
+        )
 
 
-def _spec(options: ProfileOptions, server: VllmServer) -> ServerSpec:
-    return server_spec(options.python, options.host, server)
+def _specs(options: ProfileOptions, servers: list[VllmServer]) -> list[ServerSpec]:
+    """The processes of a profile's servers: each alone, or its replicas behind a router."""
+    if options.replicas == 1:
+        return [server_spec(options.python, options.host, server) for server in servers]
+    highest = last_port(servers, options.replicas)
+    if highest > 65535:
+        raise LaunchError(f"{options.replicas} replicas need ports up to {highest}; choose a lower --port")
+    return replicated(options.python, options.host, servers, options.replicas, options.router_policy)
 
 
 def _local_template(options: ProfileOptions, model_dir: str) -> str:
@@ -167,7 +191,7 @@ def local_servers(options: ProfileOptions) -> list[ServerSpec]:
         },
         extra_args=options.extra_args,
     )
-    return [_spec(options, server)]
+    return _specs(options, [server])
 
 
 def qwen3_servers(options: ProfileOptions) -> list[ServerSpec]:
@@ -184,7 +208,7 @@ def qwen3_servers(options: ProfileOptions) -> list[ServerSpec]:
         gpu=Gpu(options.gpu_memory_utilization, options.tensor_parallel_size),
         extra_args=options.extra_args,
     )
-    return [_spec(options, server)]
+    return _specs(options, [server])
 
 
 def _gpu_range(start: int, count: int) -> str:
@@ -197,6 +221,12 @@ def paired_servers(options: ProfileOptions) -> list[ServerSpec]:
     _check_common(options)
     if options.port + 1 > 65535:
         raise LaunchError(f"the paired profile needs ports {options.port} and {options.port + 1}")
+    if options.replicas > 1 and (options.system1_gpus or options.system2_gpus):
+        # one GPU set per server does not say how to split it among replicas
+        raise LaunchError(
+            "--system1-gpus/--system2-gpus name one server's GPUs; with --replicas each replica "
+            "takes the next tensor-parallel-size GPUs in order (System 2's replicas first)"
+        )
     tp2 = options.tensor_parallel_size
     tp1 = options.system1_tensor_parallel_size or tp2
     mem1 = options.system1_gpu_memory_utilization
@@ -226,7 +256,7 @@ def paired_servers(options: ProfileOptions) -> list[ServerSpec]:
         env={"CUDA_VISIBLE_DEVICES": options.system1_gpus or _gpu_range(tp2, tp1)},
         extra_args=options.extra_args + options.system1_extra_args,
     )
-    return [_spec(options, system2), _spec(options, system1)]
+    return _specs(options, [system2, system1])
 
 
 def servers_for_profile(profile: str, options: ProfileOptions | None = None) -> list[ServerSpec]:
@@ -255,7 +285,7 @@ def endpoints_for_servers(specs: list[ServerSpec]) -> dict:
     out: dict = {}
     for system, name in SYSTEMS:
         for spec in specs:
-            if name in spec.served_names:
+            if spec.role != "replica" and name in spec.served_names:
                 out[system] = {"base_url": spec.base_url, "model": name}
                 break
         else:
@@ -265,6 +295,9 @@ def endpoints_for_servers(specs: list[ServerSpec]) -> dict:
 
 def external_endpoints(options: ProfileOptions) -> dict:
     """Endpoints of the ``external`` profile from the user's URLs and model names."""
+    if options.replicas != 1:
+        # a router of one's own is just another OpenAI-compatible URL
+        raise LaunchError("the external profile starts no servers to replicate; give your router's URL as --system2-url")
     url2 = options.system2_base_url or options.system1_base_url
     url1 = options.system1_base_url or options.system2_base_url
     if not url2:

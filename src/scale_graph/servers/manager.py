@@ -92,11 +92,12 @@ def up(
         if not specs:
             raise LaunchError(f"the {profile!r} profile starts no server")
         for spec in specs:
-            if port_in_use(spec.host, spec.port):
-                raise ServerError(
-                    f"port {spec.port} on {spec.host} is already in use; choose another with "
-                    "--port or stop what listens there"
-                )
+            for port in (spec.port, *spec.other_ports):
+                if port_in_use(spec.host, port):
+                    raise ServerError(
+                        f"port {port} on {spec.host} (for {spec.name}) is already in use; choose "
+                        "another with --port or stop what listens there"
+                    )
         result = {"profile": profile, **endpoints_for_servers(specs), "run_defaults": run_defaults_for_profile(profile)}
         start_all(root, profile, specs, timeout, poll_interval, console)
         files.write_json(root / files.ENDPOINTS_FILE, result)
@@ -144,7 +145,11 @@ def status(state_dir: Path | str | None = None, probe: Probe = probe_models) -> 
     out: dict = {}
     for system, name in SYSTEMS:
         entry = (endpoints or {}).get(system) or {}
-        server = next((s for s in servers if name in (s.get("served_names") or [])), None)
+        serving = [s for s in servers if name in (s.get("served_names") or [])]
+        # with replicas, the one clients use is the router at the recorded endpoint
+        server = next((s for s in serving if s.get("base_url") == entry.get("base_url")), None) or next(
+            iter(serving), None
+        )
         url = entry.get("base_url") or (server or {}).get("base_url")
         model = entry.get("model") or (name if server else None)
         if server is not None:
@@ -164,6 +169,28 @@ def status(state_dir: Path | str | None = None, probe: Probe = probe_models) -> 
             "log": (server or {}).get("log"),
         }
     return out
+
+
+def servers_status(state_dir: Path | str | None = None, probe: Probe = probe_models) -> list[dict]:
+    """Every recorded process — each server, or each replica and its router: ``{"name", "role",
+    "url", "models", "pid", "alive", "answering", "log"}``; ``[]`` when nothing is recorded."""
+    recorded = files.read_json(files.state_root(state_dir) / files.SERVERS_FILE) or {}
+    rows = []
+    for server in recorded.get("servers") or []:
+        alive = is_same_process(server.get("process") or {})
+        url = server.get("base_url")
+        models = list(server.get("served_names") or [])
+        rows.append({
+            "name": server.get("name"),
+            "role": server.get("role") or "server",
+            "url": url,
+            "models": models,
+            "pid": (server.get("process") or {}).get("pid"),
+            "alive": alive,
+            "answering": bool(url) and alive and serves(url, models, probe=probe),
+            "log": server.get("log"),
+        })  # fmt: skip
+    return rows
 
 
 def down(state_dir: Path | str | None = None, grace: float = DEFAULT_STOP_GRACE) -> list[str]:
@@ -202,6 +229,7 @@ __all__ = [
     "down",
     "probe_models",
     "running_endpoints",
+    "servers_status",
     "status",
     "up",
 ]

@@ -81,6 +81,7 @@ def _start(spec: ServerSpec, root: Path) -> tuple[dict, subprocess.Popen]:
         "port": spec.port,
         "base_url": spec.base_url,
         "served_names": list(spec.served_names),
+        "role": spec.role,
         "log": str(log),
         "process": identity(proc.pid),
         "members": [],

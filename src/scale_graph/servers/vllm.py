@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Literal
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 DEFAULT_HOST = "127.0.0.1"
@@ -27,6 +28,9 @@ class ServerSpec:
     port: int
     served_names: tuple[str, ...]
     host: str = DEFAULT_HOST
+    # "server": clients use it; "replica": one of several behind a "router", which clients use
+    role: Literal["server", "replica", "router"] = "server"
+    other_ports: tuple[int, ...] = ()  # also bound by the process (the router's metrics)
 
     @property
     def base_url(self) -> str:

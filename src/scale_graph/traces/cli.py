@@ -17,14 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scale_graph.evaluation import datasets
+from scale_graph.errors import InputError
+from scale_graph.evaluation import DEFAULT_CONCURRENCY
 from scale_graph.evaluation.cli import ResultsDbOption, _run
-from scale_graph.evaluation.metrics import compute
-from scale_graph.evaluation.runner import DEFAULT_CONCURRENCY, evaluate, plan
-from scale_graph.evaluation.store import ResultsStore
-from scale_graph.persistence import db_path
-from scale_graph.runner import InputError
-from scale_graph.traces.export import DROP_REASONS, ExportOptions, Exported, export
 from scale_graph.traces.render import FORMATS
 
 out = Console()
@@ -54,6 +49,11 @@ def generate_command(
                                             "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
 ) -> None:
     """Run SCALE over a problem set and store every trace, graded against the reference answers."""
+    from scale_graph.evaluation import datasets
+    from scale_graph.evaluation.metrics import compute
+    from scale_graph.evaluation.runner import evaluate, plan
+    from scale_graph.evaluation.store import ResultsStore
+    from scale_graph.persistence import db_path
 
     async def work() -> tuple[Any, Any]:
         if limit is not None and limit < 1:
@@ -111,8 +111,9 @@ def export_command(
     db: Optional[Path] = DbOption,
 ) -> None:
     """Export a stored SCALE run as fine-tuning data (one JSON object per line), with statistics."""
+    from scale_graph.traces.export import ExportOptions, export
 
-    async def work() -> Exported:
+    async def work() -> Any:
         options = ExportOptions(format=fmt, correct_only=correct_only, include_reasoning=include_reasoning,
                                 max_per_problem=max_per_problem, dedup=dedup)
         return await export(run, out_file, options, results_db=results_db, checkpoint_db=db)
@@ -133,6 +134,7 @@ def export_command(
 
 def print_statistics(stats: dict[str, Any], console: Console) -> None:
     """The export statistics as a two-column table."""
+    from scale_graph.traces.export import DROP_REASONS
     table = Table(title=f"traces of {stats['run']} → {stats['file']} ({stats['options']['format']})")
     table.add_column("statistic")
     table.add_column("value", justify="right")

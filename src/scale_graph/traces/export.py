@@ -40,7 +40,7 @@ from scale_graph.evaluation.store import ResultsStore, Run
 from scale_graph.graph import build_graph
 from scale_graph.parsing import last_boxed
 from scale_graph.persistence import DatabaseError, db_path, open_async
-from scale_graph.runner import InputError, UnknownRun
+from scale_graph.errors import InputError, UnknownRun
 from scale_graph.runs import show_run
 from scale_graph.traces.render import FORMATS, Trace, normalised, record, render, trace_from_shown
 from scale_graph.traces.validate import Issue, validate_file
