@@ -31,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import sys
 import time
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
@@ -160,19 +161,22 @@ def ray_executor(address: str, checkpoint_db: Database, workers: int | None = No
 
     @asynccontextmanager
     async def executor(plans: Sequence[RunPlan], _db: Database, concurrency: int) -> AsyncIterator[Solve]:
-        _connect(ray, address)
-        try:
-            actors = _start_workers(ray, db, workers, concurrency)
-            if console is not None:
-                console.print(f"[dim]Ray: {len(actors)} worker(s) at {address}, up to {concurrency} sample(s) in "
-                              "flight each[/]", highlight=False)
-            pool = _Pool(ray, actors, concurrency, console)
+        # stdout carries the command's report alone: Ray prints cluster events (a node that
+        # died) there, from a thread of its own, until it is shut down
+        with redirect_stdout(sys.stderr):
+            _connect(ray, address)
             try:
-                yield pool.solve
+                actors = _start_workers(ray, db, workers, concurrency)
+                if console is not None:
+                    console.print(f"[dim]Ray: {len(actors)} worker(s) at {address}, up to {concurrency} sample(s) "
+                                  "in flight each[/]", highlight=False)
+                pool = _Pool(ray, actors, concurrency, console)
+                try:
+                    yield pool.solve
+                finally:
+                    pool.close()
             finally:
-                pool.close()
-        finally:
-            ray.shutdown()
+                ray.shutdown()
 
     return executor
 
