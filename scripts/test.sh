@@ -5,5 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+# A real PostgreSQL server for tests/test_postgres.py (the tests make a throwaway cluster with its
+# initdb/pg_ctl). Debian's package; policy-rc.d exiting 101 stops the package from starting its own cluster.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian's postgresql (server binaries for the tests; its own cluster is not started)"
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+        rm -f /usr/sbin/policy-rc.d
+    else
+        echo "PostgreSQL server binaries not found and not root: the PostgreSQL tests will skip (or fail with SCALE_REQUIRE_POSTGRES)"
+    fi
+fi
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then
+    export SCALE_REQUIRE_POSTGRES=${SCALE_REQUIRE_POSTGRES:-1}  # present: a PostgreSQL test that cannot start fails
+fi
 export SCALE_REQUIRE_VLLM=${SCALE_REQUIRE_VLLM:-1}
 python -m pytest "$@"

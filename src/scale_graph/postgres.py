@@ -11,14 +11,16 @@ write is an upsert, so a retry cannot duplicate anything), then the run stops wi
 
 Many processes may start on a new database at once: the savers' migrations read a version,
 then alter tables, so set-up runs under a PostgreSQL advisory lock (``pg_advisory_lock``), the
-server-side counterpart of the SQLite path's ``flock``.
+server-side counterpart of the SQLite path's ``flock`` (polled with ``pg_try_advisory_lock``).
 
 Needs the ``postgres`` extra: ``pip install 'scale-graph[postgres]'``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -34,12 +36,16 @@ T = TypeVar("T")
 SCHEMES = ("postgresql://", "postgres://")
 #: ``hashtext('scale-graph setup')`` would do too; a fixed 64-bit key needs no round trip
 SETUP_LOCK_KEY = 0x5CA1E_6A_F00D
+# Polled, not waited for: the store's migrations run CREATE INDEX CONCURRENTLY, which waits for every
+# open statement — a session blocked in pg_advisory_lock among them would deadlock with the holder.
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s) AS locked"
+LOCK_POLL_S = 0.05
 POOL_MIN = 1
 POOL_MAX = 8  # the saver serialises its own statements and the store batches: a few connections serve many runs
-POOL_TIMEOUT_S = 3.0  # waiting for a connection (the server down: reconnection attempts fail meanwhile)
+POOL_TIMEOUT_S = 2.0  # waiting for a connection (the server down: reconnection attempts fail meanwhile)
 CONNECT_TIMEOUT_S = 5
 RETRY_ATTEMPTS = 4
-RETRY_WINDOW_S = 10.0
+RETRY_WINDOW_S = 8.0
 
 
 def is_postgres(value: object) -> bool:
@@ -258,7 +264,8 @@ async def open_async(url: PostgresUrl, schema_version: int, leases_sql: str,
     try:
         try:
             async with pool.connection() as conn:
-                await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                while not (await (await conn.execute(TRY_LOCK, (SETUP_LOCK_KEY,))).fetchone())["locked"]:
+                    await asyncio.sleep(LOCK_POLL_S)
                 try:
                     await saver_class(conn).setup()
                     await store_class(conn).setup()
@@ -298,7 +305,8 @@ def open_sync(url: PostgresUrl, schema_version: int, leases_sql: str,
     try:
         try:
             with pool.connection() as conn:
-                conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                while not conn.execute(TRY_LOCK, (SETUP_LOCK_KEY,)).fetchone()["locked"]:
+                    time.sleep(LOCK_POLL_S)
                 try:
                     saver_class(conn).setup()
                     store_class(conn).setup()
