@@ -169,7 +169,7 @@ def ray_executor(address: str, checkpoint_db: Database, workers: int | None = No
                 actors = _start_workers(ray, db, workers, concurrency)
                 if console is not None:
                     console.print(f"[dim]Ray: {len(actors)} worker(s) at {address}, up to {concurrency} sample(s) "
-                                  "in flight each[/]", highlight=False)
+                                  "in flight each[/]", highlight=False, soft_wrap=True)
                 pool = _Pool(ray, actors, concurrency, console)
                 try:
                     yield pool.solve
@@ -255,7 +255,7 @@ class _Pool:
                 self._console.print(f"[yellow]Ray worker {index + 1} lost (its node died?): its "
                                     f"{self._in_flight[index]} sample(s) in flight go to the "
                                     f"{len(self._alive)} other worker(s) and resume from their checkpoints[/]",
-                                    highlight=False)
+                                    highlight=False, soft_wrap=True)
             try:  # an actor unreachable but alive must not go on working on items now handed on
                 self._ray.kill(self._actors[index], no_restart=True)
             except Exception:  # already gone
