@@ -8,6 +8,7 @@ request log counts every call, from every node. Without Ray the cluster tests sk
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -20,13 +21,15 @@ from typing import Any, Iterator
 import pytest
 
 from scale_graph.evaluation.store import ResultsStore
-from tests.pg_fixture import pg_url, postgres_server  # noqa: F401  (fixtures)
+from tests.pg_fixture import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
 from tests.reliability_helpers import ServerProcess, assert_one_error_line, endpoint_env, request_bodies, scale
 
 PROBLEMS = 4
 SAMPLES = 2
 # latency: the evaluation lasts long enough to kill a node in the middle of it
-SERVER_ARGS = ("--latency", "0.25", "--difficulties", "0.5")  # one difficulty: answers independent of call order
+API_KEY = "sk-ray-test-4711"  # the server wants it; the workers get it only from the driver
+SERVER_ARGS = ("--latency", "0.25", "--difficulties", "0.5",  # one difficulty: answers independent of call order
+               "--api-key", API_KEY)
 
 
 def _ray() -> Any:
@@ -102,7 +105,7 @@ def test_node_killed_mid_evaluation_loses_nothing_and_repeats_no_finished_call(
     dataset = _dataset(tmp_path)
     common = ["eval", "--dataset", str(dataset), "--method", "scale", "--samples", str(SAMPLES), "--name", "mini"]
     with ServerProcess(*SERVER_ARGS) as server:
-        env = endpoint_env(server.base_url)
+        env = endpoint_env(server.base_url, system1_api_key=API_KEY, system2_api_key=API_KEY)
         env.pop("SCALE_DB", None)
         local_db = postgres_server.new_database()
         single = scale(*common, "--db", local_db, "--results-db", local_db, "--concurrency", "4", env=env,
@@ -120,6 +123,8 @@ def test_node_killed_mid_evaluation_loses_nothing_and_repeats_no_finished_call(
         watcher.join(timeout=5)
         assert distributed.returncode == 0, distributed.stderr
         assert "Traceback" not in distributed.stderr
+        assert API_KEY not in distributed.stderr + distributed.stdout
+        assert PASSWORD not in distributed.stderr + distributed.stdout
         assert "Ray worker" in distributed.stderr and "lost" in distributed.stderr, distributed.stderr
         bodies = Counter(request_bodies(server.stats()["log"]))
 
@@ -157,3 +162,98 @@ def test_secrets_never_shown() -> None:
 
     secrets = Secrets("postgresql://u:pw-123@h/db", {1: "sk-key-1", 2: None})
     assert "pw-123" not in repr(secrets) and "sk-key-1" not in str(secrets)
+
+
+class _Lost(Exception):
+    """Stands for Ray's actor errors (RayActorError) in the pool tests."""
+
+
+class _FakeRay:
+    """What :class:`distributed._Pool` uses of the ``ray`` module, without a cluster."""
+
+    class exceptions:  # noqa: N801  (the module's attribute name)
+        RayActorError = _Lost
+        ObjectLostError = _Lost
+
+        class RayTaskError(Exception):
+            cause = None
+
+    def __init__(self) -> None:
+        self.killed: list[Any] = []
+
+    def kill(self, actor: Any, no_restart: bool = True) -> None:
+        self.killed.append(actor)
+
+
+class _Method:
+    def __init__(self, answer: Any) -> None:
+        self.answer, self.items = answer, []
+
+    def remote(self, item: Any) -> Any:
+        self.items.append(item)
+
+        async def reply() -> Any:
+            await asyncio.sleep(0)
+            return self.answer(item)
+
+        return reply()
+
+
+class _Actor:
+    def __init__(self, answer: Any) -> None:
+        self.solve = _Method(answer)
+
+
+def _plan() -> Any:
+    from scale_graph.context import Context
+    from scale_graph.evaluation.methods import Setup
+    from scale_graph.evaluation.runner import RunPlan
+
+    return RunPlan("r", "cot", None, Setup("r", Context()))  # type: ignore[arg-type]
+
+
+def test_pool_hands_a_dead_workers_items_to_the_others_and_waits_out_a_busy_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scale_graph.evaluation import distributed
+    from scale_graph.evaluation.datasets import Problem
+    from scale_graph.evaluation.methods import Outcome
+
+    monkeypatch.setattr(distributed, "BUSY_WAIT_S", (0.01, 0.05))
+    busy_once: set[int] = set()
+
+    def alive(item: Any) -> Any:
+        if item.sample == 2 and item.sample not in busy_once:  # held by a worker whose lease has not lapsed yet
+            busy_once.add(item.sample)
+            return distributed.Busy(time.time() + 0.02)
+        return Outcome(answer=f"{item.problem.id}/{item.sample}")
+
+    def dead(item: Any) -> Any:
+        raise _Lost("node died")
+
+    fake = _FakeRay()
+    survivor, victim = _Actor(alive), _Actor(dead)
+    pool = distributed._Pool(fake, [victim, survivor], per_worker=2)
+    problem = Problem("p1", "What is 1+1?", "2")
+
+    async def main() -> list[Outcome]:
+        return await asyncio.gather(*(pool.solve(_plan(), problem, sample) for sample in range(4)))
+
+    outcomes = asyncio.run(main())
+    assert [o.answer for o in outcomes] == [f"p1/{s}" for s in range(4)]
+    assert victim.solve.items and fake.killed == [victim]  # it had items; they went to the survivor
+    assert sorted(i.sample for i in survivor.solve.items) == [0, 1, 2, 2, 3]  # sample 2 again after its lease
+
+
+def test_pool_with_every_worker_dead_stores_the_samples_as_failed() -> None:
+    from scale_graph.evaluation import distributed
+    from scale_graph.evaluation.datasets import Problem
+
+    def dead(item: Any) -> Any:
+        raise _Lost("node died")
+
+    pool = distributed._Pool(_FakeRay(), [_Actor(dead), _Actor(dead)], per_worker=1)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(pool.solve(_plan(), Problem("p", "q", "1"), s) for s in range(5)))
+
+    outcomes = asyncio.run(asyncio.wait_for(main(), timeout=10))
+    assert all(o.error == "every Ray worker died before this sample was computed" for o in outcomes)
