@@ -171,7 +171,7 @@ class _Lost(Exception):
 class _FakeRay:
     """What :class:`distributed._Pool` uses of the ``ray`` module, without a cluster."""
 
-    class exceptions:  # noqa: N801  (the module's attribute name)
+    class exceptions:  # named as the module attribute it stands for
         RayActorError = _Lost
         ObjectLostError = _Lost
 
@@ -257,3 +257,22 @@ def test_pool_with_every_worker_dead_stores_the_samples_as_failed() -> None:
 
     outcomes = asyncio.run(asyncio.wait_for(main(), timeout=10))
     assert all(o.error == "every Ray worker died before this sample was computed" for o in outcomes)
+
+
+def test_traces_generate_next_hint_masks_the_database_password(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    with ServerProcess() as server:
+        result = scale("traces", "generate", "--dataset", str(_dataset(tmp_path)), "--out", "t", "--limit", "1",
+                       "--db", pg_url, env=endpoint_env(server.base_url), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "next: scale traces export t" in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_ray_options_checked_before_any_work(tmp_path: Path) -> None:
+    dataset = str(_dataset(tmp_path))
+    env = endpoint_env("http://127.0.0.1:9/v1")
+    assert_one_error_line(scale("eval", "--dataset", dataset, "--ray-workers", "2", env=env), code=2,
+                          contains="--ray-workers needs --ray ADDRESS")
+    assert_one_error_line(scale("eval", "--dataset", dataset, "--ray", " ", env=env), code=2,
+                          contains="--ray: the address is empty")
+    assert not (tmp_path / "scale-results.db").exists()

@@ -56,7 +56,7 @@ def generate_command(
     from scale_graph.evaluation.runner import evaluate, plan
     from scale_graph.evaluation.store import ResultsStore
 
-    async def work() -> tuple[Any, Any]:
+    async def work() -> tuple[Any, Any, Any]:
         if limit is not None and limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}")
         checkpoint_db, executor, results = executor_for(ray, ray_workers, db, results_db)
@@ -71,11 +71,11 @@ def generate_command(
         try:
             totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
                                     concurrency=concurrency, console=err, executor=executor)
-            return totals, store.runs([plans[0].name])[0]
+            return totals, store.runs([plans[0].name])[0], checkpoint_db
         finally:
             store.close()
 
-    totals, run = _run(work)
+    totals, run, checkpoint_db = _run(work)
     shown = compute(run.results)
     err.print(f"[dim]{totals.done} trace(s) generated now, {totals.skipped} already stored[/]")
     table = Table(title=f"traces run {run.name} ({run.dataset})")
@@ -85,7 +85,7 @@ def generate_command(
     table.add_row(str(shown.problems), str(shown.samples), str(correct), str(shown.failed), _fmt(shown.accuracy),
                   _fmt(shown.tok, 0), _fmt(shown.hard))
     out.print(table)
-    options = [f"--db {db}"] if db else []
+    options = [f"--db {checkpoint_db}"] if db else []  # a PostgreSQL URL's str masks its password
     options += [f"--results-db {results_db}"] if results_db else []
     err.print(f"[dim]next: scale traces export {run.name} --out {run.name}.jsonl --correct-only "
               f"{' '.join(options)}[/]".rstrip(), highlight=False, soft_wrap=True)
