@@ -91,7 +91,8 @@ class Secrets:
 
 class Worker:
     """A Ray actor (async: its items run concurrently on one event loop): computes items on the
-    shared run database, which it opens on its first item and keeps open."""
+    shared run database, which it opens on its first item and keeps open until the driver ends
+    it (every write is committed when a step ends, so ending it then loses nothing)."""
 
     def __init__(self, secrets: Secrets) -> None:
         for system, key in secrets.keys.items():  # the chat layer reads the keys from here (settings.api_key)
@@ -119,10 +120,6 @@ class Worker:
             return await solve(item.method, item.problem, item.sample, setup)
         except RunBusy as exc:
             return Busy(exc.lease.expires)
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-        self._opened = None
 
 
 def import_ray() -> Any:
