@@ -23,6 +23,11 @@ err = Console(stderr=True)
 
 ResultsDbOption = typer.Option(None, "--results-db", help="Results database: SQLAlchemy URL or SQLite path "
                                "(default: $SCALE_RESULTS_DB or ./scale-results.db).")
+RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Compute the problem samples on the Ray cluster at "
+                         "ADDRESS: auto (the cluster this machine belongs to, or $RAY_ADDRESS), HOST:PORT or "
+                         "ray://HOST:10001. Needs the run database on PostgreSQL (--db); results default to it too. "
+                         "--concurrency is then per worker.")
+RayWorkersOption = typer.Option(None, "--ray-workers", help="With --ray: worker actors (default one per node with a CPU).")
 
 
 def eval_command(
@@ -60,17 +65,19 @@ def eval_command(
     results_db: Optional[str] = ResultsDbOption,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
                                             "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
+    ray: Optional[str] = RayOption,
+    ray_workers: Optional[int] = RayWorkersOption,
 ) -> None:
     """Evaluate SCALE and baselines on math benchmarks; results are stored and a re-run resumes."""
     from scale_graph.evaluation import datasets
     from scale_graph.evaluation.report import generated_line, report
     from scale_graph.evaluation.runner import evaluate, plan
     from scale_graph.evaluation.store import ResultsStore
-    from scale_graph.persistence import db_path
 
     async def work() -> tuple[Any, list[Any]]:
         if limit is not None and limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}")
+        checkpoint_db, executor, results = executor_for(ray, ray_workers, db, results_db)
         loaded = [datasets.load(source, data_dir) for source in _split(dataset, "--dataset")]
         if limit is not None:
             loaded = [datasets.Dataset(d.name, d.problems[:limit]) for d in loaded]
@@ -85,10 +92,10 @@ def eval_command(
         plans = plan(loaded, methods, params={k: v for k, v in given.items() if v is not None},
                      thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
                      budgets=budgets, name=name)
-        store = ResultsStore(results_db)
+        store = ResultsStore(results)
         try:
-            totals = await evaluate(plans, store, samples=samples, checkpoint_db=db_path(db),
-                                    concurrency=concurrency, console=err)
+            totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
+                                    concurrency=concurrency, console=err, executor=executor)
             return totals, store.runs([p.name for p in plans])
         finally:
             store.close()
@@ -137,6 +144,25 @@ def report_command(
 
     written = _run(work)
     err.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]", highlight=False, soft_wrap=True)
+
+
+def executor_for(ray: str | None, workers: int | None, db: Path | None,
+                 results_db: str | None) -> tuple[Any, Any, str | None]:
+    """The run database, the executor (None: this process) and the results database of an
+    evaluation; with ``--ray`` checked before any work (PostgreSQL, Ray installed)."""
+    from scale_graph.persistence import db_path
+
+    checkpoint_db = db_path(db)
+    if ray is None:
+        if workers is not None:
+            raise InputError("--ray-workers needs --ray ADDRESS")
+        return checkpoint_db, None, results_db
+    if not ray.strip():
+        raise InputError("--ray: the address is empty (use auto for the cluster this machine belongs to)")
+    from scale_graph.evaluation.distributed import ray_executor, results_for_ray
+
+    executor = ray_executor(ray.strip(), checkpoint_db, workers, console=err)
+    return checkpoint_db, executor, results_for_ray(results_db, checkpoint_db)
 
 
 def _run(work: Callable[[], Any]) -> Any:

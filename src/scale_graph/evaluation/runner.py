@@ -7,6 +7,11 @@ result is stored is skipped; one that failed is stored with its error and retrie
 time (SCALE then resumes it from its checkpoints). The grader is warmed in the background at
 the start, so its slow first call does not run into a grading deadline.
 
+Where a sample is computed is the ``executor``'s business: :func:`local_solver` (this process,
+the default) or a Ray cluster (:mod:`scale_graph.evaluation.distributed`); either way the same
+per-sample function (:func:`methods.solve`) computes it and this module grades, stores and
+shows it, so a distributed evaluation gives the same results and reports as a local one.
+
 Runs whose context names a ``reuse_group`` share identical calls through the checkpoint
 database's store (:mod:`scale_graph.reuse`), baselines included; :class:`Totals` counts the
 completion tokens of the samples computed now and the part of them generated now.
@@ -17,8 +22,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
@@ -28,10 +32,10 @@ from scale_graph.context import ENDPOINT_FIELDS
 from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
-from scale_graph.evaluation.methods import METHODS, Setup, solve
+from scale_graph.evaluation.methods import METHODS, Outcome, Setup, solve
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
-from scale_graph.persistence import open_async
+from scale_graph.persistence import Database, open_async
 from scale_graph.runner import InputError, RunBusy
 from scale_graph.servers.endpoints import endpoints
 from scale_graph.settings import ConfigError, resolve, with_context_window
@@ -49,6 +53,12 @@ class RunPlan:
     method: str
     dataset: Dataset
     setup: Setup
+
+
+#: Computes one sample of a run (``RunBusy`` when another live process holds it).
+Solve = Callable[[RunPlan, Problem, int], Awaitable[Outcome]]
+#: Given the runs, their checkpoint database and ``concurrency``: a context that provides a :data:`Solve`.
+Executor = Callable[[Sequence[RunPlan], Database, int], AsyncContextManager[Solve]]
 
 
 @dataclass
@@ -112,9 +122,11 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
     return list(plans.values())
 
 
-async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: int, checkpoint_db: Path,
-                   concurrency: int = DEFAULT_CONCURRENCY, console: Console | None = None) -> Totals:
-    """Every missing (run, problem, sample) result, ``concurrency`` at a time; returns what was done."""
+async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: int, checkpoint_db: Database,
+                   concurrency: int = DEFAULT_CONCURRENCY, console: Console | None = None,
+                   executor: Executor | None = None) -> Totals:
+    """Every missing (run, problem, sample) result, ``concurrency`` at a time (per worker, for an
+    ``executor`` with workers); returns what was done."""
     for name, value in (("samples", samples), ("concurrency", concurrency)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -131,13 +143,8 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
         console.print(f"[dim]{len(plans)} run(s): {', '.join(run.name for run in plans)} → {store.shown} "
                       "(re-run the same command to resume)[/]", highlight=False)
     totals = Totals()
-    semaphore = asyncio.Semaphore(concurrency)
     async with AsyncExitStack() as stack:
-        if any(run.method == "scale" or run.setup.context.reuse_group for run in plans):
-            saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
-            graph = build_graph(saver, checkpoint_store)
-            for run in plans:
-                run.setup.graph, run.setup.store = graph, checkpoint_store
+        solver = await stack.enter_async_context((executor or local_solver)(plans, checkpoint_db, concurrency))
         progress = stack.enter_context(_progress(console))
         if console is not None and not console.is_terminal:  # a log file sees no bar: a line at intervals
             await stack.enter_async_context(_progress_lines(console, progress, PROGRESS_LINE_INTERVAL_S))
@@ -153,7 +160,7 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             tally = _Tally(correct=sum(g.correct for g in previous), attempted=len(previous))
             task = progress.add_task(run.name, total=len(grid), completed=len(previous), **asdict(tally))
             jobs += [((problem.id, sample) not in failed,
-                      _one(run, run_id, problem, sample, store, semaphore, progress, task, tally, totals))
+                      _one(run, run_id, problem, sample, store, solver, progress, task, tally, totals))
                      for problem, sample in todo]
         # samples that failed before, of every run, go first (the semaphore serves in order): a
         # re-run's first job is to complete every accuracy's denominator
@@ -161,14 +168,31 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
     return totals
 
 
+@asynccontextmanager
+async def local_solver(plans: Sequence[RunPlan], checkpoint_db: Database, concurrency: int) -> AsyncIterator[Solve]:
+    """Samples computed in this process, ``concurrency`` at a time, on one shared checkpoint database."""
+    async with AsyncExitStack() as stack:
+        if any(run.method == "scale" or run.setup.context.reuse_group for run in plans):
+            saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
+            graph = build_graph(saver, checkpoint_store)
+            for run in plans:
+                run.setup.graph, run.setup.store = graph, checkpoint_store
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(run: RunPlan, problem: Problem, sample: int) -> Outcome:
+            async with semaphore:
+                return await solve(run.method, problem, sample, run.setup)
+
+        yield one
+
+
 async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: ResultsStore,
-               semaphore: asyncio.Semaphore, progress: Progress, task: Any, tally: _Tally, totals: Totals) -> None:
-    async with semaphore:
-        try:
-            outcome = await solve(run.method, problem, sample, run.setup)
-        except RunBusy:  # held by another live evaluation: left for it (or for a re-run), not stored as failed
-            totals.skipped += 1
-            return
+               solver: Solve, progress: Progress, task: Any, tally: _Tally, totals: Totals) -> None:
+    try:
+        outcome = await solver(run, problem, sample)
+    except RunBusy:  # held by another live evaluation: left for it (or for a re-run), not stored as failed
+        totals.skipped += 1
+        return
     if outcome.error is None:
         grade = await asyncio.to_thread(grading.grade, problem.answer, outcome.answer)
     else:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from scale_graph.errors import InputError
 from scale_graph.evaluation import DEFAULT_CONCURRENCY
-from scale_graph.evaluation.cli import ResultsDbOption, _run
+from scale_graph.evaluation.cli import RayOption, RayWorkersOption, ResultsDbOption, _run, executor_for
 from scale_graph.traces.render import FORMATS
 
 out = Console()
@@ -47,17 +47,19 @@ def generate_command(
     results_db: Optional[str] = ResultsDbOption,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
                                             "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
+    ray: Optional[str] = RayOption,
+    ray_workers: Optional[int] = RayWorkersOption,
 ) -> None:
     """Run SCALE over a problem set and store every trace, graded against the reference answers."""
     from scale_graph.evaluation import datasets
     from scale_graph.evaluation.metrics import compute
     from scale_graph.evaluation.runner import evaluate, plan
     from scale_graph.evaluation.store import ResultsStore
-    from scale_graph.persistence import db_path
 
-    async def work() -> tuple[Any, Any]:
+    async def work() -> tuple[Any, Any, Any]:
         if limit is not None and limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}")
+        checkpoint_db, executor, results = executor_for(ray, ray_workers, db, results_db)
         if not out_run.strip():
             raise InputError("--out: the run name is empty")
         loaded = datasets.load(dataset, data_dir)
@@ -65,15 +67,15 @@ def generate_command(
             loaded = datasets.Dataset(loaded.name, loaded.problems[:limit])
         plans = plan([loaded], ["scale"], params={} if candidates is None else {"candidates": candidates},
                      thresholds=[] if threshold is None else [threshold], name=out_run)
-        store = ResultsStore(results_db)
+        store = ResultsStore(results)
         try:
-            totals = await evaluate(plans, store, samples=samples, checkpoint_db=db_path(db),
-                                    concurrency=concurrency, console=err)
-            return totals, store.runs([plans[0].name])[0]
+            totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
+                                    concurrency=concurrency, console=err, executor=executor)
+            return totals, store.runs([plans[0].name])[0], checkpoint_db
         finally:
             store.close()
 
-    totals, run = _run(work)
+    totals, run, checkpoint_db = _run(work)
     shown = compute(run.results)
     err.print(f"[dim]{totals.done} trace(s) generated now, {totals.skipped} already stored[/]")
     table = Table(title=f"traces run {run.name} ({run.dataset})")
@@ -83,7 +85,7 @@ def generate_command(
     table.add_row(str(shown.problems), str(shown.samples), str(correct), str(shown.failed), _fmt(shown.accuracy),
                   _fmt(shown.tok, 0), _fmt(shown.hard))
     out.print(table)
-    options = [f"--db {db}"] if db else []
+    options = [f"--db {checkpoint_db}"] if db else []  # a PostgreSQL URL's str masks its password
     options += [f"--results-db {results_db}"] if results_db else []
     err.print(f"[dim]next: scale traces export {run.name} --out {run.name}.jsonl --correct-only "
               f"{' '.join(options)}[/]".rstrip(), highlight=False, soft_wrap=True)
