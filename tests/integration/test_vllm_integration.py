@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 import pytest
 
 from scale_graph import Context, build_graph
-from scale_graph.parsing import load_json
 
 from tests.tcp_proxy import RecordingProxy
 
