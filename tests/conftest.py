@@ -12,7 +12,7 @@ import pytest
 
 from scale_graph import journal
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice, EndpointError
-from scale_graph.testing.fake_openai import FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer
 from tests.vllm_fixture import vllm_server  # noqa: F401  (session fixture: one real local vLLM server)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scale_graph.context import ENDPOINT_FIELDS
-from scale_graph.testing.fake_openai import FakeOpenAIServer, detect_stage
+from tests.fake_openai import FakeOpenAIServer, detect_stage
 
 CLI = [sys.executable, "-m", "scale_graph.cli"]
 TRACEBACK = "Traceback (most recent call last)"
@@ -259,12 +259,15 @@ def request_bodies(log: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(entry["body"], sort_keys=True) for entry in log if entry["status"] == 200]
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m tests.fake_openai` runs from here
+
+
 class ServerProcess:
-    """``python -m scale_graph.testing.fake_openai`` as a subprocess, driven over HTTP."""
+    """``python -m tests.fake_openai`` as a subprocess, driven over HTTP."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "scale_graph.testing.fake_openai", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
         line = self.proc.stdout.readline()
         if not line.startswith("READY "):
             self.proc.kill()

@@ -27,7 +27,7 @@ from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.probe import port_in_use
 from scale_graph.servers.router import ROUTER_MODULE
 from scale_graph.servers.vllm import ServerSpec
-from scale_graph.testing.fake_openai import FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer
 from tests.tcp_proxy import RecordingProxy
 
 PROBLEM = "A rectangle has perimeter 20 and area 21. What is the length of its longer side?"

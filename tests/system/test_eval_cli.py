@@ -18,7 +18,7 @@ from scale_graph.evaluation.metrics import run_metrics
 from scale_graph.evaluation.runner import evaluate, plan
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.prompts import COT
-from scale_graph.testing.fake_openai import answer_for
+from tests.fake_openai import answer_for
 from tests.conftest import write_datasets
 
 DATA = "data"  # written into each test's folder by the preset_files fixture

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from scale_graph.cli import app
 from scale_graph.servers import chat
-from scale_graph.testing.fake_openai import FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer
 
 from tests.reliability_helpers import difficulty_by_index
 

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scale_graph.cli import app
-from scale_graph.testing.fake_openai import FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer
 
 from tests.reliability_helpers import CLI, assert_one_error_line
 

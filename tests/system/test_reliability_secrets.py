@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from scale_graph.testing.fake_openai import FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer
 
 from tests.reliability_helpers import CLI, KillingServer, assert_one_error_line, endpoint_env, last_json, scale
 

@@ -22,7 +22,7 @@ from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.servers.chat import ChatCall
 from scale_graph.settings import resolve
-from scale_graph.testing import fake_openai
+from tests import fake_openai
 from tests.conftest import DATASETS, write_datasets
 
 THRESHOLDS = "0.2,0.3,0.5,0.7,0.9"

@@ -159,7 +159,7 @@ def test_langgraph_dev_runs_land_in_the_scale_database(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALE_")}
     env.update(OFFLINE_ENV, SCALE_DB=str(db), SCALE_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
 
-    with process([sys.executable, "-m", "scale_graph.testing.fake_openai", "--port", "0"],
+    with process([sys.executable, "-m", "tests.fake_openai", "--port", "0"],
                  env=env, cwd=tmp_path, ready=fake_openai_ready, timeout=30) as (fake_url, _):
         for system in (1, 2):
             env[f"SCALE_SYSTEM{system}_BASE_URL"] = fake_url

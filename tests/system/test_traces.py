@@ -243,7 +243,7 @@ def lines(path: Path) -> list[dict]:
 def generated(tmp_path_factory):
     """Two AIME problems × 2 samples generated once against the fake server; problem 1's
     reference is then set to what its runs answered, so its traces count as correct."""
-    from scale_graph.testing.fake_openai import FakeOpenAIServer
+    from tests.fake_openai import FakeOpenAIServer
 
     folder = tmp_path_factory.mktemp("generated")
     with FakeOpenAIServer() as server, pytest.MonkeyPatch.context() as patch:

@@ -20,7 +20,7 @@ from scale_graph.servers.chat import (
     Systems,
 )
 from scale_graph.servers.endpoints import Endpoint
-from scale_graph.testing.fake_openai import CONTEXT_LIMIT, FakeOpenAIServer
+from tests.fake_openai import CONTEXT_LIMIT, FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(60)
 

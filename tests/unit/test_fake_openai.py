@@ -15,7 +15,10 @@ import httpx
 import openai
 import pytest
 
-from scale_graph.testing.fake_openai import (
+from scale_graph import prompts
+from tests.reliability_helpers import REPO_ROOT
+
+from tests.fake_openai import (
     FAULTS,
     FakeOpenAIConfig,
     FakeOpenAIServer,
@@ -37,9 +40,10 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-DECOMPOSE = user("Decompose the problem into sub-problems: what is 2+2?")
-SELECT = user("Here are 3 candidate decompositions. Pick the best one.")
-ASSESS = user("Rate the difficulty of the next sub-problem from 0 to 1.")
+# The planner prompts as SCALE sends them (the fake recognises them from these constants).
+DECOMPOSE = user(prompts.PROBLEM.format(problem="what is 2+2?") + prompts.DECOMPOSE.format(max_subproblems=4))
+SELECT = user(prompts.SELECT.format(count=3, candidates="Candidate 1: ...\nCandidate 2: ...\nCandidate 3: ..."))
+ASSESS = user(prompts.ASSESS.format(number=1))
 SOLVE = user("Solve: what is 2+2?")
 
 
@@ -71,11 +75,11 @@ def field(message, name):
         ({"messages": user("anything"), "response_format": schema("decomposition")}, "decomposition"),
         ({"messages": user("difficulty"), "response_format": schema("selection")}, "selection"),
         ({"messages": user("x"), "response_format": schema("difficulty")}, "difficulty"),
-        ({"messages": user("Decompose, then rate DIFFICULTY"), "response_format": schema("other")}, "difficulty"),
-        ({"messages": user("Compare the Candidate Decompositions; each tries to decompose")}, "selection"),
-        ({"messages": user("Please DECOMPOSE this")}, "decomposition"),
-        ({"messages": [{"role": "user", "content": "decompose"}, {"role": "user", "content": "now solve"}]}, "solve"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "decompose it"}]}]}, "decomposition"),
+        ({"messages": user('Decompose, then Respond with JSON only: {"difficulty": 0.5}'), "response_format": schema("other")}, "difficulty"),
+        ({"messages": user('Compare the candidate decompositions.\nRespond with JSON only: {"choice": 1}')}, "selection"),
+        ({"messages": user('Please decompose this.\nRESPOND WITH JSON ONLY: {"subproblems": []}')}, "decomposition"),
+        ({"messages": [{"role": "user", "content": 'Respond with JSON only: {"subproblems"'}, {"role": "user", "content": "now solve"}]}, "solve"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 'Respond with JSON only: {"subproblems": []}'}]}]}, "decomposition"),
         ({"messages": user("What is 1+1?")}, "solve"),
     ],
 )
@@ -510,10 +514,10 @@ def test_128_concurrent_requests_share_the_latency(server):
 def test_subprocess_mode_and_control_endpoints(tmp_path):
     port_file = tmp_path / "port"
     command = [
-        sys.executable, "-m", "scale_graph.testing.fake_openai", "--port", "0", "--port-file", str(port_file),
+        sys.executable, "-m", "tests.fake_openai", "--port", "0", "--port-file", str(port_file),
         "--latency", "0.01", "--difficulties", "0.3,0.9", "--no-supports-n", "--reasoning-field", "inline",
     ]  # fmt: skip
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) as proc:
         _drive_subprocess(proc, port_file)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -17,7 +17,7 @@ In-process use::
 
 As a separate process (prints ``READY <base_url>`` once listening)::
 
-    python -m scale_graph.testing.fake_openai --port 0 --latency 0.2
+    python -m tests.fake_openai --port 0 --latency 0.2
 
 Another process drives it through control endpoints: ``GET /_stats``,
 ``POST /_inject {"fault": ..., "times": N, "stage": ...}``, ``POST /_reset``,
@@ -25,9 +25,10 @@ Another process drives it through control endpoints: ``GET /_stats``,
 
 **Stage detection.** A request with ``response_format.type == "json_schema"`` whose
 ``json_schema.name`` is one of ``decomposition``, ``selection``, ``difficulty`` is that
-stage. Otherwise the *last* message's content decides (case-insensitive, first match wins):
-``"difficulty"`` → difficulty, ``"candidate decompositions"`` → selection, ``"decompose"``
-→ decomposition, anything else → solve.
+stage. Otherwise the *last* message's content decides: the closing ``Respond with JSON only:
+{"difficulty"`` / ``{"choice"`` / ``{"subproblems"`` line of the planner prompts (taken from
+:mod:`scale_graph.prompts`, so the fake follows the real prompts) names the stage; anything
+else is a solve.
 
 **Answers.** Decomposition ``{"subproblems": [...]}``, selection ``{"choice": k}``,
 difficulty ``{"difficulty": x}``; the JSON is the bare ``content`` when the request asked for
@@ -67,6 +68,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scale_graph import prompts
+from scale_graph.nodes.assess import DIFFICULTY_SCHEMA
+from scale_graph.nodes.decompose import decomposition_schema
+from scale_graph.nodes.select import selection_schema
+
 __all__ = [
     "FAULTS",
     "MODELS",
@@ -90,7 +96,20 @@ MODELS: tuple[str, ...] = ("scale-system1", "scale-system2")
 REASONING_FIELDS: tuple[str, ...] = ("reasoning", "reasoning_content", "inline", "none")
 """Where thinking text goes: newer vLLM, older vLLM, ``<think>`` in content, hidden."""
 
-_JSON_STAGES = frozenset({"decomposition", "selection", "difficulty"})
+def _json_line(template: str, **fields: Any) -> str:
+    """The closing ``Respond with JSON only: {"key"`` of a planner prompt, lower-cased: its key
+    names the stage, and taking it from the prompt constants keeps the fake in step with them."""
+    line = template.format(**fields).rstrip().splitlines()[-1]
+    return line[: line.index('":') + 1].lower()
+
+
+#: Stage → (JSON-schema name the node sends, what its prompt's last line starts with).
+_PLANNER_STAGES = {
+    "difficulty": (DIFFICULTY_SCHEMA["name"], _json_line(prompts.ASSESS, number=1)),
+    "selection": (selection_schema(2)["name"], _json_line(prompts.SELECT, count=2, candidates="")),
+    "decomposition": (decomposition_schema(2)["name"], _json_line(prompts.DECOMPOSE, max_subproblems=2)),
+}
+_JSON_STAGES = frozenset(_PLANNER_STAGES)
 _ALL_STAGES = frozenset(STAGES)
 
 FAULTS: dict[str, frozenset[str]] = {
@@ -222,17 +241,15 @@ def detect_stage(body: dict[str, Any]) -> str:
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
         schema = response_format.get("json_schema")
         name = schema.get("name") if isinstance(schema, dict) else None
-        if name in _JSON_STAGES:
-            return name
+        for stage, (schema_name, _) in _PLANNER_STAGES.items():
+            if name == schema_name:
+                return stage
     messages = body.get("messages") or [{}]
     last = messages[-1] if isinstance(messages[-1], dict) else {}
     text = _text_of(last.get("content")).lower()
-    if "difficulty" in text:
-        return "difficulty"
-    if "candidate decompositions" in text:
-        return "selection"
-    if "decompose" in text:
-        return "decomposition"
+    for stage, (_, closing) in _PLANNER_STAGES.items():
+        if closing in text:
+            return stage
     return "solve"
 
 
@@ -889,7 +906,7 @@ class FakeOpenAIServer:
 def _parser() -> argparse.ArgumentParser:
     defaults = FakeOpenAIConfig()
     p = argparse.ArgumentParser(
-        prog="python -m scale_graph.testing.fake_openai",
+        prog="python -m tests.fake_openai",
         description="Fake OpenAI-compatible chat server for SCALE tests; prints 'READY <base_url>' when listening.",
     )
     p.add_argument("--host", default="127.0.0.1")
