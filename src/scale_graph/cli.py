@@ -16,9 +16,10 @@ except ImportError:  # pragma: no cover - older typer on real click
 from rich.table import Table
 
 from scale_graph.errors import ConfigError
-from scale_graph.terminal import err, fail, out, run_guarded, say_error
+from scale_graph.terminal import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, fail, out, print_progress,
+                                  print_summary, read_problem, require_database, run_guarded, say_error)
 from scale_graph.servers.cli import app as servers_app
-from scale_graph.settings import resolve, with_context_window
+from scale_graph.settings import resolve
 
 # Heavy modules (LangGraph, the chat layer, the evaluation harness) are imported inside the
 # commands that need them, so `scale --help`, `runs list` and usage errors answer at once.
@@ -27,69 +28,6 @@ app = typer.Typer(help="SCALE: selective test-time compute for math reasoning, a
 runs_app = typer.Typer(help="Inspect, resume and delete stored runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(servers_app, name="servers", help="Start, check and stop vLLM servers for System 1/2.")
-
-SUBPROBLEMS_FILE_MAX_CHARS = 200_000
-DbOption = typer.Option(None, "--db", help="Run database: a SQLite file or a postgresql:// URL "
-                        "(default: $SCALE_DB or ./scale.db).")
-JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
-
-
-def _progress(event: dict[str, Any]) -> None:
-    from scale_graph.progress import progress_line
-
-    line = progress_line(event)
-    if line:
-        err.print(line.rstrip("\n"), style="dim", highlight=False, markup=False, soft_wrap=True)
-
-
-def _print_summary(shown: dict[str, Any]) -> None:
-    table = Table(title=f"run {shown['thread_id']} ({shown['status']})", show_lines=False)
-    for column in ("#", "sub-problem", "difficulty", "system", "tokens", "result"):
-        table.add_column(column, overflow="fold")
-    for row in shown["subproblems"]:
-        difficulty = f"{row['difficulty']:.2f}" if row["difficulty"] is not None else "-"
-        system = (f"{row['system']}" + (" (forced answer)" if row.get("forced_answer") else "")
-                  + (" (reused)" if row.get("reused") else "")) if row["system"] else "-"
-        table.add_row(str(row["index"] + 1), row["text"] or "", difficulty, system,
-                      str(row["completion_tokens"]), str(row["result"]))
-    out.print(table)
-    if shown.get("fork_of"):
-        fork = shown["fork_of"]
-        out.print(f"forked from run {fork.get('thread_id')} at sub-problem {fork.get('at')}", highlight=False)
-    total = shown["usage"]["total"]
-    out.print(f"answer: [bold]{shown['answer']}[/]", highlight=False)
-    out.print(f"usage: {total['calls']} calls, {total['prompt_tokens']} prompt + "
-              f"{total['completion_tokens']} completion tokens ({total['reasoning_tokens']} reasoning)")
-    for warning in shown["warnings"]:
-        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
-
-
-def _read_problem(problem: Optional[str], problem_file: Optional[Path], max_chars: int) -> str:
-    from scale_graph.errors import InputError
-
-    if problem_file is not None:
-        if problem:
-            raise InputError("give the problem either as an argument or with --problem-file, not both")
-        try:
-            with problem_file.open("rb") as handle:  # bounded: --problem-file /dev/zero must not fill memory
-                data = handle.read(4 * max_chars + 1)  # UTF-8 needs at most 4 bytes a character
-        except OSError as exc:
-            raise InputError(f"cannot read problem file {problem_file}: {exc.strerror or exc}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            if len(data) > 4 * max_chars:
-                text = "x" * (max_chars + 1)  # too long whatever it holds
-            else:
-                raise InputError(f"problem file {problem_file} is not UTF-8 text") from None
-        if len(text) > max_chars:
-            raise InputError(f"problem file {problem_file} has more than max_problem_chars ({max_chars:,}) "
-                             f"characters; raise it with SCALE_MAX_PROBLEM_CHARS if intended")
-        return text
-    if problem is None:
-        raise InputError("no problem given: pass it as an argument or with --problem-file")
-    return problem
-
 
 @app.command()
 def solve(
@@ -124,31 +62,31 @@ def solve(
         if start_servers:
             _ensure_local_servers()
         resolved = resolve(explicit)
-        text = _read_problem(problem, problem_file, resolved.context.max_problem_chars)
-        from scale_graph.servers.endpoints import endpoints
+        text = read_problem(problem, problem_file, resolved.context.max_problem_chars)
+        from scale_graph.servers.endpoints import endpoints, with_context_window
 
         text = validate_problem(text, resolved.context)
         validate_thread_id(thread)
         endpoints(resolved.context)  # fail before touching the database when nothing is configured
-        context = with_context_window(resolved.context)
+        context = with_context_window(resolved.context)  # asks the servers' /v1/models once
         async with open_async(path) as (saver, store):
             graph = build_graph(saver, store)
             # The run id first, on stderr even with --json: after a kill it is the only handle.
             err.print(f"[dim]run {thread} → {path}[/]", highlight=False, soft_wrap=True)
             err.print(f"[dim]{resolved.describe()}[/]", highlight=False, soft_wrap=True)
             started.append(thread)
-            values = await start(graph, store, text, context, thread, on_event=_progress)
+            values = await start(graph, store, text, context, thread, on_event=print_progress)
             pending = await awaiting_review(graph, thread)
             if pending is not None:
                 decision = _ask_review(pending, thread)
                 if decision is None:
                     return summary(values, thread, "awaiting review")
-                values = await resume(graph, store, thread, on_event=_progress, review=decision)
+                values = await resume(graph, store, thread, on_event=print_progress, review=decision)
             return summary(values, thread, "done" if values.get("finished") else "stopped")
 
     started: list[str] = []
     shown = run_guarded(work, thread_id=thread, db=db, saved=lambda: bool(started))
-    _emit(shown, as_json)
+    emit(shown, as_json)
 
 
 def _ask_review(subproblems: list[str], thread: str) -> Any:
@@ -176,13 +114,6 @@ def _ensure_local_servers() -> None:
         manager.up("local")
 
 
-def _emit(shown: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
-    else:
-        _print_summary(shown)
-
-
 @runs_app.command("list")
 def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None:
     """List the runs in the database, newest first."""
@@ -197,7 +128,7 @@ def runs_list(db: Optional[Path] = DbOption, as_json: bool = JsonOption) -> None
         from scale_graph.persistence import open_async
         from scale_graph.runs import list_runs
 
-        _require(path)
+        require_database(path)
         async with open_async(path) as (saver, store):
             return await list_runs(build_graph(saver, store), store)
 
@@ -229,7 +160,7 @@ def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = Jso
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
-        _require(path)
+        require_database(path)
         async with open_async(path) as (saver, store):
             return await show_run(build_graph(saver, store), store, thread_id)
 
@@ -237,7 +168,7 @@ def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = Jso
     if as_json:
         sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
         return
-    _print_summary(shown)
+    print_summary(shown)
     out.print(f"{len(shown['checkpoints'])} checkpoints: " + " → ".join(
         ",".join(c["next"]) or "end" for c in shown["checkpoints"]), highlight=False)
 
@@ -259,16 +190,16 @@ def runs_resume(
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
-        _require(path)
+        require_database(path)
         decision: Any = "accept" if accept else None
         if subproblems_file is not None:
-            decision = [line for line in _read_problem(None, subproblems_file, SUBPROBLEMS_FILE_MAX_CHARS).splitlines()
+            decision = [line for line in read_problem(None, subproblems_file, SUBPROBLEMS_FILE_MAX_CHARS).splitlines()
                         if line.strip()]
         async with open_async(path) as (saver, store):
-            values = await resume(build_graph(saver, store), store, thread_id, on_event=_progress, review=decision)
+            values = await resume(build_graph(saver, store), store, thread_id, on_event=print_progress, review=decision)
             return summary(values, thread_id, "done" if values.get("finished") else "stopped")
 
-    _emit(run_guarded(work, thread_id=thread_id, db=db), as_json)
+    emit(run_guarded(work, thread_id=thread_id, db=db), as_json)
 
 
 @runs_app.command("delete")
@@ -280,19 +211,12 @@ def runs_delete(thread_id: str, db: Optional[Path] = DbOption) -> None:
     path = db_path(db)
 
     async def work() -> int:
-        _require(path)
+        require_database(path)
         async with open_async(path) as (saver, store):
             return await delete_run(saver, store, thread_id)
 
     removed = run_guarded(work)
     out.print(f"deleted run {thread_id} ({removed} stored calls)")
-
-
-def _require(path: Path) -> None:
-    from scale_graph.persistence import DatabaseError
-
-    if not path.exists():
-        raise DatabaseError(f"database {path} does not exist (runs are stored where `scale solve` ran, or in --db/SCALE_DB)")
 
 
 @app.command("serve", help="Serve SCALE as an OpenAI-compatible chat endpoint.")

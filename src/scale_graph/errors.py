@@ -2,8 +2,8 @@
 
 Exit codes (see :mod:`scale_graph.terminal`): bad input → 2, a failed run → 1 (it stays
 resumable). Errors of one component that carry its own details live beside it and derive from
-these: ``persistence.DatabaseError``, ``servers.chat_errors.EndpointError`` (and
-``ContextLengthError``), ``runner.RunBusy`` (an :class:`InputError`).
+these: ``servers.chat_errors.EndpointError`` (and ``ContextLengthError``), ``runner.RunBusy``
+(an :class:`InputError`).
 """
 
 from __future__ import annotations
@@ -19,3 +19,7 @@ class InputError(ValueError):
 
 class UnknownRun(LookupError):
     """No run with this id in the database."""
+
+
+class DatabaseError(RuntimeError):
+    """The run database cannot be used (missing, foreign, corrupted, read-only, unreachable)."""

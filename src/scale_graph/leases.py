@@ -147,7 +147,7 @@ class PostgresBackend:
             try:
                 return await once()
             except Exception as exc:  # noqa: BLE001 - callers expect one error type for an unusable database
-                from scale_graph.persistence import DatabaseError
+                from scale_graph.errors import DatabaseError
 
                 raise DatabaseError(str(exc)) from None
         return await aretry(self.url, once)

@@ -24,6 +24,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
 
 from scale_graph import postgres
+from scale_graph.errors import DatabaseError  # noqa: F401  (re-exported: callers import it from here)
 from scale_graph.database import DEFAULT_DB, SCHEMA_VERSION, Database, db_path  # noqa: F401  (re-exported)
 from scale_graph.leases import CREATE as CREATE_LEASES
 from scale_graph.postgres import PostgresUrl
@@ -87,10 +88,6 @@ class _ImmediateAsyncSqliteStore(AsyncSqliteStore):
                 else:
                     if transaction:
                         await self.conn.execute("COMMIT")
-
-
-class DatabaseError(RuntimeError):
-    """The run database cannot be used; one line for the user."""
 
 
 

@@ -111,7 +111,7 @@ def _password(url: str) -> str | None:
 
 
 def _error(url: PostgresUrl, exc: BaseException, what: str = "") -> Exception:
-    from scale_graph.persistence import DatabaseError
+    from scale_graph.errors import DatabaseError
 
     return DatabaseError(f"database {url}: {what}{one_line(exc, url)}")
 
@@ -129,7 +129,7 @@ def _policy(**extra: Any) -> dict[str, Any]:
 
 
 def _lost(url: PostgresUrl, exc: BaseException) -> Exception:
-    from scale_graph.persistence import DatabaseError
+    from scale_graph.errors import DatabaseError
 
     return DatabaseError(f"database {url}: connection lost, still failing after retries ({one_line(exc, url)}); "
                          "runs stop at their last checkpoint: resume them once the server is reachable")
@@ -181,7 +181,7 @@ def _classes() -> tuple[type, type, type, type]:
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
     except ImportError:
-        from scale_graph.persistence import DatabaseError
+        from scale_graph.errors import DatabaseError
 
         raise DatabaseError("a postgresql:// database needs the postgres extra: "
                             "pip install 'scale-graph[postgres]'") from None
@@ -233,7 +233,7 @@ def _schema_sql(schema_version: int, leases_sql: str) -> list[str]:
 
 
 def _check_version(url: PostgresUrl, found: Any, supported: int) -> None:
-    from scale_graph.persistence import DatabaseError
+    from scale_graph.errors import DatabaseError
 
     try:
         version = int(found)

@@ -56,7 +56,8 @@ from scale_graph.redact import redact
 from scale_graph.runner import InputError, start, validate_problem
 from scale_graph.runs import summary
 from scale_graph.servers.chat import ChatReply, EndpointError
-from scale_graph.settings import ConfigError, resolve, with_context_window
+from scale_graph.servers.endpoints import with_context_window
+from scale_graph.settings import ConfigError, resolve
 
 logger = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from scale_graph.context import DEFAULT_CONTEXT_WINDOW, ENDPOINT_FIELDS, Context, coerce
+from scale_graph.context import ENDPOINT_FIELDS, Context, coerce
 from scale_graph.errors import ConfigError
 
 DEFAULT = "default"
@@ -179,23 +179,6 @@ def resume_context(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None
     return Context(**values)
 
 
-def with_context_window(context: Context, timeout: float = 5.0) -> Context:
-    """``context`` with ``context_window`` filled from the servers' ``/v1/models`` (vLLM reports
-    ``max_model_len``; the smaller of the two systems), when it is not configured. Asked once per
-    run; a server that does not say leaves the documented fallback (32,768 tokens)."""
-    if context.context_window:
-        return context
-    from scale_graph.servers.probe import model_entries  # lazy: only runs about to call the servers need it
-
-    windows = []
-    for system in (1, 2):
-        base_url, model = getattr(context, f"system{system}_base_url"), getattr(context, f"system{system}_model")
-        listed = model_entries(base_url, timeout, api_key(system)) or []
-        windows += [item["max_model_len"] for item in listed
-                    if item.get("id") == model and isinstance(item.get("max_model_len"), int)]
-    return replace(context, context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)
-
-
 def _converted(name: str, value: Any, source: str) -> Any:
     try:
         return coerce(name, value)
@@ -204,5 +187,5 @@ def _converted(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
 
 
-__all__ = ["ConfigError", "Resolved", "api_key", "config_path", "read_config", "resolve", "resume_context", "with_context_window",
+__all__ = ["ConfigError", "Resolved", "api_key", "config_path", "read_config", "resolve", "resume_context",
            "running_servers"]

@@ -13,10 +13,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from scale_graph.terminal import err, out, run_guarded, say_error
+from scale_graph.terminal import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, out, print_progress,
+                                  read_problem, require_database, run_guarded, say_error)
 
-DbOption = typer.Option(None, "--db", help="SQLite run database (default: $SCALE_DB or ./scale.db).")
-JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 
 
 def runs_fork(
@@ -35,13 +34,6 @@ def runs_fork(
 ) -> None:
     """Fork a run before sub-problem N's routing with its system or difficulty forced (no call is
     made for anything before N), or from the selection with edited sub-problems; then run it."""
-    from scale_graph.cli import (
-        SUBPROBLEMS_FILE_MAX_CHARS,
-        _emit,
-        _progress,
-        _read_problem,
-        _require,
-    )
     from scale_graph.forks import fork
     from scale_graph.graph import build_graph
     from scale_graph.persistence import db_path, open_async
@@ -52,10 +44,10 @@ def runs_fork(
     created: list[str] = []
 
     async def work() -> dict[str, Any]:
-        _require(path)
+        require_database(path)
         edited = None
         if subproblems_file is not None:
-            edited = [line for line in _read_problem(None, subproblems_file, SUBPROBLEMS_FILE_MAX_CHARS).splitlines()
+            edited = [line for line in read_problem(None, subproblems_file, SUBPROBLEMS_FILE_MAX_CHARS).splitlines()
                       if line.strip()]
         async with open_async(path) as (saver, store):
             graph = build_graph(saver, store)
@@ -65,16 +57,15 @@ def runs_fork(
             err.print(f"[dim]fork {new} of run {thread_id} → {path}[/]", highlight=False, soft_wrap=True)
             if not run:
                 return summary((await graph.aget_state({"configurable": {"thread_id": new}})).values, new, "forked")
-            return summary(await resume(graph, store, new, on_event=_progress), new)
+            return summary(await resume(graph, store, new, on_event=print_progress), new)
 
     shown = run_guarded(work, thread_id=new_thread_id, db=db, saved=lambda: bool(created))
-    _emit(shown, as_json)
+    emit(shown, as_json)
 
 
 def runs_diff(first: str = typer.Argument(..., help="A run."), second: str = typer.Argument(..., help="Another run."),
               db: Path | None = DbOption, as_json: bool = JsonOption) -> None:
     """Where two runs diverge: sub-problems, difficulties, systems, tokens and answers side by side."""
-    from scale_graph.cli import _require
     from scale_graph.graph import build_graph
     from scale_graph.persistence import db_path, open_async
     from scale_graph.runs import diff_runs
@@ -82,7 +73,7 @@ def runs_diff(first: str = typer.Argument(..., help="A run."), second: str = typ
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
-        _require(path)
+        require_database(path)
         async with open_async(path) as (saver, store):
             return await diff_runs(build_graph(saver, store), store, first, second)
 

@@ -37,8 +37,8 @@ from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import Database, open_async
 from scale_graph.runner import InputError, RunBusy
-from scale_graph.servers.endpoints import endpoints
-from scale_graph.settings import ConfigError, resolve, with_context_window
+from scale_graph.servers.endpoints import endpoints, with_context_window
+from scale_graph.settings import ConfigError, resolve
 from scale_graph.state import total_usage
 
 #: Seconds between progress lines when stderr is not a terminal.

@@ -6,9 +6,10 @@ part of the run parameters, so they cannot reach checkpoints, logs or results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from scale_graph.context import Context
+from scale_graph.context import DEFAULT_CONTEXT_WINDOW, Context
+from scale_graph.servers.probe import model_entries
 from scale_graph.settings import ConfigError, api_key
 
 START_LOCAL_HINT = ("no System {system} endpoint configured: start the local CPU servers with "
@@ -40,3 +41,18 @@ def endpoints(context: Context) -> tuple[Endpoint, Endpoint]:
         found.append(Endpoint(system=system, base_url=base_url.rstrip("/"), model=model, api_key=api_key(system),
                               timeout=context.request_timeout, max_retries=context.max_retries))
     return found[0], found[1]
+
+
+def with_context_window(context: Context, timeout: float = 5.0) -> Context:
+    """``context`` with ``context_window`` filled from the servers' ``/v1/models`` (vLLM reports
+    ``max_model_len``; the smaller of the two systems), when it is not configured. Asked once per
+    run; a server that does not say leaves the documented fallback (32,768 tokens)."""
+    if context.context_window:
+        return context
+    windows = []
+    for system in (1, 2):
+        base_url, model = getattr(context, f"system{system}_base_url"), getattr(context, f"system{system}_model")
+        listed = model_entries(base_url, timeout, api_key(system)) or []
+        windows += [item["max_model_len"] for item in listed
+                    if item.get("id") == model and isinstance(item.get("max_model_len"), int)]
+    return replace(context, context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)
