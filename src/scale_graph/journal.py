@@ -44,7 +44,7 @@ class LoadReplies:
 
 
 Request = ChatCall | LoadReplies
-NodeLogic = Callable[[dict, Context], Generator[Request, Any, dict]]
+NodeLogic = Callable[[dict, Context], Generator[Request, Any, dict] | dict]
 
 RUNS_NAMESPACE = ("scale", "runs")
 _PAGE = 1000
@@ -148,6 +148,8 @@ def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: boo
             yield ("put", RUNS_NAMESPACE, run_id, wanted)
     namespace = calls_namespace(run_id)
     steps = logic({**state, "run_id": run_id}, context)
+    if not isinstance(steps, Generator):  # a node that needs no call returns its update directly
+        return steps
     answer: Any = None
     error: Exception | None = None
     while True:

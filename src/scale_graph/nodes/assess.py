@@ -11,14 +11,14 @@ from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
 from scale_graph.parsing import parse_difficulty
 from scale_graph.servers.chat import ChatCall
-from scale_graph.state import Step, add_counts
+from scale_graph.state import State, Step, add_counts
 
 DIFFICULTY_SCHEMA = {"name": "difficulty", "schema": {
     "type": "object", "properties": {"difficulty": {"type": "number", "minimum": 0, "maximum": 1}},
     "required": ["difficulty"], "additionalProperties": False}}
 
 
-def assess(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def assess(state: State, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 3: d_i = A(s_i, C_i) ∈ [0, 1], with C_i holding the previous solutions."""
     index: int = state.get("solved", 0)
     history = yield from previous_solutions(state, context, index)

@@ -12,7 +12,7 @@ from scale_graph.history import messages
 from scale_graph.journal import Request, derive_seed, emit
 from scale_graph.parsing import parse_decomposition
 from scale_graph.servers.chat import ChatCall
-from scale_graph.state import add_counts
+from scale_graph.state import State, add_counts
 
 
 def decomposition_schema(max_subproblems: int) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def planner_call(key: str, user: str, context: Context, *, seed_parts: tuple, n:
                     seed=derive_seed(context.seed, *seed_parts), n=n, schema=schema)
 
 
-def decompose(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def decompose(state: State, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 1: k candidate decompositions D_j = [s_1..s_n], sampled together (n=k)."""
     problem = state["problem"]
     user = prompts.PROBLEM.format(problem=problem) + prompts.DECOMPOSE.format(max_subproblems=context.max_subproblems)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Generator
-
 from scale_graph.context import Context
-from scale_graph.journal import Request, emit
+from scale_graph.journal import emit
+from scale_graph.state import State
 
 
-def finalize(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def finalize(state: State, context: Context) -> dict:
     """Answer = last \\boxed{} of S(s_n) (Eq. 6 for i = n); null with a warning when absent."""
     steps = state.get("steps", [])
     answer = steps[-1].get("result") if steps else None
@@ -17,4 +16,3 @@ def finalize(state: dict, context: Context) -> Generator[Request, Any, dict]:
     # `finished` is how a run is known to have reached its end: an empty `next` is not enough,
     # since LangGraph leaves out of `next` a task whose writes were saved before a crash.
     return {"answer": answer, "warnings": warnings, "finished": True}
-    yield  # a generator like every node, though it needs no call

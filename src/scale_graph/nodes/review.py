@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Generator, Literal
+from typing import Any, Literal
 
 from langgraph.types import interrupt
 
 from scale_graph.context import Context
-from scale_graph.journal import Request, emit, run_context
+from scale_graph.journal import emit, run_context
+from scale_graph.state import State
 
 ACCEPT = ("accept", "yes", "ok", "")
 
 
-def review(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def review(state: State, context: Context) -> dict:
     """Pause after Eq. 2 with interrupt(); resume with "accept" or an edited list of sub-problems."""
     decision = interrupt({"subproblems": state["subproblems"], "candidates": state.get("candidates", []),
                           "resume_with": "'accept', or a list of sub-problem strings replacing D*"})
@@ -21,7 +22,6 @@ def review(state: dict, context: Context) -> Generator[Request, Any, dict]:
     if edited is None:
         return {}
     return {"subproblems": edited, "selection": {**state.get("selection", {}), "method": "human"}}
-    yield  # a generator like every node, though it needs no call
 
 
 def reviewed_subproblems(decision: Any, context: Context) -> list[str] | None:
@@ -39,6 +39,6 @@ def reviewed_subproblems(decision: Any, context: Context) -> list[str] | None:
     raise ValueError(f"review: resume with 'accept' or 1 to {context.max_subproblems} sub-problem strings, got {decision!r}")
 
 
-def after_select(state: dict) -> Literal["review", "assess"]:
+def after_select(state: State) -> Literal["review", "assess"]:
     """Human review of D* when the run asks for it, else straight to Eq. 3."""
     return "review" if run_context().review else "assess"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from scale_graph.journal import run_context
+from scale_graph.state import State
 
 
 def system_for(difficulty: float, threshold: float) -> Literal[1, 2]:
@@ -13,7 +14,7 @@ def system_for(difficulty: float, threshold: float) -> Literal[1, 2]:
     return 2 if difficulty > threshold or threshold == 0.0 else 1
 
 
-def route(state: dict) -> Literal["solve_system1", "solve_system2"]:
+def route(state: State) -> Literal["solve_system1", "solve_system2"]:
     """Eq. 4, unless the step's system was forced (a fork, :mod:`scale_graph.forks`)."""
     step = state["steps"][state.get("solved", 0)]
     forced = step.get("forced_system")
@@ -21,6 +22,6 @@ def route(state: dict) -> Literal["solve_system1", "solve_system2"]:
     return "solve_system2" if system == 2 else "solve_system1"
 
 
-def next_subproblem(state: dict) -> Literal["assess", "finalize"]:
+def next_subproblem(state: State) -> Literal["assess", "finalize"]:
     """Eq. 5 loop: assess s_{i+1} with C_{i+1}, or finish after s_n."""
     return "assess" if state.get("solved", 0) < len(state["subproblems"]) else "finalize"

@@ -8,8 +8,8 @@ from scale_graph import prompts
 from scale_graph.context import Context
 from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
-from scale_graph.state import add_counts
 from scale_graph.parsing import parse_choice
+from scale_graph.state import State, add_counts
 
 
 def selection_schema(count: int) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def selection_schema(count: int) -> dict[str, Any]:
         "required": ["choice"], "additionalProperties": False}}
 
 
-def select(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def select(state: State, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 2: D* = argmax_j Q(D_j, P), judged by the model; first candidate if it cannot say."""
     candidates: list[list[str]] = state["candidates"]
     warnings: list[str] = []

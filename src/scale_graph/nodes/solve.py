@@ -7,11 +7,17 @@ from typing import Any, Generator, Literal
 from scale_graph import prompts
 from scale_graph.context import Context
 from scale_graph.forcing import forced_answer_call, needs_forced_answer
-from scale_graph.history import fit_prompt, fitted_call, messages, previous_solutions, solution_texts
+from scale_graph.history import (
+    fit_prompt,
+    fitted_call,
+    messages,
+    previous_solutions,
+    solution_texts,
+)
 from scale_graph.journal import Request, derive_seed, emit
 from scale_graph.parsing import last_boxed
 from scale_graph.servers.chat import ChatCall, ChatReply
-from scale_graph.state import PREVIEW_CHARS, Step, Usage, add_usage
+from scale_graph.state import PREVIEW_CHARS, State, Step, Usage, add_usage
 
 
 def solve_call(key: str, system: Literal[1, 2], user: str, context: Context, *, attempt: int) -> ChatCall:
@@ -23,7 +29,7 @@ def solve_call(key: str, system: Literal[1, 2], user: str, context: Context, *, 
                     seed=derive_seed(context.seed, "solve", key, attempt))
 
 
-def solve_subproblem(state: dict, context: Context, system: Literal[1, 2]) -> Generator[Request, Any, dict]:
+def solve_subproblem(state: State, context: Context, system: Literal[1, 2]) -> Generator[Request, Any, dict]:
     """Eq. 6: solve s_i with context C_i; cut-off System 2 thinking is finished by a short follow-up."""
     index: int = state.get("solved", 0)
     last = index == len(state["subproblems"]) - 1
@@ -89,11 +95,11 @@ def solve_subproblem(state: dict, context: Context, system: Literal[1, 2]) -> Ge
     return {"steps": [step], "solved": index + 1, "usage": usage, "warnings": warnings}
 
 
-def solve_system1(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def solve_system1(state: State, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 6 with m_i = System 1 (fast, non-thinking)."""
     return (yield from solve_subproblem(state, context, 1))
 
 
-def solve_system2(state: dict, context: Context) -> Generator[Request, Any, dict]:
+def solve_system2(state: State, context: Context) -> Generator[Request, Any, dict]:
     """Eq. 6 with m_i = System 2 (deliberate, thinking)."""
     return (yield from solve_subproblem(state, context, 2))
