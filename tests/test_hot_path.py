@@ -121,3 +121,27 @@ def test_reply_cache_keeps_the_most_recently_used_within_its_budget():
     assert set(cache.get_many(ns, ["a", "c", "huge"])) == {"a", "c"}
     assert cache.get_many(("scale", "other", "calls"), ["a"]) == {}  # per run namespace
     assert journal.reply_cache(InMemoryStore()) is not journal.reply_cache(InMemoryStore())  # per store
+
+
+def test_chat_result_from_a_typed_reply_matches_langchain_openai():
+    from langchain_openai import ChatOpenAI
+    from openai.types.chat import ChatCompletion
+
+    from scale_graph.servers.chat import ReasoningChatOpenAI
+
+    response = ChatCompletion.model_validate({
+        "id": "x", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "length",
+                     "message": {"role": "assistant", "content": "hi", "reasoning_content": "r" * 10}},
+                    {"index": 1, "finish_reason": "stop", "message": {"role": "assistant", "content": "no", "refusal": "no"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
+    settings = {"model": "m", "api_key": "EMPTY", "base_url": "http://127.0.0.1:9/v1"}
+    ours = ReasoningChatOpenAI(**settings)._create_chat_result(response)
+    theirs = ChatOpenAI(**settings)._create_chat_result(response)
+    assert ours.llm_output == theirs.llm_output
+    for mine, parent in zip(ours.generations, theirs.generations, strict=True):
+        kwargs = dict(mine.message.additional_kwargs)
+        assert kwargs.pop("reasoning_content") in ("r" * 10, "")  # what the parent class drops
+        assert kwargs == parent.message.additional_kwargs  # refusal (and parsed) as the parent sets them
+        assert (mine.message.content, mine.message.usage_metadata) == (parent.message.content, parent.message.usage_metadata)
+    assert [g.generation_info["finish_reason"] for g in ours.generations] == ["length", "stop"]  # each its own

@@ -55,7 +55,14 @@ class ReasoningChatOpenAI(ChatOpenAI):
 
     def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
         raw = _checked(response)
-        result = super()._create_chat_result(response, generation_info)
+        # The parent gets the dict already made: given the typed reply it would dump it a second time
+        # (30 KB of reasoning), and the only thing it takes from the typed form is copied below.
+        result = super()._create_chat_result(raw, generation_info)
+        if not isinstance(response, dict) and result.generations:
+            message = response.choices[0].message
+            for name in ("parsed", "refusal"):
+                if hasattr(message, name):
+                    result.generations[0].message.additional_kwargs[name] = getattr(message, name)
         for generation, choice in zip(result.generations, raw.get("choices") or []):
             message = choice.get("message") or {}
             reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
