@@ -17,7 +17,6 @@ from langgraph.store.memory import InMemoryStore
 
 from scale_graph import build_graph, journal
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
-
 from tests.conftest import context
 
 
