@@ -6,18 +6,14 @@ The fake server answers every call after a fixed latency (default 200 ms) and gi
 an orchestrator that only waits finishes N problems in about that time. Target: 128 in flight
 ≤ 1.2× one problem.
 
-Variants (package code untouched; the fixes are prototypes in bench/_prototypes.py):
-  as-is          the package: persistence.open_async + its httpx transport
-  fix-lock       store transactions BEGIN IMMEDIATE (no "database is locked"; the package does
-                 this itself since commit 628c754)
-  fix-shared     saver and store on one aiosqlite connection, one lock
-  fix-shared+aio fix-shared + openai's aiohttp transport instead of httpx
-  fix-all        fix-shared+aio + history Load as one store.abatch
-  aio-memjournal diagnostic: SQLite checkpoints (shared connection), call journal in memory, aiohttp
-  aio-nopersist  diagnostic: no checkpointer, journal in memory, aiohttp (graph + HTTP only)
-  direct-httpx   the recorded request bodies replayed with openai.AsyncOpenAI, httpx transport
-                 as the package configures it (floor of that transport)
-  direct-aio     the same with openai.DefaultAioHttpClient
+Variants (package code only):
+  as-is          the package: runner.start on persistence.open_async (SQLite checkpoints and
+                 call journal), the chat layer's aiohttp transport
+  memjournal     diagnostic: SQLite checkpoints, call journal in an InMemoryStore
+  nopersist      diagnostic: no checkpointer, journal in memory (graph + HTTP only)
+  direct-httpx   the recorded request bodies replayed with openai.AsyncOpenAI over an
+                 httpx.AsyncClient with 1024 connections (the transport the package used before)
+  direct-aio     the same with openai.DefaultAioHttpClient (the package's transport): the floor
 
 A plan item is SERVER:VARIANT:N,N,... with SERVER "process" (fake server in its own process)
 or "inprocess" (its event loop shares this process's GIL). Per item: wall, ratio to the same
@@ -51,50 +47,41 @@ async def timed(coro) -> tuple[float, BaseException | None]:
         return time.perf_counter() - started, exc
 
 
-GRAPH_VARIANTS = ("as-is", "fix-lock", "fix-shared", "fix-shared+aio", "fix-all", "aio-memjournal", "aio-nopersist")
+GRAPH_VARIANTS = ("as-is", "memjournal", "nopersist")
 DIRECT_VARIANTS = ("direct-httpx", "direct-aio")
 DEFAULT_PLAN = "process:as-is:1,8,32,128;process:direct-aio:128"
 PLANS = {
-    "full": ("process:as-is:1,8,32,128;process:fix-shared:128;process:fix-shared+aio:1,8,32,128;process:fix-all:128;"
-             "process:aio-memjournal:128;process:aio-nopersist:1,128;process:direct-httpx:128;process:direct-aio:1,128;"
-             "inprocess:as-is:1,128;inprocess:fix-all:1,128;inprocess:direct-aio:128"),
+    "full": ("process:as-is:1,8,32,128;process:memjournal:128;process:nopersist:1,128;process:direct-httpx:128;"
+             "process:direct-aio:1,128;inprocess:as-is:1,128;inprocess:direct-aio:128"),
 }
 
 
 async def run_graph(variant: str, count: int, context, db: Path) -> dict:
-    import contextlib
+    from langgraph.store.memory import InMemoryStore
 
     from scale_graph import build_graph
     from scale_graph.persistence import open_async
     from scale_graph.runner import start
 
-    import _prototypes
+    async with open_async(db) as (saver, store):
+        if variant == "memjournal":
+            store = InMemoryStore()
+        if variant == "nopersist":
+            graph = build_graph(None, InMemoryStore())
 
-    from langgraph.store.memory import InMemoryStore
+            def one(i: int):
+                return graph.ainvoke({"problem": common.PROBLEM}, {"configurable": {"thread_id": f"p{i}"}}, context=context)
+        else:
+            graph = build_graph(saver, store)
 
-    opener = {"as-is": open_async, "fix-lock": _prototypes.open_async_immediate}.get(variant, _prototypes.open_async_shared)
-    aio = variant in ("fix-shared+aio", "fix-all") or variant.startswith("aio-")
-    transport = _prototypes.aiohttp_transport() if aio else contextlib.AsyncExitStack()
-    async with transport:
-        async with opener(db) as (saver, store):
-            if variant == "aio-memjournal":
-                store = InMemoryStore()
-            if variant == "aio-nopersist":
-                graph = build_graph(None, InMemoryStore())
-
-                def one(i: int):
-                    return graph.ainvoke({"problem": common.PROBLEM}, {"configurable": {"thread_id": f"p{i}"}}, context=context)
-            else:
-                graph = _prototypes.batched_load_graph(saver, store) if variant == "fix-all" else build_graph(saver, store)
-
-                def one(i: int):
-                    return start(graph, store, common.PROBLEM, context, f"p{i}")
-            cpu = time.process_time()
-            started = time.perf_counter()
-            results = await asyncio.gather(*(timed(one(i)) for i in range(count)))
-            wall = time.perf_counter() - started
-            cpu = time.process_time() - cpu
-            await asyncio.sleep(0.05)  # let the store's batch task settle before the connection closes
+            def one(i: int):
+                return start(graph, store, common.PROBLEM, context, f"p{i}")
+        cpu = time.process_time()
+        started = time.perf_counter()
+        results = await asyncio.gather(*(timed(one(i)) for i in range(count)))
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        await asyncio.sleep(0.05)  # let the store's batch task settle before the connection closes
     return summarise(wall, cpu, results)
 
 

@@ -1,30 +1,32 @@
-"""Orchestration overhead per LLM call: SCALE through LangGraph with sync SQLite checkpoints vs
-the same LLM calls made directly with ``openai.AsyncOpenAI``.
+"""Orchestrator CPU per LLM call: SCALE through LangGraph with sync SQLite checkpoints vs the
+same LLM calls made directly with ``openai.AsyncOpenAI``.
 
-Against a zero-latency fake server, one problem (default 8 sub-problems, k=8 candidates) is run
-four ways, interleaved ``--repeats`` times (medians reported, the machine is noisy):
+Against a zero-latency fake server (System 2 calls carry ``--reasoning-bytes`` of reasoning,
+default 30 KB), N problems run together (``asyncio.gather``; default N = 1 and N = 128, problems
+of 8 sub-problems, k = 8 candidates) in each of these ways, interleaved ``--repeats`` times:
 
   A direct   the exact request bodies the graph sent (from the fake server's log), replayed in
-             order with ``AsyncOpenAI().chat.completions.create``
+             order with ``AsyncOpenAI().chat.completions.create`` (aiohttp transport, as the
+             package uses it)
   B chat     the same logical calls through the package's chat layer (``Systems.acall``:
              langchain-openai ``ChatOpenAI.agenerate`` + reasoning/usage parsing)
   C graph    ``graph.ainvoke`` without checkpointer, journal in an ``InMemoryStore``
-  C2 +ckpt   ``runner.start`` with the SQLite checkpointer but the journal in memory
+  C2 +ckpt   ``runner.start`` with the SQLite checkpointer, journal in memory
   D full     ``runner.start`` on ``persistence.open_async`` (sync durability, SQLite
              checkpoints + SQLite call journal): what users run
-  P batched  D with a prototype fix (bench/_prototypes.py): a history ``Load`` is one
-             ``store.abatch`` instead of one ``store.aget`` per journal entry
-  F fixed    D with every prototype fix: saver and store on one connection, aiohttp transport,
-             batched Load, ChatCall.journal_key computed once
   N0, N1     C and D with the chat layer replaced by canned replies (no HTTP): the
-             orchestration's own cost, free of network and server noise
+             orchestration's own cost, free of network and server noise (``--no-http``)
 
-Overhead per call = (D - A) / calls; B-A, C-B, C2-C and D-C2 split it into chat layer, graph,
-checkpoints and journal. Wall and CPU time (this process, all threads) are both reported.
-Then counts of aiosqlite statements per problem and a cProfile (CPU-time timer) of D.
+CPU is the whole process (``time.process_time``: every thread, incl. aiosqlite's), per LLM
+call. **Orchestrator CPU per call = (D − A) / calls**: what SCALE-Graph spends beyond making
+the same requests; B−A, C−B, C2−C and D−C2 split it into chat layer, graph (LangGraph + node
+and journal logic), checkpoints and SQLite journal. Figures are medians of the repeats with
+[min–max]; compare ratios within one run (the machine is shared). Then the aiosqlite statements
+per problem and a cProfile (CPU-time timer) of D.
 
-    python bench/overhead.py                 # ~1 min
-    python bench/overhead.py --repeats 15 --subproblems 16 --server inprocess
+    python bench/overhead.py                         # N = 1 and 128, ~6 min
+    python bench/overhead.py --inflight 1,32 --repeats 5 --no-http
+    python bench/overhead.py --inflight 1 --reasoning-bytes 2000 --profile 4
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import pstats
 import sys
 import time
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -55,37 +58,9 @@ def replay_kwargs(body: dict) -> dict:
     return kwargs
 
 
-async def run_direct(client, bodies: list[dict]) -> float:
-    started = time.perf_counter()
-    for body in bodies:
-        await client.chat.completions.create(**replay_kwargs(body))
-    return time.perf_counter() - started
-
-
-async def run_chat(systems, calls: list) -> float:
-    started = time.perf_counter()
-    for call in calls:
-        await systems.acall(call)
-    return time.perf_counter() - started
-
-
-async def run_graph_memory(context, problem: str, thread: str) -> float:
-    from langgraph.store.memory import InMemoryStore
-
-    from scale_graph import build_graph
-
-    graph = build_graph(None, InMemoryStore())
-    started = time.perf_counter()
-    await graph.ainvoke({"problem": problem}, {"configurable": {"thread_id": thread}}, context=context)
-    return time.perf_counter() - started
-
-
-async def run_full(graph, store, context, problem: str, thread: str) -> float:
-    from scale_graph.runner import start
-
-    started = time.perf_counter()
-    await start(graph, store, problem, context, thread)
-    return time.perf_counter() - started
+async def in_flight(count: int, one: Callable[[int], Awaitable[Any]]) -> None:
+    """``count`` problems together; the first failure propagates (a benchmark must not hide one)."""
+    await asyncio.gather(*(one(i) for i in range(count)))
 
 
 class SqlCounter:
@@ -113,6 +88,12 @@ class SqlCounter:
             setattr(self.cls, name, original)
 
 
+SPLIT = (("chat layer", "B chat", "A direct", "langchain-openai + reply parsing"),
+         ("graph", "C graph", "B chat", "LangGraph + node/journal logic, journal in memory"),
+         ("checkpoints", "C2 +ckpt", "C graph", "AsyncSqliteSaver, durability sync"),
+         ("journal", "D full", "C2 +ckpt", "AsyncSqliteStore gets/puts"))
+
+
 async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path) -> None:
     import openai
     from langgraph.store.memory import InMemoryStore
@@ -120,30 +101,19 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
     from scale_graph import build_graph
     from scale_graph.journal import systems_for
     from scale_graph.persistence import open_async
+    from scale_graph.runner import start
     from scale_graph.servers import chat
-
-    import _prototypes
 
     context = common.make_context(fake.base_url, candidates=args.candidates, max_subproblems=max(12, args.subproblems))
     problem = common.PROBLEM
-    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="EMPTY", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="EMPTY", max_retries=0,
+                                http_client=openai.DefaultAioHttpClient())
 
     async with open_async(scratch / "overhead.db") as (saver, store):
         graph = build_graph(saver, store)
-        graph_ckpt_only = build_graph(saver, InMemoryStore())
-        graph_batched = _prototypes.batched_load_graph(saver, store)
-        shared = _prototypes.open_async_shared(scratch / "overhead-shared.db")
-        shared_saver, shared_store = await shared.__aenter__()
-        graph_fixed = _prototypes.batched_load_graph(shared_saver, shared_store)
-        transport = _prototypes.AiohttpTransport()
-
-        async def run_fixed(r):
-            transport.enable()
-            try:
-                with _prototypes.cached_journal_key():
-                    return await run_full(graph_fixed, shared_store, context, problem, f"fixed-{r}")
-            finally:
-                transport.disable()
+        memory_store = InMemoryStore()
+        graph_ckpt_only = build_graph(saver, memory_store)
+        graph_memory = build_graph(None, InMemoryStore())
 
         # Record one run: the request bodies (server log) and the logical calls (chat layer).
         recorded: list = []
@@ -158,114 +128,135 @@ async def main_async(args: argparse.Namespace, fake: common.Fake, scratch: Path)
         async def canned(self, call):  # no HTTP at all: the orchestration alone
             return replies[call.key]
 
-        async def without_http(run):
-            chat.Systems.acall = canned
-            try:
-                return await run
-            finally:
-                chat.Systems.acall = original
-
         chat.Systems.acall = recording
         fake.reset()
         try:
-            await run_full(graph, store, context, problem, "record")
+            await start(graph, store, problem, context, "record")
         finally:
             chat.Systems.acall = original
-        log = fake.stats()["log"]
-        bodies = [entry["body"] for entry in log]
+        bodies = [entry["body"] for entry in fake.stats()["log"]]
         calls = len(bodies)
         assert calls == len(recorded), (calls, len(recorded))
         systems = systems_for(context)
         n_system2 = sum(1 for c in recorded if c.thinking)
-        print(f"   one problem = {calls} LLM calls ({n_system2} System 2 with {args.reasoning_bytes} B reasoning), "
+        print(f"   one problem = {calls} LLM calls ({n_system2} System 2 with {args.reasoning_bytes:,} B reasoning), "
               f"{args.subproblems} sub-problems, k={args.candidates}; server: {fake.kind}, latency 0")
 
-        memory_store = InMemoryStore()
-        variants = {
-            "A direct": lambda r: run_direct(client, bodies),
-            "B chat": lambda r: run_chat(systems, recorded),
-            "C graph": lambda r: run_graph_memory(context, problem, f"mem-{r}"),
-            "C2 +ckpt": lambda r: run_full(graph_ckpt_only, memory_store, context, problem, f"ckpt-{r}"),
-            "D full": lambda r: run_full(graph, store, context, problem, f"full-{r}"),
-            "P batched": lambda r: run_full(graph_batched, store, context, problem, f"batched-{r}"),
-            "F fixed": run_fixed,
-            "N0 nullmem": lambda r: without_http(run_graph_memory(context, problem, f"nmem-{r}")),
-            "N1 nullfull": lambda r: without_http(run_full(graph, store, context, problem, f"nfull-{r}")),
-        }
-        for name, run in variants.items():  # warm-up every path once
+        async def direct(i: int) -> None:
+            for body in bodies:
+                await client.chat.completions.create(**replay_kwargs(body))
+
+        async def through_chat(i: int) -> None:
+            for call in recorded:
+                await systems.acall(call)
+
+        def without_http(run: Callable[[str], Awaitable[Any]]) -> Callable[[str], Awaitable[Any]]:
+            async def patched(tag: str) -> Any:
+                chat.Systems.acall = canned
+                try:
+                    return await run(tag)
+                finally:
+                    chat.Systems.acall = original
+            return patched
+
+        def variants(count: int) -> dict[str, Callable[[str], Awaitable[Any]]]:
+            def threads(tag: str, i: int) -> str:
+                return f"{tag}-{count}-{i}"
+
+            def memory(tag: str) -> Awaitable[Any]:
+                return in_flight(count, lambda i: graph_memory.ainvoke(
+                    {"problem": problem}, {"configurable": {"thread_id": threads(tag, i)}}, context=context))
+
+            def full(g, s, tag: str) -> Awaitable[Any]:
+                return in_flight(count, lambda i: start(g, s, problem, context, threads(tag, i)))
+
+            chosen = {
+                "A direct": lambda tag: in_flight(count, direct),
+                "B chat": lambda tag: in_flight(count, through_chat),
+                "C graph": lambda tag: memory("mem" + tag),
+                "C2 +ckpt": lambda tag: full(graph_ckpt_only, memory_store, "ckpt" + tag),
+                "D full": lambda tag: full(graph, store, "full" + tag),
+            }
+            if args.no_http:
+                chosen["N0 nullmem"] = without_http(lambda tag: memory("nmem" + tag))
+                chosen["N1 nullfull"] = without_http(lambda tag: full(graph, store, "nfull" + tag))
+            return chosen
+
+        for name, run in variants(1).items():  # warm-up every path once
             await run("warm")
 
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        cpu: dict[str, list[float]] = {name: [] for name in variants}
-        for r in range(args.repeats):
-            for name, run in variants.items():
-                cpu_start = time.process_time()
-                times[name].append(await run(r))
-                cpu[name].append(time.process_time() - cpu_start)
+        for count in args.inflight:
+            measure(await timed_variants(variants(count), args.repeats), calls * count, count, args)
 
-        print(f"\n   per problem, median [min–max] of {args.repeats} interleaved repeats; "
-              f"CPU = this process (all threads; the fake server runs {'elsewhere' if fake.kind == 'process' else 'here too'})")
-        print(f"   {'variant':<10} {'wall ms/problem':>26} {'wall ms/call':>12} {'CPU ms/call':>12}")
-        med, cpu_med = {}, {}
-        for name, values in times.items():
-            ms = [v * 1000 for v in values]
-            med[name] = common.median(ms)
-            cpu_med[name] = common.median([v * 1000 for v in cpu[name]])
-            print(f"   {name:<10} {common.spread(ms):>26} {med[name] / calls:12.2f} {cpu_med[name] / calls:12.2f}")
-
-        best = {name: min(values) * 1000 for name, values in times.items()}
-
-        def per_call(a: str, b: str) -> str:
-            return (f"{(med[a] - med[b]) / calls:6.2f} ms wall (min-based {(best[a] - best[b]) / calls:6.2f}), "
-                    f"{(cpu_med[a] - cpu_med[b]) / calls:6.2f} ms CPU")
-
-        over = (med["D full"] - med["A direct"]) / calls
-        print("\n   overhead per LLM call (differences of medians):")
-        print(f"     chat layer     B-A   {per_call('B chat', 'A direct')}  (langchain-openai + reply parsing)")
-        print(f"     graph+journal  C-B   {per_call('C graph', 'B chat')}  (LangGraph, journal in memory)")
-        print(f"     checkpoints    C2-C  {per_call('C2 +ckpt', 'C graph')}  (AsyncSqliteSaver, durability sync)")
-        print(f"     SQLite journal D-C2  {per_call('D full', 'C2 +ckpt')}  (AsyncSqliteStore gets/puts)")
-        print(f"     total          D-A   {per_call('D full', 'A direct')}   target ≤ 2 ms; "
-              f"ratio D/A = {med['D full'] / med['A direct']:.2f}")
-        print(f"     what-if: Load as one store.abatch (bench/_prototypes.py): P-A {per_call('P batched', 'A direct')}")
-        print(f"     what-if: all prototype fixes (one connection, aiohttp, batched Load, journal_key cached): "
-              f"F-A {per_call('F fixed', 'A direct')}")
-        print(f"     without HTTP (canned replies): graph+memory journal {med['N0 nullmem'] / calls:.2f} ms wall, "
-              f"{cpu_med['N0 nullmem'] / calls:.2f} ms CPU per call; graph+SQLite {med['N1 nullfull'] / calls:.2f} ms wall, "
-              f"{cpu_med['N1 nullfull'] / calls:.2f} ms CPU per call")
-        paired = [(d - a) * 1000 / calls for d, a in zip(times["D full"], times["A direct"])]
-        print(f"     paired D-A per repeat: {common.spread(paired)} ms per call")
-        real_ms = args.real_call_s * 1000
-        print(f"     share of a real call: {over / real_ms:.2%} of {args.real_call_s:g} s per call "
-              f"(assumption: a System 2 call on a GPU vLLM; target ≤ 1 %)")
-
-        for name, g, s in (("D full", graph, store), ("P batched", graph_batched, store)):
+        for name, g, s in (("D full", graph, store),):
             with SqlCounter() as counter:
-                await run_full(g, s, context, problem, "count-" + name.replace(" ", "-"))
+                await start(g, s, problem, context, "count")
             c = counter.counts
             nodes = 2 + 2 * args.subproblems + 1
-            print(f"   aiosqlite calls per problem, {name} ({nodes} nodes, {calls} LLM calls): {c['execute']} execute, "
+            print(f"\n   aiosqlite calls per problem, {name} ({nodes} nodes, {calls} LLM calls): {c['execute']} execute, "
                   f"{c['commit']} commit (the store runs BEGIN/…/COMMIT as executes: every store get is a transaction)")
-
-        await transport.aclose()
-        await shared.__aexit__(None, None, None)
 
         if args.profile:
             profiler = cProfile.Profile(time.thread_time)  # CPU of the event-loop thread only
             profiler.enable()
-            for r in range(args.profile):
-                await run_full(graph, store, context, problem, f"prof-{r}")
+            await in_flight(args.profile, lambda i: start(graph, store, problem, context, f"prof-{i}"))
             profiler.disable()
-            print_profile(profiler, args.profile * calls)
+            print_profile(profiler, args.profile * calls, args.profile)
+    await client.close()
 
 
-def print_profile(profiler: cProfile.Profile, calls: int, top: int = 15) -> None:
+async def timed_variants(variants: dict[str, Callable[[str], Awaitable[Any]]], repeats: int
+                         ) -> dict[str, tuple[list[float], list[float]]]:
+    """Per variant: (wall s, process CPU s) of each repeat, the variants interleaved."""
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in variants}
+    for r in range(repeats):
+        for name, run in variants.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            await run(f"r{r}")
+            results[name][0].append(time.perf_counter() - wall)
+            results[name][1].append(time.process_time() - cpu)
+    return results
+
+
+def measure(results: dict[str, tuple[list[float], list[float]]], calls: int, count: int, args: argparse.Namespace) -> None:
+    """Print wall and CPU per call, the orchestrator's CPU (D − A) and its split."""
+    print(f"\n   ── {count} problem{'s' if count > 1 else ''} in flight, {calls} LLM calls per repeat; "
+          f"median [min–max] of {args.repeats} interleaved repeats, ms per LLM call")
+    print(f"   {'variant':<12} {'wall':>26} {'CPU (process, all threads)':>30}")
+    wall = {name: [v * 1000 / calls for v in w] for name, (w, _) in results.items()}
+    cpu = {name: [v * 1000 / calls for v in c] for name, (_, c) in results.items()}
+    for name in results:
+        print(f"   {name:<12} {common.spread(wall[name]):>26} {common.spread(cpu[name]):>30}")
+
+    def paired(a: str, b: str, figures: dict[str, list[float]]) -> list[float]:
+        return [x - y for x, y in zip(figures[a], figures[b])]  # same repeat: same machine moment
+
+    over_cpu = paired("D full", "A direct", cpu)
+    print(f"   orchestrator CPU per LLM call  D−A  {common.spread(over_cpu)} ms   (target ≤ 5 ms at 128 in flight) "
+          f"· CPU ratio D/A {common.median(cpu['D full']) / common.median(cpu['A direct']):.2f}")
+    print(f"   orchestrator wall per LLM call D−A  {common.spread(paired('D full', 'A direct', wall))} ms "
+          f"· wall ratio D/A {common.median(wall['D full']) / common.median(wall['A direct']):.2f}")
+    total = common.median(over_cpu) or float("nan")
+    print("   split of the orchestrator CPU (paired differences, median [min–max] ms per call, share of D−A):")
+    for label, a, b, what in SPLIT:
+        part = paired(a, b, cpu)
+        print(f"     {label:<12} {a.split()[0]}−{b.split()[0]:<3} {common.spread(part):>24}  {common.median(part) / total:6.1%}  ({what})")
+    if "N1 nullfull" in results:
+        print(f"   without HTTP (canned replies): graph + memory journal {common.median(cpu['N0 nullmem']):.2f} ms CPU, "
+              f"graph + SQLite {common.median(cpu['N1 nullfull']):.2f} ms CPU per call")
+    real_ms = args.real_call_s * 1000
+    print(f"   share of a real call: {common.median(paired('D full', 'A direct', wall)) / real_ms:.2%} of "
+          f"{args.real_call_s:g} s per call (assumption: a System 2 call on a GPU vLLM)")
+
+
+def print_profile(profiler: cProfile.Profile, calls: int, problems: int, top: int = 15) -> None:
     stats = pstats.Stats(profiler, stream=io.StringIO())
     total = stats.total_tt  # type: ignore[attr-defined]
     rows = []
     for (filename, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
         rows.append((tt, ct, nc, filename, line, func))
-    print(f"\n   cProfile of D, timer = CPU time of the event-loop thread (aiosqlite's worker thread not included): "
+    print(f"\n   cProfile of D with {problems} problems in flight, timer = CPU time of the event-loop thread "
+          f"(aiosqlite's worker thread not included): "
           f"{total * 1000 / calls:.2f} ms per LLM call under the profiler (it inflates small calls ~3-5x; read shares)")
     groups: dict[str, float] = {}
     for tt, ct, nc, filename, line, func in rows:
@@ -315,15 +306,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subproblems", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--reasoning-bytes", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--reasoning-bytes", type=int, default=30_000)
+    parser.add_argument("--inflight", default="1,128", help="problems in flight, comma-separated (default 1,128)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-http", action="store_true", help="add N0/N1: the graph with canned replies")
     parser.add_argument("--server", choices=("process", "inprocess"), default="process")
-    parser.add_argument("--profile", type=int, default=3, help="problems to run under cProfile (0: skip)")
+    parser.add_argument("--profile", type=int, default=0, help="problems in flight under cProfile (0: skip)")
     parser.add_argument("--real-call-s", type=float, default=2.0,
                         help="assumed duration of a real System 2 call (GPU vLLM) for the %% figure")
     args = parser.parse_args()
+    try:
+        args.inflight = [int(n) for n in args.inflight.split(",")]
+    except ValueError:
+        parser.error(f"--inflight: expected numbers like 1,128, got {args.inflight!r}")
     scratch = common.clean_environment()
-    common.header("overhead: orchestration cost per LLM call")
+    common.header("overhead: orchestrator CPU per LLM call")
     with common.fake_server(args.server, latency=0, subproblem_count=args.subproblems,
                             reasoning_bytes=args.reasoning_bytes, difficulties=[0.1, 0.8]) as fake:
         asyncio.run(main_async(args, fake, scratch))

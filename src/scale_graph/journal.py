@@ -17,14 +17,17 @@ what it would cost alone, while :func:`agenerated_tokens` counts only what was g
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+import weakref
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Callable, Generator
+from typing import Any, Awaitable, Callable, Generator
 
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_config, get_stream_writer
 from langgraph.runtime import get_runtime
 from langgraph.store.base import BaseStore, GetOp
@@ -49,6 +52,62 @@ NodeLogic = Callable[[dict, Context], Generator[Request, Any, dict] | dict]
 RUNS_NAMESPACE = ("scale", "runs")
 _PAGE = 1000
 _fallback_store = InMemoryStore()  # for a graph compiled without a store outside the platform
+
+
+class ReplyCache:
+    """Journalled replies this process wrote or read, by (namespace, key), least recently used out
+    first beyond ``max_chars`` of text.
+
+    Each assess/solve node reads the replies of every earlier sub-problem again (O(n²) reads of
+    up to 30 KB each per problem); a journal entry never changes once written (its key carries a
+    digest of the request), so the copy this process put or read serves those reads without a
+    store transaction or a JSON decode. Only history loads use it: a call is still looked up in
+    the store, so a run deleted and started again makes its calls anew.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.chars = 0
+        self._entries: OrderedDict[tuple[tuple[str, ...], str], tuple[dict[str, Any], int]] = OrderedDict()
+        self._lock = threading.Lock()  # graph.invoke runs nodes in worker threads
+
+    def put(self, namespace: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
+        size = sum(len(c.get("content") or "") + len(c.get("reasoning") or "") for c in value.get("choices", []))
+        with self._lock:
+            old = self._entries.pop((namespace, key), None)
+            if old is not None:
+                self.chars -= old[1]
+            if size > self.max_chars:
+                return
+            self._entries[namespace, key] = (value, size)
+            self.chars += size
+            while self.chars > self.max_chars:
+                self.chars -= self._entries.popitem(last=False)[1][1]
+
+    def get_many(self, namespace: tuple[str, ...], keys: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get((namespace, key))
+                if entry is not None:
+                    self._entries.move_to_end((namespace, key))
+                    found[key] = entry[0]
+        return found
+
+
+#: Text kept per store: 128 problems in flight × 8 solutions × 30 KB fit.
+REPLY_CACHE_CHARS = 48_000_000
+_reply_caches: weakref.WeakKeyDictionary[BaseStore, ReplyCache] = weakref.WeakKeyDictionary()
+_reply_caches_lock = threading.Lock()
+
+
+def reply_cache(store: BaseStore) -> ReplyCache:
+    """The replies cached for ``store`` (per store object: two databases may hold the same run id)."""
+    with _reply_caches_lock:
+        cache = _reply_caches.get(store)
+        if cache is None:
+            cache = _reply_caches[store] = ReplyCache(REPLY_CACHE_CHARS)
+        return cache
 
 
 def calls_namespace(run_id: str) -> tuple[str, ...]:
@@ -136,7 +195,8 @@ def _runtime() -> tuple[Context, BaseStore]:
     return run_context(), (runtime.store if runtime is not None else None) or _fallback_store
 
 
-def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: bool) -> Generator[tuple, Any, dict]:
+def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: bool, cache: ReplyCache
+                ) -> Generator[tuple, Any, dict]:
     """Serve ``logic``'s requests as primitive operations — ("get", namespace, key),
     ("get_many", [GetOp]), ("put", namespace, key, value), ("call", ChatCall) — so the journal logic is written once for
     the sync and the async executor. An operation's error is thrown back in at its ``yield``."""
@@ -159,12 +219,19 @@ def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: boo
             return finished.value
         error = None
         if isinstance(request, LoadReplies):
-            items = yield ("get_many", [GetOp(namespace, key) for key in request.keys])
-            answer = {item.key: ChatReply.from_dict(item.value) for item in items if item is not None}
+            found = cache.get_many(namespace, request.keys)
+            missing = [key for key in request.keys if key not in found]
+            if missing:
+                for item in (yield ("get_many", [GetOp(namespace, key) for key in missing])):
+                    if item is not None:
+                        found[item.key] = item.value
+                        cache.put(namespace, item.key, item.value)
+            answer = {key: ChatReply.from_dict(found[key]) for key in request.keys if key in found}
             continue
         key = request.journal_key
         cached = yield ("get", namespace, key)
         if cached is not None:
+            cache.put(namespace, key, cached.value)
             answer = ChatReply.from_dict(cached.value)
             continue
         try:
@@ -172,10 +239,32 @@ def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: boo
         except Exception as failed:  # the logic decides: handle it at its yield, or let it propagate
             error = failed
             continue
-        yield ("put", namespace, key, answer.to_dict())
+        value = answer.to_dict()
+        yield ("put", namespace, key, value)
+        cache.put(namespace, key, value)
 
 
-def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLambda:
+class JournaledNode(Runnable[dict, dict]):
+    """A node with a blocking and an async body, each called as is.
+
+    Not a ``RunnableLambda``: that one inspects both bodies' signatures and opens a child callback
+    run on every call (≈ 0.1 ms per node), for a span LangGraph's own task run already gives;
+    LangGraph runs a plain-function node the same way (``trace=False``). LangGraph sets the
+    config and runtime context variables before calling either body.
+    """
+
+    def __init__(self, run: Callable[[dict], dict], arun: Callable[[dict], Awaitable[dict]], name: str) -> None:
+        self.name = name
+        self._run, self._arun = run, arun
+
+    def invoke(self, input: dict, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
+        return self._run(input)
+
+    async def ainvoke(self, input: dict, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
+        return await self._arun(input)
+
+
+def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> JournaledNode:
     """A LangGraph node (sync + async) that serves ``logic``'s requests through the journal.
 
     ``starts_run`` marks the graph's first node, which saves the run's record (problem, parameters).
@@ -188,7 +277,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
     def _run(state: dict) -> dict:
         context, store = _runtime()
         execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": partial(serve_call, context, store)}
-        operations, result, error = _operations(logic, state, context, starts_run), None, None
+        operations, result, error = _operations(logic, state, context, starts_run, reply_cache(store)), None, None
         while True:
             try:
                 operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
@@ -206,7 +295,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
     async def _arun(state: dict) -> dict:
         context, store = _runtime()
         execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": partial(aserve_call, context, store)}
-        operations, result, error = _operations(logic, state, context, starts_run), None, None
+        operations, result, error = _operations(logic, state, context, starts_run, reply_cache(store)), None, None
         while True:
             try:
                 operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
@@ -217,8 +306,9 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> RunnableLam
             except Exception as failed:
                 result, error = None, failed
 
-    run.__doc__ = arun.__doc__ = logic.__doc__
-    return RunnableLambda(run, arun, name=logic.__name__)
+    node = JournaledNode(run, arun, logic.__name__)
+    node.__doc__ = run.__doc__ = arun.__doc__ = logic.__doc__
+    return node
 
 
 # ---- run records: what a resume needs, kept beside the journal ----------------------------

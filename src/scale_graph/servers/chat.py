@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Literal
 
@@ -78,7 +78,14 @@ class ReasoningChatOpenAI(ChatOpenAI):
 
     def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
         raw = _checked(response)
-        result = super()._create_chat_result(response, generation_info)
+        # The parent gets the dict already made: given the typed reply it would dump it a second time
+        # (30 KB of reasoning), and the only thing it takes from the typed form is copied below.
+        result = super()._create_chat_result(raw, generation_info)
+        if not isinstance(response, dict) and result.generations:
+            message = response.choices[0].message
+            for name in ("parsed", "refusal"):
+                if hasattr(message, name):
+                    result.generations[0].message.additional_kwargs[name] = getattr(message, name)
         for generation, choice in zip(result.generations, raw.get("choices") or []):
             message = choice.get("message") or {}
             reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
@@ -123,10 +130,14 @@ class ChatCall:
     def journal_key(self) -> str:
         """``key`` plus a digest of the request: a run forked with other inputs (e.g. edited state
         in Studio) makes new calls, while a resumed run finds the calls it already made."""
-        request = asdict(self)
-        del request["key"]
+        # The fields as a plain dict rather than ``asdict``: its deep copy of the messages costs more
+        # than the digest, and json writes tuples as lists, so the text (and key) is the same.
+        request = {name: getattr(self, name) for name in _REQUEST_FIELDS}
         digest = hashlib.blake2b(json.dumps(request, sort_keys=True).encode(), digest_size=6).hexdigest()
         return f"{self.key}#{digest}"
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(ChatCall) if f.name != "key")
 
 
 @dataclass
@@ -151,11 +162,19 @@ class ChatReply:
     reused: bool = False  # taken from another run's identical call (scale_graph.reuse), not generated for this one
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What ``asdict`` gives (same keys, same order), built directly: it runs for every journalled
+        reply, and ``asdict``'s generic recursion costs more than the 30 KB strings it carries."""
+        return {"choices": [{"content": c.content, "reasoning": c.reasoning, "finish_reason": c.finish_reason}
+                            for c in self.choices],
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "reasoning_tokens": self.reasoning_tokens, "requests": self.requests, "latency_s": self.latency_s,
+                "model": self.model, "warnings": list(self.warnings), "reused": self.reused}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChatReply:
-        return cls(**{**data, "choices": [Choice(**c) for c in data["choices"]]})
+        reply = cls(**{**data, "choices": [Choice(**c) for c in data["choices"]]})
+        reply.warnings = list(reply.warnings)  # its own list: ``data`` may be a cached journal entry
+        return reply
 
     @property
     def usage(self) -> dict[str, int]:
