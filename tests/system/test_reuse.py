@@ -194,7 +194,8 @@ def test_baselines_share_calls_across_commands_by_group(server):
     assert scale("eval", *base, "--name", "two").exit_code == 0
     assert server.stats()["requests"] == made  # the second command generated nothing
     one, two = results("one"), results("two")
-    assert [(r.answer, r.completion_tokens) for r in one.values()] == [(r.answer, r.completion_tokens) for r in two.values()]
+    assert {key: (r.answer, r.completion_tokens) for key, r in one.items()} == \
+        {key: (r.answer, r.completion_tokens) for key, r in two.items()}  # results are stored as samples finish
     assert all(r.generated_tokens == 0 for r in two.values()) and all(r.generated_tokens for r in one.values())
 
 

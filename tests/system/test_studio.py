@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.reliability_helpers import REPO_ROOT
 from typer.testing import CliRunner
 
 import scale_graph.studio
@@ -160,7 +162,8 @@ def test_langgraph_dev_runs_land_in_the_scale_database(tmp_path):
     env.update(OFFLINE_ENV, SCALE_DB=str(db), SCALE_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
 
     with process([sys.executable, "-m", "tests.fake_openai", "--port", "0"],
-                 env=env, cwd=tmp_path, ready=fake_openai_ready, timeout=30) as (fake_url, _):
+                 env={**env, "PYTHONPATH": str(REPO_ROOT)}, cwd=tmp_path, ready=fake_openai_ready,
+                 timeout=30) as (fake_url, _):
         for system in (1, 2):
             env[f"SCALE_SYSTEM{system}_BASE_URL"] = fake_url
             env[f"SCALE_SYSTEM{system}_MODEL"] = f"scale-system{system}"
