@@ -8,6 +8,8 @@ START → decompose → select → (review) → assess ─route─┬→ solve_s
 
 from __future__ import annotations
 
+from functools import partial
+
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -15,7 +17,7 @@ from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
 from scale_graph.context import Context
-from scale_graph.journal import journaled_node
+from scale_graph.journal import ChatLayer, journaled_node
 from scale_graph.nodes.assess import assess
 from scale_graph.nodes.decompose import decompose
 from scale_graph.nodes.finalize import finalize
@@ -27,19 +29,22 @@ from scale_graph.state import InputState, OutputState, State
 
 
 def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None,
-                *, platform: bool = False) -> CompiledStateGraph:
+                *, platform: bool = False, chat: ChatLayer | None = None) -> CompiledStateGraph:
     """Compile SCALE. Long texts go to ``store`` (in memory when none is given).
 
-    ``platform=True`` leaves checkpointer and store to the LangGraph server (``langgraph dev``).
+    ``platform=True`` leaves checkpointer and store to the LangGraph server (``langgraph dev``);
+    ``chat`` hands every node another chat layer (a fake in tests) instead of the endpoints of
+    the run context.
     """
+    node = partial(journaled_node, chat=chat)
     builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
-    builder.add_node("decompose", journaled_node(decompose, starts_run=True))
-    builder.add_node("select", journaled_node(select))
-    builder.add_node("review", journaled_node(review))
-    builder.add_node("assess", journaled_node(assess))
-    builder.add_node("solve_system1", journaled_node(solve_system1))
-    builder.add_node("solve_system2", journaled_node(solve_system2))
-    builder.add_node("finalize", journaled_node(finalize))
+    builder.add_node("decompose", node(decompose, starts_run=True))
+    builder.add_node("select", node(select))
+    builder.add_node("review", node(review))
+    builder.add_node("assess", node(assess))
+    builder.add_node("solve_system1", node(solve_system1))
+    builder.add_node("solve_system2", node(solve_system2))
+    builder.add_node("finalize", node(finalize))
 
     builder.add_edge(START, "decompose")
     builder.add_edge("decompose", "select")

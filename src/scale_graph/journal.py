@@ -25,7 +25,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Awaitable, Callable, Generator
+from typing import Any, Awaitable, Callable, Generator, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_config, get_stream_writer
@@ -150,18 +150,30 @@ def systems_for(context: Context) -> Systems:
     return _systems(*endpoints(context), context.thinking_flag, context.structured_output, context.use_n, context.max_in_flight)
 
 
-def serve_call(context: Context, store: BaseStore | None, call: ChatCall) -> ChatReply:
-    """The reply to ``call`` (blocking): shared with the context's reuse group when it has one."""
-    if context.reuse_group and store is not None:
-        return reuse.call(systems_for(context), call, context, store)
-    return systems_for(context).call(call)
+class ChatLayer(Protocol):
+    """What a node's calls go through: :class:`~scale_graph.servers.chat.Systems`, or a fake in tests."""
+
+    def call(self, call: ChatCall) -> ChatReply: ...
+
+    async def acall(self, call: ChatCall) -> ChatReply: ...
 
 
-async def aserve_call(context: Context, store: BaseStore | None, call: ChatCall) -> ChatReply:
-    """The reply to ``call`` (async): shared with the context's reuse group when it has one."""
+def serve_call(context: Context, store: BaseStore | None, call: ChatCall, chat: ChatLayer | None = None) -> ChatReply:
+    """The reply to ``call`` (blocking) through ``chat`` (default: the context's endpoints), shared
+    with the context's reuse group when it has one."""
+    chat = chat or systems_for(context)
     if context.reuse_group and store is not None:
-        return await reuse.acall(systems_for(context), call, context, store)
-    return await systems_for(context).acall(call)
+        return reuse.call(chat, call, context, store)
+    return chat.call(call)
+
+
+async def aserve_call(context: Context, store: BaseStore | None, call: ChatCall,
+                      chat: ChatLayer | None = None) -> ChatReply:
+    """The reply to ``call`` (async); see :func:`serve_call`."""
+    chat = chat or systems_for(context)
+    if context.reuse_group and store is not None:
+        return await reuse.acall(chat, call, context, store)
+    return await chat.acall(call)
 
 
 async def agenerated_tokens(store: BaseStore, run_id: str) -> int:
@@ -264,10 +276,11 @@ class JournaledNode(Runnable[dict, dict]):
         return await self._arun(input)
 
 
-def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> JournaledNode:
+def journaled_node(logic: NodeLogic, *, starts_run: bool = False, chat: ChatLayer | None = None) -> JournaledNode:
     """A LangGraph node (sync + async) that serves ``logic``'s requests through the journal.
 
-    ``starts_run`` marks the graph's first node, which saves the run's record (problem, parameters).
+    ``starts_run`` marks the graph's first node, which saves the run's record (problem, parameters);
+    ``chat`` replaces the chat layer built from the run context's endpoints (a fake in tests).
     """
 
     def run(state: dict) -> dict:
@@ -276,7 +289,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> JournaledNo
 
     def _run(state: dict) -> dict:
         context, store = _runtime()
-        execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": partial(serve_call, context, store)}
+        execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": partial(serve_call, context, store, chat=chat)}
         operations, result, error = _operations(logic, state, context, starts_run, reply_cache(store)), None, None
         while True:
             try:
@@ -294,7 +307,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False) -> JournaledNo
 
     async def _arun(state: dict) -> dict:
         context, store = _runtime()
-        execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": partial(aserve_call, context, store)}
+        execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": partial(aserve_call, context, store, chat=chat)}
         operations, result, error = _operations(logic, state, context, starts_run, reply_cache(store)), None, None
         while True:
             try:

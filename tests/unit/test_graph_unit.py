@@ -204,3 +204,14 @@ def test_endpoint_error_propagates(scripted):
     scripted(lambda c: EndpointError("down") if c.key.startswith("assess") else default_respond(c))
     with pytest.raises(EndpointError):
         run()
+
+
+def test_a_fake_chat_layer_is_handed_to_the_graph_without_patching():
+    """Issue 10.3: a test gives the nodes a fake chat layer through the graph, not by monkeypatching."""
+    from scale_graph.graph import build_graph
+    from tests.conftest import ScriptedSystems, default_respond
+
+    fake = ScriptedSystems(default_respond)
+    graph = build_graph(chat=fake)
+    result = graph.invoke({"problem": "1+1?"}, {"configurable": {"thread_id": "inj"}}, context=context())
+    assert result["answer"] == "33" and [c.key.split("/")[0] for c in fake.calls][:2] == ["decompose", "select"]
