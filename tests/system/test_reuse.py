@@ -100,11 +100,11 @@ def test_reused_threshold_sweep_equals_independent_runs_at_half_the_tokens(serve
     assert independent.exit_code == 0, independent.output
     alone_requests, alone_tokens = server_tokens(server)
     server.reset()
-    shared = scale("eval", *args, "--name", "shared")
+    shared = scale("eval", *args, "--name", "together")
     assert shared.exit_code == 0, shared.output
     shared_requests, shared_tokens = server_tokens(server)
 
-    alone, together = results("alone"), results("shared")
+    alone, together = results("alone"), results("together")
     assert len(alone) == len(together) == 5 * len(DATASETS["amc23"]) * 2
     for key, mine in alone.items():
         theirs = together[key]
@@ -112,8 +112,8 @@ def test_reused_threshold_sweep_equals_independent_runs_at_half_the_tokens(serve
         assert (mine.answer, mine.hard, mine.iterations, mine.completion_tokens, mine.tokens_by_stage) == \
                (theirs.answer, theirs.hard, theirs.iterations, theirs.completion_tokens, theirs.tokens_by_stage)
     thresholds = THRESHOLDS.split(",")
-    assert routes("alone", thresholds, 2) == routes("shared", thresholds, 2)
-    assert {tuple(r) for r in routes("shared", thresholds, 2).values()} == {(2, 2, 2), (1, 2, 2), (1, 1, 2), (1, 1, 1)}
+    assert routes("alone", thresholds, 2) == routes("together", thresholds, 2)
+    assert {tuple(r) for r in routes("together", thresholds, 2).values()} == {(2, 2, 2), (1, 2, 2), (1, 1, 2), (1, 1, 1)}
     # the server made at most half the tokens, and each run's "generated" adds up to what it made
     assert shared_tokens <= 0.5 * alone_tokens and shared_requests < alone_requests
     assert sum(r.generated_tokens for r in together.values()) == shared_tokens
@@ -188,7 +188,7 @@ def test_a_journal_of_reused_replies_resumes_without_calls(server):
 
 
 def test_baselines_share_calls_across_commands_by_group(server):
-    base = ["--dataset", "amc23", "--data-dir", "data", "-m", "cot", "--samples", "1", "--reuse-group", "shared"]
+    base = ["--dataset", "amc23", "--data-dir", "data", "-m", "cot", "--samples", "1", "--reuse-group", "common"]
     assert scale("eval", *base, "--name", "one").exit_code == 0
     made = server.stats()["requests"]
     assert scale("eval", *base, "--name", "two").exit_code == 0
