@@ -18,12 +18,18 @@ Columns:
   problems/min  results stored / wall (first worker started → last worker exited) × 60
   vs 1          that rate relative to 1 process on PostgreSQL
   calls/prob    calls the server counted / problems (repeated work would raise it)
-  worker CPU    user+sys CPU of the worker processes (``RUSAGE_CHILDREN``, this script's other
+  worker        user+sys CPU of the worker processes (``RUSAGE_CHILDREN``, this script's other
                 children are reaped outside the measured window) per call, in ms
+  -start        the same without each process's fixed cost (imports, set-up, grader warm-up,
+                final report), measured by one more worker that finds every sample stored
+  start         that fixed cost, CPU seconds per process
   PG CPU        the PostgreSQL server's CPU (postmaster + backends, /proc) per call, in ms
   fake CPU      the fake server's CPU per call, in ms
   busy cores    whole machine (/proc/stat) over the wall time; "others" = busy cores minus
                 workers, PostgreSQL and fake server: the load of everything else on the box
+  split, exits  samples each worker computed (a sample another worker had just finished is
+                re-read from its checkpoint and counted by both: no LLM call is repeated, as
+                calls/prob shows), and when each worker exited
 
     python bench/scaleout.py --quick                    # 64 problems, ~3 min
     python bench/scaleout.py                            # 512 problems, 1/2/4 processes + SQLite
@@ -36,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -160,6 +167,7 @@ class Row:
     exit_codes: list[int]
     startup_cpu: float  # of one worker that finds every sample stored: imports, set-up, the report
     last_exit: list[float]  # seconds from the start to each worker's exit
+    split: list[int | None]  # samples each worker computed (its "evaluated now" line)
 
     def show(self, base_rate: float | None) -> str:
         rate = self.problems / self.wall * 60
@@ -174,7 +182,8 @@ class Row:
                 f"{self.calls / max(self.problems, 1):7.2f} {self.worker_cpu * 1000 / per_call:7.2f} "
                 f"{steady * 1000 / per_call:6.2f} {self.startup_cpu:5.1f} s {pg} "
                 f"{self.fake_cpu * 1000 / per_call:6.2f} {self.busy_cores:6.2f} {self.busy_cores - ours:6.2f}"
-                f"{failed}{codes}  exits {', '.join(f'{t:.0f}' for t in self.last_exit)} s")
+                f"{failed}{codes}  split {'+'.join('?' if n is None else str(n) for n in self.split)}, "
+                f"exits {', '.join(f'{t:.0f}' for t in self.last_exit)} s")
 
 
 HEADER = (f"   {'database':<11} {'procs':>5} {'problems':>8} {'wall':>9} {'prob/min':>8} {'vs 1':>6} "
@@ -225,12 +234,23 @@ def stored_results(results_db: str) -> tuple[int, int]:
     return len(results) - failed, failed
 
 
+def evaluated_now(log: Path) -> int | None:
+    """The count in the worker's ``N problem sample(s) evaluated now`` line; samples another
+    worker finished first count too (re-read from their checkpoints, no LLM call repeated)."""
+    found = re.search(r"(\d+) problem sample\(s\) evaluated now", log.read_text(errors="replace"))
+    return int(found.group(1)) if found else None
+
+
 def run_config(args: argparse.Namespace, label: str, processes: int, dataset: Path, db: str, results_db: str,
                fake: common.Fake, fake_pid: int, pg_pid: int | None, logs: Path) -> Row:
     fake.reset()
     env = {**os.environ, "SCALE_SYSTEM1_BASE_URL": fake.base_url, "SCALE_SYSTEM1_MODEL": common.SYSTEM1_MODEL,
            "SCALE_SYSTEM2_BASE_URL": fake.base_url, "SCALE_SYSTEM2_MODEL": common.SYSTEM2_MODEL}
     command = worker_command(args, dataset, db, results_db)
+
+    def log_path(index: int | str) -> Path:
+        return logs / f"{label}-{processes}-{index}.log"
+
     workers: list[subprocess.Popen] = []
     files = []
     cpu0, fake0 = children_cpu_s(), tree_cpu_s(fake_pid)
@@ -240,7 +260,7 @@ def run_config(args: argparse.Namespace, label: str, processes: int, dataset: Pa
     deadline = time.monotonic() + args.timeout
     try:
         for index in range(processes):
-            log = open(logs / f"{label}-{processes}-{index}.log", "w")  # noqa: SIM115 - closed below
+            log = open(log_path(index), "w")  # noqa: SIM115 - closed below
             files.append(log)
             workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
             if index == 0 and processes > 1:
@@ -267,12 +287,12 @@ def run_config(args: argparse.Namespace, label: str, processes: int, dataset: Pa
     calls = fake.stats()["requests"]
     done, failed = stored_results(results_db)
     idle_cpu = children_cpu_s()
-    with open(logs / f"{label}-{processes}-idle.log", "w") as log:
+    with open(log_path("idle"), "w") as log:
         subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout, check=False)
     idle_cpu = children_cpu_s() - idle_cpu
     busy = (busy1 - busy0) / max(total1 - total0, 1e-9) * (os.cpu_count() or 1)
     return Row(label, processes, done, failed, wall, calls, worker_cpu, pg_cpu, fake_cpu, busy, codes, idle_cpu,
-               [exits.get(i, wall) for i in range(processes)])
+               [exits.get(i, wall) for i in range(processes)], [evaluated_now(log_path(i)) for i in range(processes)])
 
 
 def main() -> None:
