@@ -1,12 +1,13 @@
 """Scale-out: problems per minute and orchestrator CPU per LLM call for 1, 2, 4 … worker
 processes on one PostgreSQL database, and one process on SQLite for reference.
 
-Every worker is a plain ``scale eval`` process (``python -m scale_graph.cli eval``) on the SAME
-dataset and run name, started together: what a user does to add workers by hand (or what each
-Ray actor does). The run leases share the items: a process skips a sample another live process
-holds, and the results database keeps one result per sample. A disjoint slice per process
-(``--limit``/``--name`` per slice) would measure the same thing minus the lease traffic, but it
-splits one evaluation into several runs, which is not how the evaluation is meant to grow.
+Every worker is a plain ``scale eval`` process (``python -m scale_graph.cli eval``). With
+``--split shared`` (the default: real use) all of them run the SAME dataset under the SAME run
+name, started together (the first one creates the run, then the others start): what a user does
+to add workers by hand, and what the Ray workers do. The run leases share the samples: a process
+skips a sample another live process holds. With ``--split slices`` worker i gets every N-th
+problem as a run of its own (``--name`` per slice): no two processes ever touch one sample, so it
+measures the same work minus the contention between workers on one run.
 
 Set-up per configuration: a fresh database (PostgreSQL: a new database on one throwaway cluster
 made with ``initdb``/``pg_ctl`` in a temp dir; SQLite: new files), the fake OpenAI server as a
@@ -33,6 +34,7 @@ Columns:
 
     python bench/scaleout.py --quick                    # 64 problems, ~3 min
     python bench/scaleout.py                            # 512 problems, 1/2/4 processes + SQLite
+    python bench/scaleout.py --split slices             # disjoint slices instead of one shared run
     python bench/scaleout.py --processes 1,2 --problems 256 --latency 0.1
 """
 
@@ -192,16 +194,17 @@ HEADER = (f"   {'database':<11} {'procs':>5} {'problems':>8} {'wall':>9} {'prob/
           f"{'CPU ms/call':>13} {'cores':>13}")
 
 
-def write_dataset(path: Path, count: int) -> None:
-    """``count`` distinct problems (their answers do not matter: only throughput is measured)."""
-    rows = ({"id": f"p{i:05d}", "problem": f"{common.PROBLEM} (variant {i})", "answer": "0"} for i in range(count))
+def write_dataset(path: Path, numbers: range) -> Path:
+    """Problems ``numbers``, all distinct (their answers do not matter: only throughput is measured)."""
+    rows = ({"id": f"p{i:05d}", "problem": f"{common.PROBLEM} (variant {i})", "answer": "0"} for i in numbers)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
 
 
-def worker_command(args: argparse.Namespace, dataset: Path, db: str, results_db: str) -> list[str]:
+def worker_command(args: argparse.Namespace, dataset: Path, name: str, db: str, results_db: str) -> list[str]:
     return [sys.executable, "-m", "scale_graph.cli", "eval", "--dataset", str(dataset), "--method", "scale",
             "--samples", "1", "--candidates", str(args.candidates), "--threshold", str(args.threshold),
-            "--concurrency", str(args.concurrency), "--name", RUN_NAME, "--db", db, "--results-db", results_db]
+            "--concurrency", str(args.concurrency), "--name", name, "--db", db, "--results-db", results_db]
 
 
 def wait_for_run(results_db: str, deadline: float) -> None:
@@ -227,7 +230,7 @@ def stored_results(results_db: str) -> tuple[int, int]:
 
     store = ResultsStore(results_db, must_exist=True)
     try:
-        results = store.runs([RUN_NAME])[0].results
+        results = [result for run in store.runs([RUN_NAME + "*"]) for result in run.results]
     finally:
         store.close()
     failed = sum(1 for result in results if result.error is not None)
@@ -241,12 +244,23 @@ def evaluated_now(log: Path) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def run_config(args: argparse.Namespace, label: str, processes: int, dataset: Path, db: str, results_db: str,
+def worker_commands(args: argparse.Namespace, processes: int, problems: int, db: str, results_db: str,
+                    folder: Path) -> list[list[str]]:
+    """Per worker: the whole dataset under one run name (``--split shared``), or its own slice
+    of every ``processes``-th problem under a run name of its own (``--split slices``)."""
+    if args.split == "shared":
+        dataset = write_dataset(folder / "scaleout.jsonl", range(problems))
+        return [worker_command(args, dataset, RUN_NAME, db, results_db)] * processes
+    return [worker_command(args, write_dataset(folder / f"slice{processes}-{i}.jsonl", range(i, problems, processes)),
+                           f"{RUN_NAME}-{i}", db, results_db) for i in range(processes)]
+
+
+def run_config(args: argparse.Namespace, label: str, processes: int, problems: int, db: str, results_db: str,
                fake: common.Fake, fake_pid: int, pg_pid: int | None, logs: Path) -> Row:
     fake.reset()
     env = {**os.environ, "SCALE_SYSTEM1_BASE_URL": fake.base_url, "SCALE_SYSTEM1_MODEL": common.SYSTEM1_MODEL,
            "SCALE_SYSTEM2_BASE_URL": fake.base_url, "SCALE_SYSTEM2_MODEL": common.SYSTEM2_MODEL}
-    command = worker_command(args, dataset, db, results_db)
+    commands = worker_commands(args, processes, problems, db, results_db, logs)
 
     def log_path(index: int | str) -> Path:
         return logs / f"{label}-{processes}-{index}.log"
@@ -262,8 +276,8 @@ def run_config(args: argparse.Namespace, label: str, processes: int, dataset: Pa
         for index in range(processes):
             log = open(log_path(index), "w")  # noqa: SIM115 - closed below
             files.append(log)
-            workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-            if index == 0 and processes > 1:
+            workers.append(subprocess.Popen(commands[index], env=env, stdout=log, stderr=subprocess.STDOUT))
+            if index == 0 and processes > 1 and args.split == "shared":
                 wait_for_run(results_db, deadline)
         exits: dict[int, float] = {}
         while len(exits) < len(workers) and time.monotonic() < deadline:
@@ -288,7 +302,7 @@ def run_config(args: argparse.Namespace, label: str, processes: int, dataset: Pa
     done, failed = stored_results(results_db)
     idle_cpu = children_cpu_s()
     with open(log_path("idle"), "w") as log:
-        subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout, check=False)
+        subprocess.run(commands[0], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout, check=False)
     idle_cpu = children_cpu_s() - idle_cpu
     busy = (busy1 - busy0) / max(total1 - total0, 1e-9) * (os.cpu_count() or 1)
     return Row(label, processes, done, failed, wall, calls, worker_cpu, pg_cpu, fake_cpu, busy, codes, idle_cpu,
@@ -300,6 +314,9 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=512)
     parser.add_argument("--quick", action="store_true", help="64 problems (a smoke run)")
     parser.add_argument("--processes", default="1,2,4", help="worker process counts on PostgreSQL")
+    parser.add_argument("--split", choices=("shared", "slices"), default="shared",
+                        help="shared: every worker on the whole dataset and one run name, leases share the "
+                        "items (real use); slices: worker i gets every N-th problem as a run of its own")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the 1-process SQLite reference")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per call at the fake server")
     parser.add_argument("--concurrency", type=int, default=16, help="samples in flight per process")
@@ -318,12 +335,11 @@ def main() -> None:
         parser.error("--problems and every --processes count must be at least 1")
 
     scratch = common.clean_environment()
-    dataset = scratch / "scaleout.jsonl"
-    write_dataset(dataset, problems)
     common.header("scaleout: worker processes sharing one PostgreSQL database")
     print(f"   {problems} problems × 1 sample, SCALE k={args.candidates}, {args.subproblems} sub-problems, τ={args.threshold}, "
           f"{args.latency * 1000:.0f} ms per call, {args.reasoning_bytes} B reasoning on System 2 calls, "
-          f"{args.concurrency} in flight per process; workers: `scale eval` on one run name (leases share the items)")
+          f"{args.concurrency} in flight per process; workers: `scale eval` "
+          + ("on one run name (leases share the items)" if args.split == "shared" else "on disjoint slices, a run each"))
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         # difficulty answers alternate below and above τ: half the sub-problems go to System 2
@@ -341,12 +357,12 @@ def main() -> None:
         base_rate: float | None = None
         for count in counts:
             url = server.new_database()
-            row = run_config(args, "postgresql", count, dataset, url, url, fake, fake_pid, pg_pid, scratch)
+            row = run_config(args, "postgresql", count, problems, url, url, fake, fake_pid, pg_pid, scratch)
             base_rate = base_rate or (row.problems / row.wall * 60 if count == 1 else None)
             rows.append(row)
             print(row.show(base_rate), flush=True)
         if not args.no_sqlite:
-            row = run_config(args, "sqlite", 1, dataset, str(scratch / "sqlite-runs.db"),
+            row = run_config(args, "sqlite", 1, problems, str(scratch / "sqlite-runs.db"),
                              str(scratch / "sqlite-results.db"), fake, fake_pid, None, scratch)
             rows.append(row)
             print(row.show(base_rate), flush=True)
