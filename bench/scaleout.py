@@ -224,6 +224,18 @@ def wait_for_run(results_db: str, deadline: float) -> None:
     raise RuntimeError("the first worker did not create the evaluation run in time")
 
 
+def set_up_schemas(db: str, results_db: str) -> None:
+    """Create the run and results tables before the workers start: scaling out adds workers to a
+    database that exists, and workers creating a fresh schema at one instant is a start-up matter
+    (measured by nothing here)."""
+    from scale_graph.evaluation.store import ResultsStore
+    from scale_graph.persistence import open_sync
+
+    ResultsStore(results_db).close()
+    with open_sync(db):
+        pass
+
+
 def stored_results(results_db: str) -> tuple[int, int]:
     """(results without an error, results with one) of the benchmark run."""
     from scale_graph.evaluation.store import ResultsStore
@@ -261,6 +273,7 @@ def run_config(args: argparse.Namespace, label: str, processes: int, problems: i
     env = {**os.environ, "SCALE_SYSTEM1_BASE_URL": fake.base_url, "SCALE_SYSTEM1_MODEL": common.SYSTEM1_MODEL,
            "SCALE_SYSTEM2_BASE_URL": fake.base_url, "SCALE_SYSTEM2_MODEL": common.SYSTEM2_MODEL}
     commands = worker_commands(args, processes, problems, db, results_db, logs)
+    set_up_schemas(db, results_db)
 
     def log_path(index: int | str) -> Path:
         return logs / f"{label}-{processes}-{index}.log"
