@@ -21,6 +21,10 @@ from scale_graph.settings import resume_context
 EventHandler = Callable[[dict[str, Any]], None]
 
 
+class RunExists(InputError):
+    """A new run was asked for under a thread id that already has one."""
+
+
 class RunBusy(InputError):
     """Another live process works on this run (it holds the run's lease)."""
 
@@ -125,7 +129,7 @@ async def start(graph: CompiledStateGraph, store: BaseStore, problem: str, conte
 
 async def _refuse_existing(graph: CompiledStateGraph, thread_id: str) -> None:
     if (await graph.aget_state(config_for(thread_id))).values:
-        raise InputError(f"run {thread_id} already exists; resume it with `scale runs resume {thread_id}`")
+        raise RunExists(f"run {thread_id} already exists; resume it with `scale runs resume {thread_id}`")
 
 
 async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,

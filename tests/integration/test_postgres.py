@@ -118,10 +118,13 @@ def test_eval_report_and_traces(run_db, endpoint_env, fake_server, monkeypatch, 
 # ---- PostgreSQL: set-up race, kill and resume, copy, dropped connections -------------------------
 SETUP_SCRIPT = """
 import asyncio, sys, time
+from scale_graph.evaluation.store import ResultsStore
 from scale_graph.persistence import open_async
 
 async def main():
     await asyncio.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # imports done: all start together
+    if int(sys.argv[2]) % 2:  # what a starting `scale eval` worker does first: the results tables
+        ResultsStore(sys.argv[1]).close()
     async with open_async(sys.argv[1]) as (saver, store):
         await store.aput(("probe",), sys.argv[2], {"ok": True})
 
@@ -130,6 +133,8 @@ asyncio.run(main())
 
 
 def test_concurrent_setup_by_several_processes(pg_url, postgres_server):
+    """Checkpoint, store and results set-up of a new database by several starting workers at once
+    (the results' lock once deadlocked with the store's CREATE INDEX CONCURRENTLY)."""
     at = str(time.time() + 6)
     procs = [subprocess.Popen([sys.executable, "-c", SETUP_SCRIPT, pg_url, str(n), at], env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(4)]
@@ -151,6 +156,43 @@ def test_concurrent_results_setup(pg_url, postgres_server):
     for store in stores:
         store.close()
     assert postgres_server.sql("SELECT count(*) FROM eval_runs", pg_url.rsplit("/", 1)[1]) == [(0,)]
+
+
+def test_workers_saving_the_same_samples_never_collide(pg_url, postgres_server):
+    """Found by bench/scaleout.py: workers of one shared evaluation saving the same sample crashed on
+    the results' unique key (select-then-insert is not atomic)."""
+    import threading
+
+    from scale_graph.evaluation.datasets import Problem
+    from scale_graph.evaluation.grading import Grade
+    from scale_graph.evaluation.methods import Outcome
+    from scale_graph.evaluation.store import ResultsStore
+
+    stores = [ResultsStore(pg_url) for _ in range(4)]
+    run_id = stores[0].open_run("shared-run", "cot", "d", {})
+    problems = [Problem(f"p{i}", "q", "1") for i in range(60)]
+    failures: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def save_all(store) -> None:
+        start.wait()
+        try:
+            for problem in problems:
+                store.save(run_id, problem, 0, Outcome(answer="1", usage={}), Grade(True, "equivalent"))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    workers = [threading.Thread(target=save_all, args=(store,)) for store in stores]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    try:
+        assert failures == []
+        assert len(stores[0].finished(run_id)) == len(problems)
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_killed_run_is_resumed_by_another_process(pg_url, postgres_server, endpoint_env, fake_server):

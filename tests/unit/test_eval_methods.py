@@ -186,3 +186,33 @@ def test_a_failing_call_becomes_the_outcome_error(scripted):
     outcome = run("cot")
     assert outcome.error == "EndpointError: System 2 endpoint http://x is unreachable after 3 retries"
     assert outcome.answer is None and outcome.latency_s >= 0
+
+
+def test_a_sample_another_worker_started_meanwhile_is_resumed_not_failed(scripted, monkeypatch):
+    """Found by bench/scaleout.py: between this worker's resume (no run yet) and its start, another
+    worker of a shared evaluation started and finished the sample; the start then failed with
+    "already exists" and the sample was counted as failed."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.store.memory import InMemoryStore
+
+    from scale_graph import runner
+    from scale_graph.evaluation import methods
+    from scale_graph.graph import build_graph
+
+    scripted()
+    store = InMemoryStore()
+    graph = build_graph(InMemorySaver(), store)
+    setup = Setup("shared", context(), graph, store)
+    thread = methods.thread_id("shared", PROBLEM.id, 0)
+    finished = asyncio.run(runner.start(graph, store, PROBLEM.problem, methods.sample_context(setup.context, 0), thread))
+    real_resume, calls = runner.resume, []
+
+    async def resume_before_the_other_worker_started(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise runner.UnknownRun("not yet")
+        return await real_resume(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "resume", resume_before_the_other_worker_started)
+    outcome = asyncio.run(solve("scale", PROBLEM, 0, setup))
+    assert outcome.error is None and outcome.answer == finished["answer"]

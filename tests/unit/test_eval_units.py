@@ -389,3 +389,4 @@ def test_an_older_results_database_gets_the_new_columns(tmp_path):
     assert [(r.correct, r.ungraded, r.thinking_flag, r.degraded) for r in run.results] == [(True, False, None, None)]
     assert reopened.finished(run_id) == {("p0", 0): grading.Grade(True, "equivalent")}
     reopened.close()
+

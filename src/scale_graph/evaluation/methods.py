@@ -167,8 +167,11 @@ async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:
         # this invocation's reuse group, not the one saved with the run (--no-reuse must hold on resume)
         values = await runner.resume(setup.graph, setup.store, thread, reuse_group=setup.context.reuse_group)
     except runner.UnknownRun:
-        values = await runner.start(setup.graph, setup.store, problem.problem,
-                                    sample_context(setup.context, sample), thread)
+        try:
+            values = await runner.start(setup.graph, setup.store, problem.problem,
+                                        sample_context(setup.context, sample), thread)
+        except runner.RunExists:  # another worker of a shared evaluation started it meanwhile
+            values = await runner.resume(setup.graph, setup.store, thread, reuse_group=setup.context.reuse_group)
     shown = summary(values, thread)
     solved = [step for step in shown["subproblems"] if step["system"]]
     warnings = shown["warnings"] + [w for step in shown["subproblems"] for w in step["warnings"]]

@@ -15,8 +15,10 @@ existed get them added on open (with neutral values), so older results stay read
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Any, Iterator
 
 from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint, create_engine, event,
                         inspect, select, text)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
@@ -34,7 +38,7 @@ from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import Outcome
 from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
 from scale_graph.errors import InputError
-from scale_graph.postgres import SETUP_LOCK_KEY, is_postgres, parse
+from scale_graph.postgres import LOCK_POLL_S, SETUP_LOCK_KEY, is_postgres, parse
 from scale_graph.state import total_usage
 
 DEFAULT_RESULTS_DB = "scale-results.db"
@@ -123,12 +127,18 @@ class ResultsStore:
             self.engine = create_engine(self.url, connect_args=_connect_args(self.url))
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            with self.engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    # concurrent CREATE TABLEs of several starting workers collide on the catalog's unique keys
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SETUP_LOCK_KEY})
-                Base.metadata.create_all(connection)
-                _add_missing_columns(connection)
+            with contextlib.ExitStack() as stack:
+                if self.engine.dialect.name == "postgresql":
+                    # concurrent CREATE TABLEs of several starting workers collide on the catalog's unique
+                    # keys: one at a time. Polled, never a blocked session: the checkpoint set-up holds the
+                    # same lock while its CREATE INDEX CONCURRENTLY waits for every open transaction.
+                    lock = stack.enter_context(self.engine.connect().execution_options(isolation_level="AUTOCOMMIT"))
+                    while not lock.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY}).scalar():
+                        time.sleep(LOCK_POLL_S)
+                    stack.callback(lock.execute, text("SELECT pg_advisory_unlock(:key)"), {"key": SETUP_LOCK_KEY})
+                with self.engine.begin() as connection:
+                    Base.metadata.create_all(connection)
+                    _add_missing_columns(connection)
         except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
@@ -173,14 +183,12 @@ class ResultsStore:
                       tokens_by_stage=outcome.usage, iterations=outcome.iterations, subproblems=outcome.subproblems,
                       hard=outcome.hard, latency_s=outcome.latency_s, error=outcome.error, ungraded=grade.ungraded,
                       thinking_flag=thinking_flag, degraded=outcome.degraded, generated_tokens=outcome.generated)
+        upsert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[self.engine.dialect.name]
+        # one statement, so two workers saving the same sample (a shared evaluation) never collide
+        statement = upsert(Result).values(run_id=run_id, problem_id=problem.id, sample=sample, **values)
+        statement = statement.on_conflict_do_update(index_elements=["run_id", "problem_id", "sample"], set_=values)
         with self._session() as session:
-            row = session.scalar(select(Result).where(Result.run_id == run_id, Result.problem_id == problem.id,
-                                                      Result.sample == sample))
-            if row is None:
-                session.add(Result(run_id=run_id, problem_id=problem.id, sample=sample, **values))
-            else:
-                for key, value in values.items():
-                    setattr(row, key, value)
+            session.execute(statement)
 
     def runs(self, patterns: list[str] | None = None) -> list[Run]:
         """Runs whose name matches any of the shell-style ``patterns`` (all when none), with results."""
