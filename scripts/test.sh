@@ -20,5 +20,5 @@ fi
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then
     export SCALE_REQUIRE_POSTGRES=${SCALE_REQUIRE_POSTGRES:-1}  # present: a PostgreSQL test that cannot start fails
 fi
-export SCALE_REQUIRE_VLLM=${SCALE_REQUIRE_VLLM:-1}
+export SCALE_REQUIRE_VLLM=${SCALE_REQUIRE_VLLM:-1} SCALE_REQUIRE_RAY=${SCALE_REQUIRE_RAY:-1}  # installed above: their tests must run, not skip
 python -m pytest "$@"
