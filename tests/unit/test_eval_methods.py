@@ -202,8 +202,8 @@ def test_a_sample_another_worker_started_meanwhile_is_resumed_not_failed(scripte
     scripted()
     store = InMemoryStore()
     graph = build_graph(InMemorySaver(), store)
-    setup = Setup("shared", context(), graph, store)
-    thread = methods.thread_id("shared", PROBLEM.id, 0)
+    setup = Setup("team", context(), graph, store)
+    thread = methods.thread_id("team", PROBLEM.id, 0)
     finished = asyncio.run(runner.start(graph, store, PROBLEM.problem, methods.sample_context(setup.context, 0), thread))
     real_resume, calls = runner.resume, []
 
