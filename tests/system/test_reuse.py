@@ -119,7 +119,7 @@ def test_reused_threshold_sweep_equals_independent_runs_at_half_the_tokens(serve
     assert sum(r.generated_tokens for r in together.values()) == shared_tokens
     assert sum(r.generated_tokens for r in alone.values()) == alone_tokens == sum(r.completion_tokens for r in alone.values())
     assert "tokens generated now" in shared.output and "reuse saved" in shared.output
-    shown = scale("report", "shared-*", "--markdown", "--out", "out")
+    shown = scale("report", "together-*", "--markdown", "--out", "out")
     assert shown.exit_code == 0 and "| generated |" in shown.stdout
     assert f"tokens generated for the runs shown: {shared_tokens:,} of the" in shown.stdout
 
