@@ -244,18 +244,33 @@ def _check_version(url: PostgresUrl, found: Any, supported: int) -> None:
                             f"this version reads {supported}); upgrade scale-graph")
 
 
+def _pool(pool_class: Any, url: PostgresUrl, pool_size: int) -> Any:
+    """A (sync or async) psycopg pool, not yet open: autocommit dict-row connections, each checked
+    before it is lent (a connection the server dropped is replaced, not handed out)."""
+    from psycopg.rows import dict_row
+
+    return pool_class(url.url, min_size=POOL_MIN, max_size=max(2, pool_size), open=False, timeout=POOL_TIMEOUT_S,
+                      check=pool_class.check_connection, kwargs={**_CONNECTION, "row_factory": dict_row})
+
+
+def _on_pool(url: PostgresUrl, pool: Any, row: Any, schema_version: int, saver_class: Any,
+             store_class: Any) -> tuple[Any, Any]:
+    """Saver and store on ``pool`` once the schema version found (``row``) is one this version reads."""
+    _check_version(url, row and row["value"], schema_version)
+    saver, store = saver_class(pool), store_class(pool)
+    saver.scale_url = store.scale_url = url
+    return saver, store
+
+
 @asynccontextmanager
 async def open_async(url: PostgresUrl, schema_version: int, leases_sql: str,
                      pool_size: int = POOL_MAX) -> AsyncIterator[tuple[Any, Any]]:
     """Saver and store on one pool, the schema set up (or checked) under an advisory lock."""
     saver_class, _, store_class, _ = _classes()
     import psycopg
-    from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
-    pool = AsyncConnectionPool(url.url, min_size=POOL_MIN, max_size=max(2, pool_size), open=False,
-                               timeout=POOL_TIMEOUT_S, check=AsyncConnectionPool.check_connection,
-                               kwargs={**_CONNECTION, "row_factory": dict_row})
+    pool = _pool(AsyncConnectionPool, url, pool_size)
     try:
         await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
     except (psycopg.Error, OSError) as exc:
@@ -277,10 +292,7 @@ async def open_async(url: PostgresUrl, schema_version: int, leases_sql: str,
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
         except psycopg.Error as exc:
             raise _error(url, exc, "set-up failed: ") from None
-        _check_version(url, row and row["value"], schema_version)
-        saver, store = saver_class(pool), store_class(pool)
-        saver.scale_url = store.scale_url = url
-        yield saver, store
+        yield _on_pool(url, pool, row, schema_version, saver_class, store_class)
     finally:
         await pool.close()
 
@@ -291,12 +303,9 @@ def open_sync(url: PostgresUrl, schema_version: int, leases_sql: str,
     """The blocking counterpart of :func:`open_async`, for ``graph.invoke``."""
     _, saver_class, _, store_class = _classes()
     import psycopg
-    from psycopg.rows import dict_row
     from psycopg_pool import ConnectionPool
 
-    pool = ConnectionPool(url.url, min_size=POOL_MIN, max_size=max(2, pool_size), open=False,
-                          timeout=POOL_TIMEOUT_S, check=ConnectionPool.check_connection,
-                          kwargs={**_CONNECTION, "row_factory": dict_row})
+    pool = _pool(ConnectionPool, url, pool_size)
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
     except (psycopg.Error, OSError) as exc:
@@ -317,10 +326,7 @@ def open_sync(url: PostgresUrl, schema_version: int, leases_sql: str,
                     conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
         except psycopg.Error as exc:
             raise _error(url, exc, "set-up failed: ") from None
-        _check_version(url, row and row["value"], schema_version)
-        saver, store = saver_class(pool), store_class(pool)
-        saver.scale_url = store.scale_url = url
-        yield saver, store
+        yield _on_pool(url, pool, row, schema_version, saver_class, store_class)
     finally:
         pool.close()
 
