@@ -10,10 +10,10 @@ context (which Studio shows and runs persist); see :mod:`scale_graph.servers.end
 from __future__ import annotations
 
 import functools
-import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from scale_graph.errors import ConfigError
 
@@ -26,16 +26,17 @@ ENDPOINT_FIELDS = ("system1_base_url", "system1_model", "system2_base_url", "sys
 #: The model context assumed when neither the configuration nor the server says (``context_window`` 0).
 DEFAULT_CONTEXT_WINDOW = 32_768
 
-#: Documented upper bounds of every parameter that multiplies work or memory (issue: unbounded fan-out).
-MAXIMA: dict[str, int] = {
-    "candidates": 64, "votes": 64, "max_subproblems": 64, "parse_retries": 10, "max_retries": 10,
-    "inftythink_max_iterations": 200, "max_in_flight": 1024, "max_problem_chars": 1_000_000,
-    "planner_max_tokens": 1_048_576, "system1_max_tokens": 1_048_576, "system2_max_tokens": 1_048_576,
-    "force_answer_max_tokens": 1_048_576, "inftythink_max_tokens": 1_048_576, "context_window": 10_485_760,
-}
+#: Largest token budget of any one call.
+TOKENS = 1_048_576
 
-def _param(default: Any, description: str) -> Any:
-    return field(default=default, metadata={"description": description})
+def _param(default: Any, description: str, *, at_least: float | None = None, most: int | None = None,
+           within: str | None = None) -> Any:
+    """A documented field with its valid values beside it: ``at_least`` a lower bound, ``most``
+    the bound on a parameter that multiplies work or memory (see ``MAXIMA``), ``within`` an
+    interval written as in mathematics, ``"[0, 2]"`` or ``"(0, 1]"``."""
+    bounds = {key: value for key, value in (("at_least", at_least), ("most", most), ("within", within))
+              if value is not None}
+    return field(default=default, metadata={"description": description, **bounds})
 
 
 @dataclass(kw_only=True)
@@ -49,30 +50,30 @@ class Context:
     system2_model: str = _param("", "System 2 model name as served.")
 
     # --- the method ---
-    threshold: float = _param(0.2, "τ of Eq. 4: difficulty > τ goes to System 2. Paper range 0.2–0.9, best 0.2.")
-    candidates: int = _param(8, "k of Eq. 2: number of candidate decompositions compared by `select`.")
-    max_subproblems: int = _param(12, "Largest accepted decomposition; longer candidates are rejected.")
+    threshold: float = _param(0.2, "τ of Eq. 4: difficulty > τ goes to System 2. Paper range 0.2–0.9, best 0.2.", within="[0, 1]")
+    candidates: int = _param(8, "k of Eq. 2: number of candidate decompositions compared by `select`.", at_least=1, most=64)
+    max_subproblems: int = _param(12, "Largest accepted decomposition; longer candidates are rejected.", at_least=1, most=64)
     planner_system: Literal[1, 2] = _param(1, "System whose endpoint (non-thinking) decomposes, selects and assesses.")
-    planner_max_tokens: int = _param(1024, "Token budget of a decomposition, selection or assessment call.")
-    planner_temperature: float = _param(0.7, "Sampling temperature of decomposition/selection/assessment.")
-    system1_max_tokens: int = _param(4096, "System 1 token budget per sub-problem (fixed in the paper).")
-    system1_temperature: float = _param(0.7, "System 1 temperature (Qwen3 non-thinking recommendation).")
-    system1_top_p: float = _param(0.8, "System 1 top-p.")
-    system1_top_k: int = _param(20, "System 1 top-k (0 = not sent).")
-    system2_max_tokens: int = _param(16384, "System 2 token budget per sub-problem (paper: 4,096–32,768).")
-    system2_temperature: float = _param(0.6, "System 2 temperature (thinking recommendation).")
-    system2_top_p: float = _param(0.95, "System 2 top-p.")
-    system2_top_k: int = _param(20, "System 2 top-k (0 = not sent).")
+    planner_max_tokens: int = _param(1024, "Token budget of a decomposition, selection or assessment call.", at_least=1, most=TOKENS)
+    planner_temperature: float = _param(0.7, "Sampling temperature of decomposition/selection/assessment.", within="[0, 2]")
+    system1_max_tokens: int = _param(4096, "System 1 token budget per sub-problem (fixed in the paper).", at_least=1, most=TOKENS)
+    system1_temperature: float = _param(0.7, "System 1 temperature (Qwen3 non-thinking recommendation).", within="[0, 2]")
+    system1_top_p: float = _param(0.8, "System 1 top-p.", within="(0, 1]")
+    system1_top_k: int = _param(20, "System 1 top-k (0 = not sent).", at_least=0)
+    system2_max_tokens: int = _param(16384, "System 2 token budget per sub-problem (paper: 4,096–32,768).", at_least=1, most=TOKENS)
+    system2_temperature: float = _param(0.6, "System 2 temperature (thinking recommendation).", within="[0, 2]")
+    system2_top_p: float = _param(0.95, "System 2 top-p.", within="(0, 1]")
+    system2_top_k: int = _param(20, "System 2 top-k (0 = not sent).", at_least=0)
     force_answer: bool = _param(True, "Forced-answer policy, the same for every method: a thinking call that ends without an answer (budget exhausted, thinking never closed) gets a short non-thinking follow-up whose tokens count in Tok. Off: such a call just has no answer.")
-    force_answer_max_tokens: int = _param(1024, "Budget of the non-thinking follow-up that turns cut-off reasoning into an answer.")
-    inftythink_max_tokens: int = _param(8192, "InftyThink baseline: thinking budget per iteration (official value 8,192).")
-    inftythink_max_iterations: int = _param(50, "InftyThink baseline: most iterations per problem (official maximum 50; the paper's runs average about 6).")
-    votes: int = _param(8, "Majority-voting baseline: CoT samples voted on per problem sample (k=8 in the paper).")
-    context_window: int = _param(0, "Model context length in tokens. Each earlier solution is carried whole (Eq. 5) while the prompt fits this window with the call's own max_tokens reserved (estimated at 3 characters a token); only then do the oldest shrink to their boxed result, with a warning. 0 = read max_model_len from the server's /v1/models, else 32,768.")
+    force_answer_max_tokens: int = _param(1024, "Budget of the non-thinking follow-up that turns cut-off reasoning into an answer.", at_least=1, most=TOKENS)
+    inftythink_max_tokens: int = _param(8192, "InftyThink baseline: thinking budget per iteration (official value 8,192).", at_least=1, most=TOKENS)
+    inftythink_max_iterations: int = _param(50, "InftyThink baseline: most iterations per problem (official maximum 50; the paper's runs average about 6).", at_least=1, most=200)
+    votes: int = _param(8, "Majority-voting baseline: CoT samples voted on per problem sample (k=8 in the paper).", at_least=1, most=64)
+    context_window: int = _param(0, "Model context length in tokens. Each earlier solution is carried whole (Eq. 5) while the prompt fits this window with the call's own max_tokens reserved (estimated at 3 characters a token); only then do the oldest shrink to their boxed result, with a warning. 0 = read max_model_len from the server's /v1/models, else 32,768.", most=10_485_760)
     seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed.")
     carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too (fills the context window sooner).")
-    max_problem_chars: int = _param(20000, "Longest accepted problem text.")
-    parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.")
+    max_problem_chars: int = _param(20000, "Longest accepted problem text.", at_least=1, most=1_000_000)
+    parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.", at_least=0, most=10)
     review: bool = _param(False, "Pause after `select` for a human to accept or edit the decomposition.")
     reuse_group: str = _param("", "Call reuse across runs: runs naming the same group share every identical call (same endpoint, messages, sampling, seed, budget) instead of making it again; each run still counts its own tokens. \"\" = no reuse. `scale eval` sets one group per evaluation; see scale_graph.reuse.")
 
@@ -80,9 +81,9 @@ class Context:
     thinking_flag: bool = _param(True, "Send chat_template_kwargs.enable_thinking (turn off for servers that reject it).")
     structured_output: bool = _param(True, "Ask for JSON-schema guided output where the server supports it.")
     use_n: bool = _param(True, "Sample the k candidates in one request with n=k where the server supports it.")
-    max_in_flight: int = _param(64, "Most requests in flight at once per endpoint, whatever the number of runs or candidates.")
-    request_timeout: float = _param(900.0, "Seconds before one HTTP request is abandoned (then retried).")
-    max_retries: int = _param(3, "Retries with backoff on connection errors, timeouts, 429 and 5xx.")
+    max_in_flight: int = _param(64, "Most requests in flight at once per endpoint, whatever the number of runs or candidates.", at_least=1, most=1024)
+    request_timeout: float = _param(900.0, "Seconds before one HTTP request is abandoned (then retried).", within="(0, inf)")
+    max_retries: int = _param(3, "Retries with backoff on connection errors, timeouts, 429 and 5xx.", at_least=0, most=10)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -91,31 +92,8 @@ class Context:
 
     def validate(self) -> None:
         """Raise ConfigError (one line) for values outside their meaningful range."""
-        for name, most in MAXIMA.items():
-            if getattr(self, name) > most:
-                raise ConfigError(f"{name} must be at most {most:,}, got {getattr(self, name):,}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
-        for name in ("candidates", "max_subproblems", "planner_max_tokens", "system1_max_tokens",
-                     "system2_max_tokens", "force_answer_max_tokens", "max_problem_chars", "inftythink_max_tokens",
-                     "inftythink_max_iterations", "votes", "max_in_flight"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("parse_retries", "max_retries", "system1_top_k", "system2_top_k"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("planner_temperature", "system1_temperature", "system2_temperature"):
-            if not 0.0 <= getattr(self, name) <= 2.0:
-                raise ConfigError(f"{name} must be within [0, 2], got {getattr(self, name)}")
-        for name in ("system1_top_p", "system2_top_p"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be within (0, 1], got {getattr(self, name)}")
-        if self.planner_system not in (1, 2):
-            raise ConfigError(f"planner_system must be 1 or 2, got {self.planner_system}")
-        if self.carry not in ("final", "reasoning"):
-            raise ConfigError(f"carry must be 'final' or 'reasoning', got {self.carry!r}")
-        if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
-            raise ConfigError(f"request_timeout must be a positive number of seconds, got {self.request_timeout}")
+        for f in fields(self):
+            _check_bounds(f.name, getattr(self, f.name), f.metadata)
         if self.context_window < 0:
             raise ConfigError(f"context_window must be 0 (ask the server) or a number of tokens, got {self.context_window}")
 
@@ -139,6 +117,33 @@ class Context:
     def non_defaults(self) -> dict[str, Any]:
         """The fields whose value differs from the documented default."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+#: Documented upper bounds of every parameter that multiplies work or memory (issue: unbounded fan-out).
+MAXIMA: dict[str, int] = {f.name: f.metadata["most"] for f in fields(Context) if "most" in f.metadata}
+
+
+def _check_bounds(name: str, value: Any, bounds: Mapping[str, Any]) -> None:
+    if "within" in bounds:
+        if not _inside(value, bounds["within"]):
+            raise ConfigError(f"{name} must be within {bounds['within']}, got {value}")
+    if "at_least" in bounds and value < bounds["at_least"]:
+        wanted = "non-negative" if bounds["at_least"] == 0 else f"at least {bounds['at_least']}"
+        raise ConfigError(f"{name} must be {wanted}, got {value}")
+    if "most" in bounds and value > bounds["most"]:
+        raise ConfigError(f"{name} must be at most {bounds['most']:,}, got {value:,}")
+
+
+@functools.cache
+def _interval(written: str) -> tuple[float, float, bool, bool]:
+    """``"(0, 1]"`` → low 0, high 1, low end open, high end closed."""
+    opening, low, high, closing = re.fullmatch(r"([\[(])\s*(\S+?)\s*,\s*(\S+?)\s*([\])])", written).groups()
+    return float(low), float(high), opening == "[", closing == "]"
+
+
+def _inside(value: float, written: str) -> bool:
+    low, high, low_closed, high_closed = _interval(written)  # NaN fails every comparison: outside
+    return (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
 
 
 def coerce(name: str, value: Any) -> Any:

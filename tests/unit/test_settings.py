@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import fields
 
@@ -143,6 +144,25 @@ def test_work_multipliers_are_bounded(name, no_servers):
     """Issue 12.3: -k 1000000000 was sent as n=1000000000."""
     with pytest.raises(ConfigError, match=f"{name} must be at most"):
         settings.resolve({name: 1_000_000_000})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("system1_top_p", 0.0, "system1_top_p must be within (0, 1], got 0.0"),
+    ("system2_top_p", 1.01, "system2_top_p must be within (0, 1]"),
+    ("planner_temperature", float("nan"), "planner_temperature must be within [0, 2], got nan"),
+    ("system2_top_k", -1, "system2_top_k must be non-negative"),
+    ("parse_retries", 11, "parse_retries must be at most 10"),
+])
+def test_each_field_is_checked_against_the_range_declared_beside_it(name, value, message, no_servers):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings.resolve({name: value})
+
+
+def test_every_number_declares_its_valid_values():
+    """A new numeric parameter cannot arrive without bounds (seed is any integer)."""
+    unbounded = [f.name for f in fields(Context) if f.type in ("int", "float") and f.name != "seed"
+                 and not {"at_least", "most", "within"} & set(f.metadata)]
+    assert unbounded == []
 
 
 def test_config_file_is_parsed_once_per_change(tmp_path, monkeypatch, no_servers):
