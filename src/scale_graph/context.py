@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from scale_graph.errors import ConfigError
 

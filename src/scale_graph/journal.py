@@ -17,6 +17,7 @@ what it would cost alone, while :func:`agenerated_tokens` counts only what was g
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Awaitable, Callable, Generator, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_config, get_stream_writer
@@ -256,6 +257,33 @@ def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: boo
         cache.put(namespace, key, value)
 
 
+async def _drive(operations: Generator[tuple, Any, dict], execute: dict[str, Callable[..., Any]]) -> dict:
+    """Carry out ``operations`` one by one with ``execute``'s functions, sync or async alike."""
+    result, error = None, None
+    while True:
+        try:
+            operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
+        except StopIteration as finished:
+            return finished.value
+        try:
+            result, error = execute[operation](*arguments), None
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as failed:
+            result, error = None, failed
+
+
+def _finish_now(coroutine: Coroutine[Any, Any, dict]) -> dict:
+    """Run a coroutine that never has to wait (every executor is blocking) to its end, here:
+    the sync node body shares :func:`_drive` with the async one without an event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value
+    coroutine.close()
+    raise RuntimeError("a blocking node body waited on an event loop")
+
+
 class JournaledNode(Runnable[dict, dict]):
     """A node with a blocking and an async body, each called as is.
 
@@ -285,39 +313,17 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False, chat: ChatLaye
 
     def run(state: dict) -> dict:
         with session(current_run_id(state)):  # a router keeps the run on one replica
-            return _run(state)
-
-    def _run(state: dict) -> dict:
-        context, store = _runtime()
-        execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False), "call": partial(serve_call, context, store, chat=chat)}
-        operations, result, error = _operations(logic, state, context, starts_run, reply_cache(store)), None, None
-        while True:
-            try:
-                operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
-            except StopIteration as finished:
-                return finished.value
-            try:
-                result, error = execute[operation](*arguments), None
-            except Exception as failed:
-                result, error = None, failed
+            context, store = _runtime()
+            execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False),
+                       "call": partial(serve_call, context, store, chat=chat)}
+            return _finish_now(_drive(_operations(logic, state, context, starts_run, reply_cache(store)), execute))
 
     async def arun(state: dict) -> dict:
         with session(current_run_id(state)):
-            return await _arun(state)
-
-    async def _arun(state: dict) -> dict:
-        context, store = _runtime()
-        execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False), "call": partial(aserve_call, context, store, chat=chat)}
-        operations, result, error = _operations(logic, state, context, starts_run, reply_cache(store)), None, None
-        while True:
-            try:
-                operation, *arguments = operations.throw(error) if error is not None else operations.send(result)
-            except StopIteration as finished:
-                return finished.value
-            try:
-                result, error = await execute[operation](*arguments), None
-            except Exception as failed:
-                result, error = None, failed
+            context, store = _runtime()
+            execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False),
+                       "call": partial(aserve_call, context, store, chat=chat)}
+            return await _drive(_operations(logic, state, context, starts_run, reply_cache(store)), execute)
 
     node = JournaledNode(run, arun, logic.__name__)
     node.__doc__ = run.__doc__ = arun.__doc__ = logic.__doc__
