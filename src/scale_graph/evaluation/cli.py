@@ -6,6 +6,9 @@ Errors follow the main CLI: one red line on stderr and a non-zero exit, never a 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -14,6 +17,7 @@ from rich.console import Console
 
 from scale_graph.errors import InputError
 from scale_graph.evaluation import DEFAULT_CONCURRENCY
+from scale_graph.terminal import DbOption
 
 # The harness (LangGraph, the chat layer, SQLAlchemy, matplotlib) is imported by the commands
 # themselves: `scale --help` must not pay for it.
@@ -28,8 +32,78 @@ RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Compute the pro
                          "ray://HOST:10001. Needs the run database on PostgreSQL (--db); results default to it too. "
                          "--concurrency is then per worker.")
 RayWorkersOption = typer.Option(None, "--ray-workers", help="With --ray: worker actors (default one per node with a CPU).")
+ConcurrencyOption = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight.")
+LimitOption = typer.Option(None, "--limit", help="Only the first N problems of each dataset.")
+DataDirOption = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
+                             "(default: $SCALE_DATA_DIR, else the Hugging Face hub).")
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where an evaluation reads its problems, runs and keeps its results (the shared options)."""
+
+    limit: int | None
+    data_dir: Path | None
+    db: Path | None
+    results_db: str | None
+    ray: str | None
+    ray_workers: int | None
+
+
+def with_where(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the options every evaluation shares (``--limit``, ``--data-dir``, ``--db``,
+    ``--results-db``, ``--ray``, ``--ray-workers``), handed to it as one ``where: Where``; typer reads
+    the signature, so the options are declared once here, not in each command."""
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+              for name, option, kind in (("limit", LimitOption, Optional[int]), ("data_dir", DataDirOption, Optional[Path]),
+                                         ("db", DbOption, Optional[Path]), ("results_db", ResultsDbOption, Optional[str]),
+                                         ("ray", RayOption, Optional[str]), ("ray_workers", RayWorkersOption, Optional[int]))]
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "where"]
+
+    @functools.wraps(command)
+    def wrapper(**options: Any) -> None:
+        where = Where(**{p.name: options.pop(p.name) for p in shared})
+        command(where=where, **options)
+
+    wrapper.__signature__ = inspect.Signature([*own, *shared], return_annotation=None)  # type: ignore[attr-defined]
+    return wrapper
+
+
+async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], Any]], list[Any]], *, samples: int,
+                         concurrency: int) -> tuple[Any, list[Any], str]:
+    """Check the options, plan (``build_plans`` gets a loader that applies ``--limit``), evaluate
+    every plan and read its stored runs back: the body shared by ``eval`` and ``traces generate``."""
+    from scale_graph.evaluation import datasets
+    from scale_graph.evaluation.runner import evaluate
+    from scale_graph.evaluation.store import ResultsStore
+
+    if where.limit is not None and where.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {where.limit}")
+    checkpoint_db, executor, results = executor_for(where.ray, where.ray_workers, where.db, where.results_db)
+
+    def load(source: str) -> datasets.Dataset:
+        loaded = datasets.load(source, where.data_dir)
+        return loaded if where.limit is None else datasets.Dataset(loaded.name, loaded.problems[:where.limit])
+
+    plans = build_plans(load)
+    store = ResultsStore(results)
+    try:
+        totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
+                                concurrency=concurrency, console=err, executor=executor)
+        return totals, store.runs([p.name for p in plans]), checkpoint_db
+    finally:
+        store.close()
+
+
+def exit_if_failed(totals: Any) -> None:
+    """Name the failed problem samples and exit 1; a re-run retries them."""
+    if totals.failed:
+        err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "
+                  "re-run the same command to retry them", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@with_where
 def eval_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Preset (aime24, aime25, amc23) or a JSONL path; "
                                 "comma-separated for several."),
@@ -56,31 +130,18 @@ def eval_command(
                                "independent runs."),
     reuse_group: Optional[str] = typer.Option(None, "--reuse-group", help="Share identical calls with every run naming "
                                               "this group, across commands (default: one group per evaluation name)."),
-    concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each dataset."),
+    concurrency: int = ConcurrencyOption,
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default <method>-<dataset>, suffixed per "
                                        "swept value). Re-running the same command resumes."),
-    db: Optional[Path] = typer.Option(None, "--db", help="SQLite checkpoint database for SCALE problems "
-                                      "(default: $SCALE_DB or ./scale.db)."),
-    results_db: Optional[str] = ResultsDbOption,
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
-                                            "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
-    ray: Optional[str] = RayOption,
-    ray_workers: Optional[int] = RayWorkersOption,
+    *,
+    where: Where,
 ) -> None:
     """Evaluate SCALE and baselines on math benchmarks; results are stored and a re-run resumes."""
-    from scale_graph.evaluation import datasets
     from scale_graph.evaluation.report import generated_line, report
-    from scale_graph.evaluation.runner import evaluate, plan
-    from scale_graph.evaluation.store import ResultsStore
+    from scale_graph.evaluation.runner import plan
 
-    async def work() -> tuple[Any, list[Any]]:
-        if limit is not None and limit < 1:
-            raise InputError(f"--limit must be at least 1, got {limit}")
-        checkpoint_db, executor, results = executor_for(ray, ray_workers, db, results_db)
-        loaded = [datasets.load(source, data_dir) for source in _split(dataset, "--dataset")]
-        if limit is not None:
-            loaded = [datasets.Dataset(d.name, d.problems[:limit]) for d in loaded]
+    def build_plans(load: Callable[[str], Any]) -> list[Any]:
+        loaded = [load(source) for source in _split(dataset, "--dataset")]
         methods = _split(method, "--method")
         given = {"candidates": candidates, "votes": votes, "inftythink_max_iterations": max_iterations,
                  "inftythink_max_tokens": inftythink_max_tokens, "force_answer": force_answer,
@@ -89,18 +150,11 @@ def eval_command(
         if budgets and inftythink_max_tokens is not None:
             raise InputError("give either --system2-max-tokens (every method's per-call budget, InftyThink's "
                              "per-iteration one included) or --inftythink-max-tokens, not both")
-        plans = plan(loaded, methods, params={k: v for k, v in given.items() if v is not None},
-                     thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
-                     budgets=budgets, name=name)
-        store = ResultsStore(results)
-        try:
-            totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
-                                    concurrency=concurrency, console=err, executor=executor)
-            return totals, store.runs([p.name for p in plans])
-        finally:
-            store.close()
+        return plan(loaded, methods, params={k: v for k, v in given.items() if v is not None},
+                    thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
+                    budgets=budgets, name=name)
 
-    totals, runs = _run(work)
+    totals, runs, _ = _run(lambda: run_evaluation(where, build_plans, samples=samples, concurrency=concurrency))
     extras = [f"{count} {what}" for count, what in ((totals.retried, "retried after an earlier failure"),
                                                    (totals.ungraded, "ungraded (the grader could not decide)"),
                                                    (totals.degraded, "degraded (a feature the server refused)"))
@@ -110,10 +164,7 @@ def eval_command(
     if totals.tokens:
         err.print(f"[dim]{generated_line(totals.generated, totals.tokens, 'now')}[/]", highlight=False, soft_wrap=True)
     report(runs, console=out)
-    if totals.failed:
-        err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "
-                  "re-run the same command to retry them", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    exit_if_failed(totals)
 
 
 def report_command(

@@ -11,15 +11,16 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from scale_graph.errors import InputError
-from scale_graph.evaluation import DEFAULT_CONCURRENCY
-from scale_graph.evaluation.cli import RayOption, RayWorkersOption, ResultsDbOption, _run, executor_for
+from scale_graph.evaluation.cli import (ConcurrencyOption, ResultsDbOption, Where, _run, exit_if_failed,
+                                        run_evaluation, with_where)
+from scale_graph.terminal import DbOption
 from scale_graph.traces.render import FORMATS
 
 out = Console()
@@ -28,54 +29,32 @@ err = Console(stderr=True)
 traces_app = typer.Typer(help="Generate SCALE traces and export them as fine-tuning data (paper Setting 2).",
                          no_args_is_help=True, pretty_exceptions_enable=False)
 
-DbOption = typer.Option(None, "--db", help="SQLite checkpoint database of the SCALE runs "
-                        "(default: $SCALE_DB or ./scale.db).")
-
-
+@with_where
 def generate_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Preset (aime24, aime25, amc23) or a JSONL path "
                                 "({\"id\",\"problem\",\"answer\"})."),
     out_run: str = typer.Option(..., "--out", "-o", help="Name of the run that stores the traces; "
                                 "`scale traces export` reads it. Re-running the same command resumes."),
     samples: int = typer.Option(1, "--samples", "-n", help="SCALE runs (traces) per problem, each with its own seed."),
-    concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems."),
+    concurrency: int = ConcurrencyOption,
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="τ: difficulty above it goes to "
                                               "System 2 (default 0.2)."),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="Candidate decompositions (default 8)."),
-    db: Optional[Path] = DbOption,
-    results_db: Optional[str] = ResultsDbOption,
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
-                                            "(default: $SCALE_DATA_DIR, else the Hugging Face hub)."),
-    ray: Optional[str] = RayOption,
-    ray_workers: Optional[int] = RayWorkersOption,
+    *,
+    where: Where,
 ) -> None:
     """Run SCALE over a problem set and store every trace, graded against the reference answers."""
-    from scale_graph.evaluation import datasets
     from scale_graph.evaluation.metrics import compute
-    from scale_graph.evaluation.runner import evaluate, plan
-    from scale_graph.evaluation.store import ResultsStore
+    from scale_graph.evaluation.runner import plan
 
-    async def work() -> tuple[Any, Any, Any]:
-        if limit is not None and limit < 1:
-            raise InputError(f"--limit must be at least 1, got {limit}")
-        checkpoint_db, executor, results = executor_for(ray, ray_workers, db, results_db)
+    def build_plans(load: Callable[[str], Any]) -> list[Any]:
         if not out_run.strip():
             raise InputError("--out: the run name is empty")
-        loaded = datasets.load(dataset, data_dir)
-        if limit is not None:
-            loaded = datasets.Dataset(loaded.name, loaded.problems[:limit])
-        plans = plan([loaded], ["scale"], params={} if candidates is None else {"candidates": candidates},
-                     thresholds=[] if threshold is None else [threshold], name=out_run)
-        store = ResultsStore(results)
-        try:
-            totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
-                                    concurrency=concurrency, console=err, executor=executor)
-            return totals, store.runs([plans[0].name])[0], checkpoint_db
-        finally:
-            store.close()
+        return plan([load(dataset)], ["scale"], params={} if candidates is None else {"candidates": candidates},
+                    thresholds=[] if threshold is None else [threshold], name=out_run)
 
-    totals, run, checkpoint_db = _run(work)
+    totals, (run,), checkpoint_db = _run(lambda: run_evaluation(where, build_plans, samples=samples,
+                                                                concurrency=concurrency))
     shown = compute(run.results)
     err.print(f"[dim]{totals.done} trace(s) generated now, {totals.skipped} already stored[/]")
     table = Table(title=f"traces run {run.name} ({run.dataset})")
@@ -85,14 +64,11 @@ def generate_command(
     table.add_row(str(shown.problems), str(shown.samples), str(correct), str(shown.failed), _fmt(shown.accuracy),
                   _fmt(shown.tok, 0), _fmt(shown.hard))
     out.print(table)
-    options = [f"--db {checkpoint_db}"] if db else []  # a PostgreSQL URL's str masks its password
-    options += [f"--results-db {results_db}"] if results_db else []
+    options = [f"--db {checkpoint_db}"] if where.db else []  # a PostgreSQL URL's str masks its password
+    options += [f"--results-db {where.results_db}"] if where.results_db else []
     err.print(f"[dim]next: scale traces export {run.name} --out {run.name}.jsonl --correct-only "
               f"{' '.join(options)}[/]".rstrip(), highlight=False, soft_wrap=True)
-    if totals.failed:
-        err.print(f"[bold red]error:[/] {totals.failed} problem sample(s) failed (first: {totals.first_error}); "
-                  "re-run the same command to retry them", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    exit_if_failed(totals)
 
 
 def export_command(
