@@ -17,7 +17,6 @@ what it would cost alone, while :func:`agenerated_tokens` counts only what was g
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol
+from typing import Any, Awaitable, Callable, Generator, Protocol
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_config, get_stream_writer
@@ -35,6 +34,7 @@ from langgraph.store.base import BaseStore, GetOp
 from langgraph.store.memory import InMemoryStore
 
 from scale_graph import reuse
+from scale_graph.blocking import run_blocking, settled
 from scale_graph.context import Context
 from scale_graph.servers.chat import ChatCall, ChatReply, Systems, session
 from scale_graph.servers.endpoints import endpoints
@@ -266,22 +266,9 @@ async def _drive(operations: Generator[tuple, Any, dict], execute: dict[str, Cal
         except StopIteration as finished:
             return finished.value
         try:
-            result, error = execute[operation](*arguments), None
-            if inspect.isawaitable(result):
-                result = await result
+            result, error = await settled(execute[operation](*arguments)), None
         except Exception as failed:
             result, error = None, failed
-
-
-def _finish_now(coroutine: Coroutine[Any, Any, dict]) -> dict:
-    """Run a coroutine that never has to wait (every executor is blocking) to its end, here:
-    the sync node body shares :func:`_drive` with the async one without an event loop."""
-    try:
-        coroutine.send(None)
-    except StopIteration as finished:
-        return finished.value
-    coroutine.close()
-    raise RuntimeError("a blocking node body waited on an event loop")
 
 
 class JournaledNode(Runnable[dict, dict]):
@@ -316,7 +303,7 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False, chat: ChatLaye
             context, store = _runtime()
             execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False),
                        "call": partial(serve_call, context, store, chat=chat)}
-            return _finish_now(_drive(_operations(logic, state, context, starts_run, reply_cache(store)), execute))
+            return run_blocking(_drive(_operations(logic, state, context, starts_run, reply_cache(store)), execute))
 
     async def arun(state: dict) -> dict:
         with session(current_run_id(state)):

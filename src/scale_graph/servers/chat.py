@@ -23,7 +23,7 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -35,6 +35,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 
+from scale_graph.blocking import run_blocking, settled
 from scale_graph.parsing import split_think
 from scale_graph.redact import redact
 from scale_graph.servers.chat_errors import (
@@ -211,40 +212,35 @@ class Systems:
     # ---- public API -------------------------------------------------------------------
     def call(self, call: ChatCall) -> ChatReply:
         """Send ``call`` and wait; blocking."""
-        return self._sync(call)
+        return run_blocking(self._attempts(call, self._send_sync))
 
     async def acall(self, call: ChatCall) -> ChatReply:
         """Send ``call`` without blocking the event loop."""
-        return await self._async(call)
+        return await self._attempts(call, self._send_async)
 
     # ---- internals ----------------------------------------------------------------------
-    def _sync(self, call: ChatCall) -> ChatReply:
+    async def _attempts(self, call: ChatCall, send: Callable[[ChatCall, set[Feature]], Any]) -> ChatReply:
+        """Send ``call`` with ``send`` (blocking or async), again without each optional feature the
+        endpoint refuses (HTTP 400), until it is answered or fails for another reason."""
         warnings = self._remembered(call)
         while True:
             refused = self._refused(call.system)
             started = time.perf_counter()
             try:
-                if call.n > 1 and "n" in refused:
-                    parts = self._fan_out_sync(call, refused)
-                else:
-                    parts = [self._request_sync(call, None, refused)]
+                parts = await settled(send(call, refused))
                 return _merge(parts, time.perf_counter() - started, warnings)
             except openai.BadRequestError as exc:
                 self._degrade(call, exc, warnings)
 
-    async def _async(self, call: ChatCall) -> ChatReply:
-        warnings = self._remembered(call)
-        while True:
-            refused = self._refused(call.system)
-            started = time.perf_counter()
-            try:
-                if call.n > 1 and "n" in refused:
-                    parts = await self._fan_out_async(call, refused)
-                else:
-                    parts = [await self._request_async(call, None, refused)]
-                return _merge(parts, time.perf_counter() - started, warnings)
-            except openai.BadRequestError as exc:
-                self._degrade(call, exc, warnings)
+    def _send_sync(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
+        if call.n > 1 and "n" in refused:
+            return self._fan_out_sync(call, refused)
+        return [self._request_sync(call, None, refused)]
+
+    async def _send_async(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
+        if call.n > 1 and "n" in refused:
+            return await self._fan_out_async(call, refused)
+        return [await self._request_async(call, None, refused)]
 
     def _fan_out_sync(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
         """The ``n`` samples as ``n`` requests; the first failure stops every sample not yet sent."""
