@@ -186,39 +186,38 @@ def _classes() -> tuple[type, type, type, type]:
         raise DatabaseError("a postgresql:// database needs the postgres extra: "
                             "pip install 'scale-graph[postgres]'") from None
 
-    class RetryingAsyncSaver(AsyncPostgresSaver):
-        scale_url: PostgresUrl
-        aget_tuple = _aretrying(AsyncPostgresSaver.aget_tuple)
-        aput = _aretrying(AsyncPostgresSaver.aput)
-        aput_writes = _aretrying(AsyncPostgresSaver.aput_writes)
-        adelete_thread = _aretrying(AsyncPostgresSaver.adelete_thread)
-
-        async def alist(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
-            async def collect() -> list[Any]:
-                return [item async for item in AsyncPostgresSaver.alist(self, *args, **kwargs)]
-            for item in await aretry(self.scale_url, collect):
-                yield item
-
-    class RetryingSaver(PostgresSaver):
-        scale_url: PostgresUrl
-        get_tuple = _retrying(PostgresSaver.get_tuple)
-        put = _retrying(PostgresSaver.put)
-        put_writes = _retrying(PostgresSaver.put_writes)
-        delete_thread = _retrying(PostgresSaver.delete_thread)
-
-        def list(self, *args: Any, **kwargs: Any) -> Iterator[Any]:  # type: ignore[override]
-            yield from retry(self.scale_url, lambda: [*PostgresSaver.list(self, *args, **kwargs)])
-
-    class RetryingAsyncStore(AsyncPostgresStore):
-        scale_url: PostgresUrl
-        abatch = _aretrying(AsyncPostgresStore.abatch)
-
-    class RetryingStore(PostgresStore):
-        scale_url: PostgresUrl
-        batch = _retrying(PostgresStore.batch)
-
-    _CLASSES = (RetryingAsyncSaver, RetryingSaver, RetryingAsyncStore, RetryingStore)
+    _CLASSES = (_with_retries(AsyncPostgresSaver, _aretrying, "aget_tuple aput aput_writes adelete_thread",
+                              alist=_alisting(AsyncPostgresSaver)),
+                _with_retries(PostgresSaver, _retrying, "get_tuple put put_writes delete_thread",
+                              list=_listing(PostgresSaver)),
+                _with_retries(AsyncPostgresStore, _aretrying, "abatch"),
+                _with_retries(PostgresStore, _retrying, "batch"))
     return _CLASSES
+
+
+def _with_retries(base: type, wrap: Callable[[Callable[..., Any]], Callable[..., Any]], methods: str,
+                  **overrides: Callable[..., Any]) -> type:
+    """``base`` with each of ``methods`` (its calls that reach the database) retried as a whole;
+    the instance's ``scale_url`` names the database in errors."""
+    namespace = {name: wrap(getattr(base, name)) for name in methods.split()}
+    return type(f"Retrying{base.__name__}", (base,), {**namespace, **overrides})
+
+
+def _alisting(base: Any) -> Callable[..., AsyncIterator[Any]]:
+    """``alist`` read whole before the first item is handed on, so that a retry cannot repeat items."""
+    async def alist(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async def collect() -> list[Any]:
+            return [item async for item in base.alist(self, *args, **kwargs)]
+        for item in await aretry(self.scale_url, collect):
+            yield item
+    return alist
+
+
+def _listing(base: Any) -> Callable[..., Iterator[Any]]:
+    """The blocking ``list``, read whole like :func:`_alisting`."""
+    def list_(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        yield from retry(self.scale_url, lambda: [*base.list(self, *args, **kwargs)])
+    return list_
 
 
 _CLASSES: tuple[type, type, type, type] | None = None
