@@ -10,6 +10,7 @@ context (which Studio shows and runs persist); see :mod:`scale_graph.servers.end
 from __future__ import annotations
 
 import functools
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ DEFAULT_CONTEXT_WINDOW = 32_768
 
 #: Largest token budget of any one call.
 TOKENS = 1_048_576
+
 
 def _param(default: Any, description: str, *, at_least: float | None = None, most: int | None = None,
            within: str | None = None) -> Any:
@@ -83,7 +85,7 @@ class Context:
     structured_output: bool = _param(True, "Ask for JSON-schema guided output where the server supports it.")
     use_n: bool = _param(True, "Sample the k candidates in one request with n=k where the server supports it.")
     max_in_flight: int = _param(64, "Most requests in flight at once per endpoint, whatever the number of runs or candidates.", at_least=1, most=1024)
-    request_timeout: float = _param(900.0, "Seconds before one HTTP request is abandoned (then retried).", within="(0, inf)")
+    request_timeout: float = _param(900.0, "Seconds before one HTTP request is abandoned (then retried).")
     max_retries: int = _param(3, "Retries with backoff on connection errors, timeouts, 429 and 5xx.", at_least=0, most=10)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,8 @@ class Context:
         """Raise ConfigError (one line) for values outside their meaningful range."""
         for f in fields(self):
             _check_bounds(f.name, getattr(self, f.name), f.metadata)
+        if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:  # said in seconds, not as (0, ∞)
+            raise ConfigError(f"request_timeout must be a positive number of seconds, got {self.request_timeout}")
         if self.context_window < 0:
             raise ConfigError(f"context_window must be 0 (ask the server) or a number of tokens, got {self.context_window}")
 
