@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,14 @@ from tests.vllm_fixture import vllm_server  # noqa: F401  (session fixture: one 
 
 
 TIERS = ("unit", "system", "integration")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the CLI processes the tests start, as it does from a terminal: a suite run
+    in the background by a non-interactive shell (``nohup ./.ci/run &``) inherits SIGINT
+    ignored, every child would inherit that too, and the tests that interrupt a run would see
+    it finish instead."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
