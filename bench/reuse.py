@@ -75,12 +75,8 @@ def sweep(name: str, dataset: Path, args: argparse.Namespace, reuse: bool) -> di
 def stored(name: str) -> dict[tuple[str, str, int], Any]:
     from scale_graph.evaluation.store import ResultsStore
 
-    store = ResultsStore()
-    try:
-        return {(run.name.removeprefix(name), r.problem_id, r.sample): r
-                for run in store.runs([f"{name}-*"]) for r in run.results}
-    finally:
-        store.close()
+    with ResultsStore() as store:
+        return store.samples(f"{name}-*", prefix=name)
 
 
 def main() -> None:

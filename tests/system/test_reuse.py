@@ -67,12 +67,8 @@ def server_tokens(server: fake_openai.FakeOpenAIServer) -> tuple[int, int]:
 
 def results(name: str) -> dict[tuple[str, str, int], Any]:
     """Every stored result of the evaluation ``name``, by (run name without ``name``, problem, sample)."""
-    store = ResultsStore()
-    try:
-        return {(run.name.removeprefix(name), r.problem_id, r.sample): r
-                for run in store.runs([f"{name}*"]) for r in run.results}
-    finally:
-        store.close()
+    with ResultsStore() as store:
+        return store.samples(f"{name}*", prefix=name)
 
 
 def routes(name: str, thresholds: list[str], samples: int) -> dict[tuple[str, str, int], list[int]]:

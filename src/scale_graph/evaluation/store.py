@@ -204,6 +204,12 @@ class ResultsStore:
                              f"(runs: {', '.join(r.name for r in runs) or 'none'})")
         return chosen
 
+    def samples(self, pattern: str, *, prefix: str = "") -> dict[tuple[str, str, int], Result]:
+        """Every result of the runs matching ``pattern`` by (run name without ``prefix``, problem id,
+        sample): two evaluations compared sample by sample (a sweep with and without call reuse)."""
+        return {(run.name.removeprefix(prefix), result.problem_id, result.sample): result
+                for run in self.runs([pattern]) for result in run.results}
+
     def import_run(self, run: Run) -> bool:
         """Store a copy of ``run`` (from another results database) with its results; False when the name exists."""
         with self._session() as session:
@@ -216,6 +222,12 @@ class ResultsStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
