@@ -112,11 +112,8 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
     from scale_graph.persistence import open_async
 
     options.check()
-    store = ResultsStore(results_db, must_exist=True)
-    try:
+    with ResultsStore(results_db, must_exist=True) as store:
         run = store.runs([eval_run])[0]
-    finally:
-        store.close()
     if run.method != "scale":
         raise InputError(f"evaluation run {eval_run!r} is a {run.method} run; calibration forks SCALE runs")
     results = [r for r in run.results if r.error is None]

@@ -90,17 +90,12 @@ async def _copy_checkpoint(saver: Any, saved: Any) -> None:
 def copy_results(results_from: str, results_to: str, copied: Copied) -> None:
     from scale_graph.evaluation.store import ResultsStore
 
-    src = ResultsStore(results_from, must_exist=True)
-    dst = ResultsStore(results_to)
-    try:
+    with ResultsStore(results_from, must_exist=True) as src, ResultsStore(results_to) as dst:
         for run in src.runs():
             if dst.import_run(run):
                 copied.results += len(run.results)
             else:
                 copied.skipped_results.append(run.name)
-    finally:
-        src.close()
-        dst.close()
 
 
 async def copy(src: str | Path, dst: str, results_from: str | None, results_to: str | None) -> Copied:

@@ -86,13 +86,10 @@ async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], An
         return loaded if where.limit is None else datasets.Dataset(loaded.name, loaded.problems[:where.limit])
 
     plans = build_plans(load)
-    store = ResultsStore(results)
-    try:
+    with ResultsStore(results) as store:
         totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
                                 concurrency=concurrency, console=err, executor=executor)
         return totals, store.runs([p.name for p in plans]), checkpoint_db
-    finally:
-        store.close()
 
 
 def exit_if_failed(totals: Any) -> None:
@@ -180,11 +177,8 @@ def report_command(
     from scale_graph.evaluation.store import ResultsStore
 
     async def work() -> list[Path]:
-        store = ResultsStore(results_db, must_exist=True)
-        try:
+        with ResultsStore(results_db, must_exist=True) as store:
             chosen = store.runs(runs or [])
-        finally:
-            store.close()
         if not chosen:
             raise InputError(f"no evaluation runs in {store.shown} (run `scale eval` first)")
         try:

@@ -200,11 +200,8 @@ def stats_path_for(path: Path) -> Path:
 async def export(run_name: str, out: Path, options: ExportOptions, *, results_db: str | None = None,
                  checkpoint_db: str | os.PathLike | None = None) -> Exported:
     """Export ``run_name``'s traces to ``out`` (see the module doc); InputError/DatabaseError when unusable."""
-    store = ResultsStore(results_db, must_exist=True)
-    try:
+    with ResultsStore(results_db, must_exist=True) as store:
         stored = store.runs()
-    finally:
-        store.close()
     run = next((run for run in stored if run.name == run_name), None)
     if run is None:
         raise InputError(f"no run named {run_name!r} in {store.shown} (runs: "
