@@ -148,6 +148,8 @@ CONTEXT_LENGTH_MESSAGE = ("This model's maximum context length is {limit} tokens
                           "tokens ({prompt} in the messages, {output} in the completion). Please reduce the length "
                           "of the messages or completion.")
 CONTEXT_LIMIT = 8192
+#: The ``max_model_len`` reported with ``model_root`` (Qwen3's native window: larger than any default budget).
+MAX_MODEL_LEN = 40_960
 _NOT_JSON_BODY = b"<html><body><h1>Welcome</h1>This is not the API you are looking for.</body></html>"
 _MANY_SUBPROBLEMS = 200
 _OUT_OF_RANGE_DIFFICULTY = 7.5
@@ -187,6 +189,10 @@ class FakeOpenAIConfig:
     """If set, requests without ``Authorization: Bearer <api_key>`` get HTTP 401."""
     hang_seconds: float = 30.0
     """How long the ``timeout`` fault holds a request open before closing it."""
+    model_root: str | None = None
+    """If set, ``GET /v1/models`` describes every model as vLLM does: ``root`` (the model path,
+    this value) and ``max_model_len`` (:data:`MAX_MODEL_LEN`); a new value swaps the model behind
+    the served names."""
 
     def __post_init__(self) -> None:
         for name in ("latency", "hang_seconds"):
@@ -204,8 +210,9 @@ class FakeOpenAIConfig:
                 raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
         if self.reasoning_field not in REASONING_FIELDS:
             raise ValueError(f"reasoning_field must be one of {REASONING_FIELDS}, got {self.reasoning_field!r}")
-        if self.api_key is not None and not isinstance(self.api_key, str):
-            raise ValueError(f"api_key must be a string or None, got {self.api_key!r}")
+        for name in ("api_key", "model_root"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string or None, got {getattr(self, name)!r}")
         if not callable(self.difficulties):
             values = self.difficulties
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
@@ -793,6 +800,8 @@ class FakeOpenAIServer:
             return rejection
         created = int(time.time())
         data = [{"id": m, "object": "model", "created": created, "owned_by": "scale-graph"} for m in MODELS]
+        if self._config.model_root is not None:
+            data = [{**entry, "root": self._config.model_root, "max_model_len": MAX_MODEL_LEN} for entry in data]
         return _Reply(payload={"object": "list", "data": data})
 
     def _unsupported(self, body: dict[str, Any], cfg: FakeOpenAIConfig) -> _Reply | None:
@@ -928,6 +937,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--api-key", default=defaults.api_key)
     p.add_argument("--hang-seconds", type=float, default=defaults.hang_seconds)
+    p.add_argument("--model-root", default=defaults.model_root)
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -169,8 +170,24 @@ def runs_show(thread_id: str, db: Optional[Path] = DbOption, as_json: bool = Jso
         sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
         return
     print_summary(shown)
+    for line in _model_lines(shown):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     out.print(f"{len(shown['checkpoints'])} checkpoints: " + " → ".join(
         ",".join(c["next"]) or "end" for c in shown["checkpoints"]), highlight=False)
+
+
+def _model_lines(shown: dict[str, Any]) -> list[str]:
+    """The models a run started on, and each change allowed on resume."""
+    from scale_graph.servers.identity import ModelIdentity
+
+    def described(models: dict[str, Any]) -> str:
+        return ", ".join(f"{system} {ModelIdentity(**found).describe()}" for system, found in models.items())
+
+    lines = [f"models: {described(shown['models'])}"] if shown.get("models") else \
+        ["models: not recorded (a run from before model identities were)"]
+    lines += [f"resumed on other models (--allow-model-change): {described(change['models'])}"
+              for change in shown.get("model_changes") or []]
+    return lines
 
 
 @runs_app.command("resume")
@@ -180,23 +197,31 @@ def runs_resume(
     as_json: bool = JsonOption,
     accept: bool = typer.Option(False, "--accept", help="Accept the decomposition of a run waiting for review."),
     subproblems_file: Optional[Path] = typer.Option(None, "--subproblems-file", help="Replace it: one sub-problem per line."),
+    allow_model_change: bool = typer.Option(False, "--allow-model-change", help="Continue even though an endpoint "
+                                            "now serves another model than the run ran on (recorded in the run)."),
 ) -> None:
-    """Continue a stopped run after its last finished step, with its saved parameters."""
+    """Continue a stopped run after its last finished step, with its saved parameters (on the same models)."""
     from scale_graph.graph import build_graph
     from scale_graph.persistence import db_path, open_async
     from scale_graph.runner import resume
     from scale_graph.runs import summary
+    from scale_graph.servers import identity
+    from scale_graph.settings import resume_context
 
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
         require_database(path)
+        current = resume_context({})  # where the endpoints are now: their models are read once, here
+        if current.has_endpoints():
+            await asyncio.to_thread(identity.probe, current)
         decision: Any = "accept" if accept else None
         if subproblems_file is not None:
             decision = [line for line in read_problem(None, subproblems_file, SUBPROBLEMS_FILE_MAX_CHARS).splitlines()
                         if line.strip()]
         async with open_async(path) as (saver, store):
-            values = await resume(build_graph(saver, store), store, thread_id, on_event=print_progress, review=decision)
+            values = await resume(build_graph(saver, store), store, thread_id, on_event=print_progress, review=decision,
+                                  allow_model_change=allow_model_change)
             return summary(values, thread_id, "done" if values.get("finished") else "stopped")
 
     emit(run_guarded(work, thread_id=thread_id, db=db), as_json)

@@ -322,6 +322,8 @@ def run_record(problem: str, context: Context) -> dict[str, Any]:
     return {"problem": problem, "params": context.to_dict(), "created": time.time()}
 
 
-async def asave_run(store: BaseStore, run_id: str, problem: str, context: Context) -> None:
+async def asave_run(store: BaseStore, run_id: str, problem: str, context: Context,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Save a new run's record; ``extra``: more fields (its model identity, its evaluation)."""
     if await store.aget(RUNS_NAMESPACE, run_id) is None:
-        await store.aput(RUNS_NAMESPACE, run_id, run_record(problem, context), index=False)
+        await store.aput(RUNS_NAMESPACE, run_id, {**run_record(problem, context), **(extra or {})}, index=False)

@@ -2,7 +2,9 @@
 
 Runs naming the same ``reuse_group`` (a :class:`~scale_graph.context.Context` field; ``""`` =
 no reuse) share one call cache in the LangGraph store, namespace ``("scale", "reuse", <group>)``,
-keyed by the *complete* request: the endpoint (base URL and model), the messages, the sampling
+keyed by the *complete* request: the endpoint (base URL, served model and the model really
+behind it — vLLM's ``root``, :mod:`scale_graph.servers.identity` — so a model swapped behind one
+served name never receives another model's replies), the messages, the sampling
 (temperature, top-p, top-k and seed), the budget, the thinking switch, ``n``, the JSON schema and
 the capability switches that change what is sent (thinking flag, structured output, ``n``) —
 everything of a :class:`~scale_graph.servers.chat.ChatCall` but the name it has in its run. Any
@@ -41,6 +43,7 @@ from langgraph.store.base import BaseStore
 
 from scale_graph.context import Context
 from scale_graph.servers.chat import ChatCall, ChatReply, Systems
+from scale_graph.servers import identity
 from scale_graph.servers.endpoints import endpoints
 
 _GROUP_CHARS = 80
@@ -60,13 +63,25 @@ def namespace(group: str) -> tuple[str, ...]:
 
 
 def request_key(call: ChatCall, context: Context) -> str:
-    """The identity of everything the server is sent for ``call`` (not the call's name)."""
+    """The identity of everything the server is sent for ``call`` (not the call's name), and of
+    the model that answers it (probed once per process: no request on this path)."""
     endpoint = endpoints(context)[call.system - 1]
     request = asdict(call)
     del request["key"]
-    identity = {"base_url": endpoint.base_url, "model": endpoint.model, "request": request,
-                "switches": [context.thinking_flag, context.structured_output, context.use_n]}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    model = identity.known(endpoint.base_url, endpoint.model, endpoint.system)
+    key = {"base_url": endpoint.base_url, "model": endpoint.model, "root": model.root, "request": request,
+           "switches": [context.thinking_flag, context.structured_output, context.use_n]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _entry(reply: ChatReply, call: ChatCall, context: Context) -> dict[str, Any]:
+    """A cache entry: the reply, and the identity of the model that wrote it (for whoever inspects the cache)."""
+    endpoint = endpoints(context)[call.system - 1]
+    return {**reply.to_dict(), "model": identity.known(endpoint.base_url, endpoint.model, endpoint.system).to_dict()}
+
+
+def _reply(entry: dict[str, Any]) -> ChatReply:
+    return ChatReply.from_dict({name: value for name, value in entry.items() if name != "model"})
 
 
 def _taken(reply: ChatReply) -> ChatReply:
@@ -83,10 +98,10 @@ async def acall(systems: Systems, call: ChatCall, context: Context, store: BaseS
     if flight is None:
         cached = await store.aget(space, key)
         if cached is not None:
-            return replace(ChatReply.from_dict(cached.value), reused=True)
+            return replace(_reply(cached.value), reused=True)
         flight = flights.get((space, key))  # another caller may have started it while we looked
         if flight is None:
-            made = asyncio.ensure_future(_make(systems, call, store, space, key))
+            made = asyncio.ensure_future(_make(systems, call, context, store, space, key))
             flights[space, key] = made
             made.add_done_callback(lambda done: _landed(flights, (space, key), done))
             # shielded: a caller cancelled (its run stopped) does not cancel the request others wait on
@@ -94,9 +109,10 @@ async def acall(systems: Systems, call: ChatCall, context: Context, store: BaseS
     return _taken(await asyncio.shield(flight))
 
 
-async def _make(systems: Systems, call: ChatCall, store: BaseStore, space: tuple[str, ...], key: str) -> ChatReply:
+async def _make(systems: Systems, call: ChatCall, context: Context, store: BaseStore, space: tuple[str, ...],
+                key: str) -> ChatReply:
     reply = await systems.acall(call)
-    await store.aput(space, key, reply.to_dict(), index=False)
+    await store.aput(space, key, _entry(reply, call, context), index=False)
     return reply
 
 
@@ -114,14 +130,14 @@ def call(systems: Systems, call: ChatCall, context: Context, store: BaseStore) -
     if flight is None:
         cached = store.get(space, key)
         if cached is not None:
-            return replace(ChatReply.from_dict(cached.value), reused=True)
+            return replace(_reply(cached.value), reused=True)
         mine: concurrent.futures.Future[ChatReply] = concurrent.futures.Future()
         with _thread_lock:
             flight = _thread_flights.setdefault((space, key), mine)
         if flight is mine:
             try:
                 reply = systems.call(call)
-                store.put(space, key, reply.to_dict(), index=False)
+                store.put(space, key, _entry(reply, call, context), index=False)
             except BaseException as failed:
                 mine.set_exception(failed)
                 raise

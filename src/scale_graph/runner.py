@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from contextlib import asynccontextmanager
@@ -15,7 +16,9 @@ from langgraph.types import Command, StateSnapshot
 from scale_graph import leases
 from scale_graph.context import Context
 from scale_graph.errors import InputError, UnknownRun
+from scale_graph.identity import latest_models, refusal
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
+from scale_graph.servers import identity
 from scale_graph.settings import resume_context
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -116,14 +119,16 @@ def config_for(thread_id: str) -> dict[str, Any]:
 
 
 async def start(graph: CompiledStateGraph, store: BaseStore, problem: str, context: Context, thread_id: str,
-                on_event: EventHandler | None = None) -> dict[str, Any]:
-    """Run a new problem as thread ``thread_id``; its parameters are saved first so any crash is resumable."""
+                on_event: EventHandler | None = None, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a new problem as thread ``thread_id``; its parameters are saved first so any crash is resumable,
+    with the model identity of its endpoints (``record`` adds or replaces fields of that run record)."""
     problem = validate_problem(problem, context)
     validate_thread_id(thread_id)
     await _refuse_existing(graph, thread_id)  # before the lease too: a refused start writes nothing
     async with holding(graph, thread_id):
         await _refuse_existing(graph, thread_id)  # again under the lease: two starts of one new id
-        await asave_run(store, thread_id, problem, context)
+        models = await asyncio.to_thread(identity.models, context)  # probed at the command's start: no request
+        await asave_run(store, thread_id, problem, context, {"models": models, **(record or {})})
         return await _drive(graph, {"problem": problem}, thread_id, context, on_event)
 
 
@@ -133,8 +138,12 @@ async def _refuse_existing(graph: CompiledStateGraph, thread_id: str) -> None:
 
 
 async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
-                 on_event: EventHandler | None = None, review: Any = None, **overrides: Any) -> dict[str, Any]:
+                 on_event: EventHandler | None = None, review: Any = None, allow_model_change: bool = False,
+                 **overrides: Any) -> dict[str, Any]:
     """Continue run ``thread_id`` after its last finished node, with its saved parameters.
+
+    Refused (InputError) when an endpoint now serves another model than the run ran on, unless
+    ``allow_model_change``: then the change is recorded in the run record (``model_changes``).
 
     A run paused for review continues with ``review`` ("accept" or edited sub-problems).
     ``on_event`` first gets ``{"event": "resuming", "at": "sub-problem 3 of 5 (assess)", ...}``
@@ -152,6 +161,8 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
         snapshot = await graph.aget_state(config_for(thread_id))  # another worker may have moved it on
         if is_finished(snapshot) and not snapshot.tasks:
             return snapshot.values
+        if record is not None:
+            await _check_models(store, thread_id, record.value, context, allow_model_change)
         inputs: Any = None if snapshot.values else {"problem": record.value["problem"]}
         if snapshot.interrupts:
             if review is None:
@@ -165,6 +176,21 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
         # None continues after the last checkpoint: LangGraph first applies writes saved there
         # by tasks that finished before a crash, so no finished node runs again
         return await _drive(graph, inputs, thread_id, context, on_event)
+
+
+async def _check_models(store: BaseStore, thread_id: str, record: dict[str, Any], context: Context,
+                        allow: bool) -> None:
+    """Refuse to continue a run on another model than it ran on, unless ``allow`` (then recorded)."""
+    now = await asyncio.to_thread(identity.models, context)
+    found = identity.model_differences(latest_models(record), now)
+    if not found:
+        return
+    if not allow:
+        raise InputError(refusal(f"run {thread_id}", found, "its endpoint now serves another model; resume with "
+                                 "--allow-model-change to continue it on the new one (recorded in the run)",
+                                 verb="was made with"))
+    changes = [*(record.get("model_changes") or []), {"time": time.time(), "models": now}]
+    await store.aput(RUNS_NAMESPACE, thread_id, {**record, "model_changes": changes}, index=False)
 
 
 @asynccontextmanager

@@ -83,6 +83,9 @@ async def show_run(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
     shown = summary(values, thread_id, status_of(snapshot, lease))
     shown["params"] = record.value.get("params") if record else None
     shown["fork_of"] = record.value.get("fork_of") if record else None
+    shown["models"] = record.value.get("models") if record else None  # what it started on (servers/identity.py)
+    shown["model_changes"] = record.value.get("model_changes", []) if record else []  # resumes on another model
+    shown["evaluation"] = record.value.get("evaluation") if record else None
     shown["calls"] = await journal_calls(store, thread_id)
     shown["generated_tokens"] = sum(c["completion_tokens"] for c in shown["calls"] if not c["reused"])
     shown["checkpoints"] = [

@@ -431,7 +431,7 @@ def test_generate_errors_and_non_scale_runs(isolated, endpoint_env):
     result = scale("export", "cot-run", "--out", "x.jsonl")
     assert result.exit_code == 2 and "traces come from SCALE runs only" in result.stderr
     result = scale("generate", "--dataset", str(DATA / "aime24.jsonl"), "--out", "cot-run", "--limit", "1")
-    assert result.exit_code == 2 and "already exists with other settings" in result.stderr
+    assert result.exit_code == 2 and "evaluation 'cot-run' was run with method=cot, not scale" in result.stderr
 
 
 def test_generate_resumes_without_repeating_work(run_dir, endpoint_env, fake_server):

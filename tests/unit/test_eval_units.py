@@ -337,7 +337,8 @@ def test_report_tables_plots_and_exports(tmp_path):
 def test_store_refuses_other_settings_under_one_name_and_unknown_runs(tmp_path):
     store = stored_runs(tmp_path)
     assert store.open_run("cot", "cot", "aime24", {"system2_max_tokens": 4096, "system2_base_url": "elsewhere"})
-    with pytest.raises(InputError, match="other settings .*system2_max_tokens 4096 → 8192"):
+    with pytest.raises(InputError, match="evaluation 'cot' was run with system2_max_tokens=4096, not 8192: use a new "
+                                         "--name, or --replace"):
         store.open_run("cot", "cot", "aime24", {"system2_max_tokens": 8192})
     with pytest.raises(InputError, match="no run named 'nope'"):
         store.runs(["nope"])

@@ -34,6 +34,9 @@ RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Compute the pro
 RayWorkersOption = typer.Option(None, "--ray-workers", help="With --ray: worker actors (default one per node with a CPU).")
 ConcurrencyOption = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight.")
 LimitOption = typer.Option(None, "--limit", help="Only the first N problems of each dataset.")
+ReplaceOption = typer.Option(False, "--replace", help="Discard the stored results and SCALE threads of the runs this "
+                             "command names, then compute them anew (needed to reuse a name with other parameters "
+                             "or another model).")
 DataDirOption = typer.Option(None, "--data-dir", help="Folder holding <preset>.jsonl "
                              "(default: $SCALE_DATA_DIR, else the Hugging Face hub).")
 
@@ -70,7 +73,7 @@ def with_where(command: Callable[..., None]) -> Callable[..., None]:
 
 
 async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], Any]], list[Any]], *, samples: int,
-                         concurrency: int) -> tuple[Any, list[Any], str]:
+                         concurrency: int, replace: bool = False) -> tuple[Any, list[Any], str]:
     """Check the options, plan (``build_plans`` gets a loader that applies ``--limit``), evaluate
     every plan and read its stored runs back: the body shared by ``eval`` and ``traces generate``."""
     from scale_graph.evaluation import datasets
@@ -88,7 +91,7 @@ async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], An
     plans = build_plans(load)
     with ResultsStore(results) as store:
         totals = await evaluate(plans, store, samples=samples, checkpoint_db=checkpoint_db,
-                                concurrency=concurrency, console=err, executor=executor)
+                                concurrency=concurrency, console=err, executor=executor, replace_runs=replace)
         return totals, store.runs([p.name for p in plans]), checkpoint_db
 
 
@@ -129,7 +132,9 @@ def eval_command(
                                               "this group, across commands (default: one group per evaluation name)."),
     concurrency: int = ConcurrencyOption,
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default <method>-<dataset>, suffixed per "
-                                       "swept value). Re-running the same command resumes."),
+                                       "swept value). Re-running the same command resumes; the same name with other "
+                                       "parameters or another model behind an endpoint is refused."),
+    replace: bool = ReplaceOption,
     *,
     where: Where,
 ) -> None:
@@ -151,7 +156,8 @@ def eval_command(
                     thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
                     budgets=budgets, name=name)
 
-    totals, runs, _ = _run(lambda: run_evaluation(where, build_plans, samples=samples, concurrency=concurrency))
+    totals, runs, _ = _run(lambda: run_evaluation(where, build_plans, samples=samples, concurrency=concurrency,
+                                                  replace=replace))
     extras = [f"{count} {what}" for count, what in ((totals.retried, "retried after an earlier failure"),
                                                    (totals.ungraded, "ungraded (the grader could not decide)"),
                                                    (totals.degraded, "degraded (a feature the server refused)"))

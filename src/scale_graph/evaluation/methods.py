@@ -100,12 +100,21 @@ class Outcome:
 @dataclass
 class Setup:
     """Everything a method needs besides the problem; ``graph`` only for SCALE, ``store`` for
-    SCALE's checkpoints and every method's shared calls (:mod:`scale_graph.reuse`)."""
+    SCALE's checkpoints and every method's shared calls (:mod:`scale_graph.reuse`); ``models``
+    the identity of the model behind each endpoint (:mod:`scale_graph.servers.identity`), which
+    SCALE's threads record beside :meth:`config`."""
 
     run: str
     context: Context
     graph: CompiledStateGraph | None = None
     store: BaseStore | None = None
+    models: dict[str, Any] | None = None
+
+    def thread_record(self, problem_id: str, sample: int) -> dict[str, Any]:
+        """What a SCALE thread of this run records besides problem and parameters: its identity
+        (the run's :meth:`config` and models) and where it belongs (``--replace`` finds it by that)."""
+        return {"models": self.models,
+                "evaluation": {"run": self.run, "problem": problem_id, "sample": sample, "params": self.config("scale")}}
 
     def config(self, method: str) -> dict[str, Any]:
         """The parameters that define a run of ``method`` (what it uses, and where the endpoints are);
@@ -169,7 +178,8 @@ async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:
     except runner.UnknownRun:
         try:
             values = await runner.start(setup.graph, setup.store, problem.problem,
-                                        sample_context(setup.context, sample), thread)
+                                        sample_context(setup.context, sample), thread,
+                                        record=setup.thread_record(problem.id, sample))
         except runner.RunExists:  # another worker of a shared evaluation started it meanwhile
             values = await runner.resume(setup.graph, setup.store, thread, reuse_group=setup.context.reuse_group)
     shown = summary(values, thread)

@@ -13,7 +13,9 @@ the line under the tables sums both over the runs shown.
 Acc is over every attempted sample; failed and ungraded samples are shown beside it. Notes
 under the tables state the forced-answer policy of the runs (and say so when runs shown
 together differ), runs compared on one dataset whose denominators differ, ungraded samples,
-degradations and runs made without the thinking switch.
+degradations and runs made without the thinking switch, and the model behind each endpoint
+(vLLM's ``root``, :mod:`scale_graph.servers.identity`) — one line when every run shown shares them,
+else one per run; the JSON export carries them per run (``models``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
     generated = [generated_of(run) for run in runs]
     tables = [t for t in (runs_table(metrics, [g[0] / g[2] if g else None for g in generated]), comparison_table(metrics),
                           threshold_table(metrics)) if t.rows]
-    remarks = notes(metrics)
+    models = [getattr(run, "models", None) for run in runs]
+    remarks = notes(metrics) + model_lines([m.name for m in metrics], models)
     recorded = [g for g in generated if g is not None]
     if recorded:
         remarks.append(generated_line(sum(g[0] for g in recorded), sum(g[1] for g in recorded), "for the runs shown"))
@@ -70,7 +73,7 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
     if csv_path is not None:
         written.append(export_csv(metrics, csv_path))
     if json_path is not None:
-        written.append(export_json(metrics, json_path))
+        written.append(export_json(metrics, json_path, models))
     return written
 
 
@@ -130,6 +133,21 @@ def notes(metrics: Sequence[RunMetrics]) -> list[str]:
     if without:
         lines.append(f"note: run without the thinking switch (thinking_flag off) for some samples: {', '.join(without)}")
     return lines
+
+
+def model_lines(names: Sequence[str], models: Sequence[dict[str, Any] | None]) -> list[str]:
+    """The models the runs ran on: one line when they share them, else one per run."""
+    from scale_graph.servers.identity import ModelIdentity
+
+    def described(found: dict[str, Any] | None) -> str:
+        if not found:
+            return "not recorded (a run from before model identities were)"
+        return ", ".join(f"{system} {ModelIdentity(**entry).describe()}" for system, entry in found.items())
+
+    shown = [described(found) for found in models]
+    if len(set(shown)) == 1:
+        return [f"models: {shown[0]} for every run shown"] if shown else []
+    return [f"models of {name}: {line}" for name, line in zip(names, shown)]
 
 
 def comparison_table(metrics: Sequence[RunMetrics]) -> Table:
@@ -317,6 +335,9 @@ def export_csv(metrics: Sequence[RunMetrics], path: Path) -> Path:
     return path
 
 
-def export_json(metrics: Sequence[RunMetrics], path: Path) -> Path:
-    path.write_text(json.dumps([m.to_dict() for m in metrics], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def export_json(metrics: Sequence[RunMetrics], path: Path, models: Sequence[dict[str, Any] | None] = ()) -> Path:
+    """Every run's metrics, and the models it ran on (``models``: per system id, root, max_model_len, source)."""
+    shown = list(models) + [None] * (len(metrics) - len(models))
+    rows = [{**m.to_dict(), "models": found} for m, found in zip(metrics, shown)]
+    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

@@ -12,6 +12,12 @@ the default) or a Ray cluster (:mod:`scale_graph.evaluation.distributed`); eithe
 per-sample function (:func:`methods.solve`) computes it and this module grades, stores and
 shows it, so a distributed evaluation gives the same results and reports as a local one.
 
+Every run is bound to its identity (:mod:`scale_graph.identity`): its parameters and the model
+behind each endpoint, read once per invocation. Before any work, a run whose stored identity
+differs — in the results store, or in the SCALE threads of the run database, which another
+``--results-db`` does not hide — is refused with one line naming what differs; ``replace``
+discards its results and threads (checkpoints, call journals) and computes it anew.
+
 Runs whose context names a ``reuse_group`` share identical calls through the checkpoint
 database's store (:mod:`scale_graph.reuse`), baselines included; :class:`Totals` counts the
 completion tokens of the samples computed now and the part of them generated now.
@@ -30,6 +36,7 @@ from rich.text import Text
 
 from scale_graph.context import ENDPOINT_FIELDS
 from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
+from scale_graph.evaluation.binding import bind
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import METHODS, Outcome, Setup, solve
@@ -37,6 +44,7 @@ from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import Database, open_async
 from scale_graph.runner import InputError, RunBusy
+from scale_graph.servers import identity
 from scale_graph.servers.endpoints import endpoints, with_context_window
 from scale_graph.settings import ConfigError, resolve
 from scale_graph.state import total_usage
@@ -124,9 +132,10 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
 
 async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: int, checkpoint_db: Database,
                    concurrency: int = DEFAULT_CONCURRENCY, console: Console | None = None,
-                   executor: Executor | None = None) -> Totals:
+                   executor: Executor | None = None, replace_runs: bool = False) -> Totals:
     """Every missing (run, problem, sample) result, ``concurrency`` at a time (per worker, for an
-    ``executor`` with workers); returns what was done."""
+    ``executor`` with workers); returns what was done. A run stored with another identity is
+    refused (InputError), or with ``replace_runs`` discarded first, results and threads."""
     for name, value in (("samples", samples), ("concurrency", concurrency)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -135,9 +144,11 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
         context = run.setup.context
         endpoints(context)  # fail before any work when an endpoint is not configured
         where = tuple(getattr(context, name) for name in ENDPOINT_FIELDS)
-        if where not in windows:  # the servers' context windows, asked once per invocation
+        if where not in windows:  # the servers' context windows and models, asked once per invocation
             windows[where] = with_context_window(context).context_window
         run.setup.context = replace(context, context_window=context.context_window or windows[where])
+        run.setup.models = identity.models(context)  # as just probed: no request
+    await bind(plans, store, checkpoint_db, samples, replace_runs)
     grading.warm_up()
     if console is not None:
         console.print(f"[dim]{len(plans)} run(s): {', '.join(run.name for run in plans)} → {store.shown} "
@@ -150,7 +161,8 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             await stack.enter_async_context(_progress_lines(console, progress, PROGRESS_LINE_INTERVAL_S))
         jobs: list[tuple[bool, Any]] = []
         for run in plans:
-            run_id = store.open_run(run.name, run.method, run.dataset.name, run.setup.config(run.method))
+            run_id = store.open_run(run.name, run.method, run.dataset.name, run.setup.config(run.method),
+                                    run.setup.models)
             stored, failed = store.finished(run_id), store.failed(run_id)
             grid = [(problem, sample) for problem in run.dataset.problems for sample in range(samples)]
             todo = [(p, s) for p, s in grid if (p.id, s) not in stored]

@@ -32,16 +32,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
-from scale_graph.context import ENDPOINT_FIELDS
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import Grade
 from scale_graph.evaluation.methods import Outcome
 from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
 from scale_graph.errors import InputError
+from scale_graph.identity import differences, refusal
 from scale_graph.postgres import LOCK_POLL_S, SETUP_LOCK_KEY, is_postgres, parse
 from scale_graph.state import total_usage
 
 DEFAULT_RESULTS_DB = "scale-results.db"
+#: The two ways on from a refused evaluation name.
+WAYS_ON = "use a new --name, or --replace to discard its results and threads"
 
 
 def _now() -> datetime:
@@ -62,6 +64,7 @@ class Run(Base):
     method: Mapped[str] = mapped_column(String(32))
     dataset: Mapped[str] = mapped_column(String(255))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    models: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per system: id, root, max_model_len, source
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     results: Mapped[list[Result]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                  order_by="Result.id")
@@ -142,21 +145,46 @@ class ResultsStore:
         except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
-    def open_run(self, name: str, method: str, dataset: str, config: dict[str, Any]) -> int:
-        """The id of run ``name``, created if new; InputError if it exists with other parameters."""
+    def open_run(self, name: str, method: str, dataset: str, config: dict[str, Any],
+                 models: dict[str, Any] | None = None) -> int:
+        """The id of run ``name``, created if new; InputError (one line, naming what differs) if it
+        exists with another identity. A model identity the run lacks (stored before identities
+        were, or its server did not say) is filled in."""
         with self._session() as session:
             run = session.scalar(select(Run).where(Run.name == name))
             if run is None:
-                run = Run(name=name, method=method, dataset=dataset, config=config)
+                run = Run(name=name, method=method, dataset=dataset, config=config, models=models)
                 session.add(run)
                 session.flush()
                 return run.id
-            differences = _differences({"method": run.method, "dataset": run.dataset, **run.config},
-                                       {"method": method, "dataset": dataset, **config})
-            if differences:
-                raise InputError(f"run {name!r} already exists with other settings ({differences}); "
-                                 "give this evaluation another --name")
+            found = _identity_differences(run, method, dataset, config, models)
+            if found:
+                raise InputError(refusal(f"evaluation {name!r}", found, WAYS_ON))
+            if models and run.models != (merged := _merged(run.models, models)):
+                run.models = merged
             return run.id
+
+    def differences(self, name: str, method: str, dataset: str, config: dict[str, Any],
+                    models: dict[str, Any] | None = None) -> list[str]:
+        """What differs between stored run ``name`` and the given identity ([] when none is stored)."""
+        with self._session() as session:
+            run = session.scalar(select(Run).where(Run.name == name))
+            return [] if run is None else _identity_differences(run, method, dataset, config, models)
+
+    def finished_by_name(self, name: str) -> dict[tuple[str, int], Grade]:
+        """:meth:`finished` of run ``name``; empty when there is no such run."""
+        with self._session() as session:
+            run_id = session.scalar(select(Run.id).where(Run.name == name))
+        return {} if run_id is None else self.finished(run_id)
+
+    def discard_run(self, name: str) -> bool:
+        """Remove run ``name`` and its results (``--replace``); False when there is none."""
+        with self._session() as session:
+            run = session.scalar(select(Run).where(Run.name == name))
+            if run is None:
+                return False
+            session.delete(run)
+            return True
 
     def finished(self, run_id: int) -> dict[tuple[str, int], Grade]:
         """The grade by (problem id, sample) of the results stored without an error: a re-run skips them."""
@@ -239,18 +267,20 @@ class ResultsStore:
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
 
-#: Columns added after the first release: (name, SQL type, default for existing rows).
-_ADDED_COLUMNS = (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN", None), ("degraded", "JSON", None),
-                  ("generated_tokens", "INTEGER", None))
+#: Columns added after the first release, by table: (name, SQL type, default for existing rows).
+_ADDED_COLUMNS = {Result.__tablename__: (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN", None),
+                                         ("degraded", "JSON", None), ("generated_tokens", "INTEGER", None)),
+                  Run.__tablename__: (("models", "JSON", None),)}
 
 
 def _add_missing_columns(connection: Any) -> None:
-    """Bring a results table from an older version up to date (create_all adds no columns)."""
-    present = {column["name"] for column in inspect(connection).get_columns(Result.__tablename__)}
-    for name, kind, default in _ADDED_COLUMNS:
-        if name not in present:
-            suffix = f" NOT NULL DEFAULT {default}" if default is not None else ""
-            connection.execute(text(f"ALTER TABLE {Result.__tablename__} ADD COLUMN {name} {kind}{suffix}"))
+    """Bring the tables from an older version up to date (create_all adds no columns)."""
+    for table, added in _ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspect(connection).get_columns(table)}
+        for name, kind, default in added:
+            if name not in present:
+                suffix = f" NOT NULL DEFAULT {default}" if default is not None else ""
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}{suffix}"))
 
 
 def _columns(row: Base, model: type[Base]) -> dict[str, Any]:
@@ -259,10 +289,19 @@ def _columns(row: Base, model: type[Base]) -> dict[str, Any]:
             if column.key not in ("id", "run_id")}
 
 
-def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = sorted((set(stored) | set(wanted)) - set(ENDPOINT_FIELDS))
-    return ", ".join(f"{key} {stored.get(key)!r} → {wanted.get(key)!r}"
-                     for key in keys if stored.get(key) != wanted.get(key))
+def _identity_differences(run: Run, method: str, dataset: str, config: dict[str, Any],
+                          models: dict[str, Any] | None) -> list[str]:
+    return differences({"method": run.method, "dataset": run.dataset, **run.config}, run.models,
+                       {"method": method, "dataset": dataset, **config}, models)
+
+
+def _merged(stored: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with each system it does not know (absent, or its server did not answer) taken from ``now``."""
+    kept = dict(stored or {})
+    for system, found in now.items():
+        if not kept.get(system) or kept[system].get("source") == "no answer":
+            kept[system] = found
+    return kept
 
 
 def _connect_args(url: str) -> dict[str, Any]:

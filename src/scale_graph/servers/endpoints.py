@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from scale_graph.context import DEFAULT_CONTEXT_WINDOW, Context
-from scale_graph.servers.probe import model_entries
+from scale_graph.servers import identity
 from scale_graph.settings import ConfigError, api_key
 
 START_LOCAL_HINT = ("no System {system} endpoint configured: start the local CPU servers with "
@@ -45,14 +45,12 @@ def endpoints(context: Context) -> tuple[Endpoint, Endpoint]:
 
 def with_context_window(context: Context, timeout: float = 5.0) -> Context:
     """``context`` with ``context_window`` filled from the servers' ``/v1/models`` (vLLM reports
-    ``max_model_len``; the smaller of the two systems), when it is not configured. Asked once per
-    run; a server that does not say leaves the documented fallback (32,768 tokens)."""
+    ``max_model_len``; the smaller of the two systems), when it is not configured; a server that
+    does not say leaves the documented fallback (32,768 tokens). The same one request per
+    server reads each endpoint's model identity (:func:`scale_graph.servers.identity.probe`), so a
+    command calls this once, at its start, and later look-ups of the identity ask nothing."""
+    probed = identity.probe(context, timeout)
     if context.context_window:
         return context
-    windows = []
-    for system in (1, 2):
-        base_url, model = getattr(context, f"system{system}_base_url"), getattr(context, f"system{system}_model")
-        listed = model_entries(base_url, timeout, api_key(system)) or []
-        windows += [item["max_model_len"] for item in listed
-                    if item.get("id") == model and isinstance(item.get("max_model_len"), int)]
+    windows = [found.max_model_len for found in probed.values() if found.max_model_len is not None]
     return replace(context, context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)

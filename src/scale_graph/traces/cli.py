@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from scale_graph.errors import InputError
-from scale_graph.evaluation.cli import (ConcurrencyOption, ResultsDbOption, Where, _run, exit_if_failed,
-                                        run_evaluation, with_where)
+from scale_graph.evaluation.cli import (ConcurrencyOption, ReplaceOption, ResultsDbOption, Where, _run,
+                                        exit_if_failed, run_evaluation, with_where)
 from scale_graph.terminal import DbOption
 from scale_graph.traces.render import FORMATS
 
@@ -40,6 +40,7 @@ def generate_command(
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="τ: difficulty above it goes to "
                                               "System 2 (default 0.2)."),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="Candidate decompositions (default 8)."),
+    replace: bool = ReplaceOption,
     *,
     where: Where,
 ) -> None:
@@ -54,7 +55,7 @@ def generate_command(
                     thresholds=[] if threshold is None else [threshold], name=out_run)
 
     totals, (run,), checkpoint_db = _run(lambda: run_evaluation(where, build_plans, samples=samples,
-                                                                concurrency=concurrency))
+                                                                concurrency=concurrency, replace=replace))
     shown = compute(run.results)
     err.print(f"[dim]{totals.done} trace(s) generated now, {totals.skipped} already stored[/]")
     table = Table(title=f"traces run {run.name} ({run.dataset})")
