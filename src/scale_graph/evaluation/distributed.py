@@ -65,6 +65,7 @@ class Item:
     context: dict[str, Any]  # the run's parameters, endpoints and context window included
     problem: Problem
     sample: int
+    models: dict[str, Any] | None = None  # the model behind each endpoint, as the driver read it
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Worker:
 
     async def solve(self, item: Item) -> Outcome | Busy:
         graph, store = await self._database()
-        setup = Setup(item.run, Context.from_dict(item.context), graph, store)
+        setup = Setup(item.run, Context.from_dict(item.context), graph, store, item.models)
         try:
             return await solve(item.method, item.problem, item.sample, setup)
         except RunBusy as exc:
@@ -212,7 +213,7 @@ class _Pool:
         self._lost_errors = (errors.RayActorError, errors.ObjectLostError)
 
     async def solve(self, run: RunPlan, problem: Problem, sample: int) -> Outcome:
-        item = Item(run.name, run.method, run.setup.context.to_dict(), problem, sample)
+        item = Item(run.name, run.method, run.setup.context.to_dict(), problem, sample, run.setup.models)
         while True:
             index = await self._take()
             if index is None:

@@ -113,8 +113,9 @@ class Setup:
     def thread_record(self, problem_id: str, sample: int) -> dict[str, Any]:
         """What a SCALE thread of this run records besides problem and parameters: its identity
         (the run's :meth:`config` and models) and where it belongs (``--replace`` finds it by that)."""
-        return {"models": self.models,
-                "evaluation": {"run": self.run, "problem": problem_id, "sample": sample, "params": self.config("scale")}}
+        record: dict[str, Any] = {"evaluation": {"run": self.run, "problem": problem_id, "sample": sample,
+                                                 "params": self.config("scale")}}
+        return record | ({"models": self.models} if self.models else {})
 
     def config(self, method: str) -> dict[str, Any]:
         """The parameters that define a run of ``method`` (what it uses, and where the endpoints are);
