@@ -36,6 +36,7 @@ from langgraph.types import StateSnapshot
 
 from scale_graph import runner
 from scale_graph.context import Context
+from scale_graph.identity import latest_models
 from scale_graph.journal import RUNS_NAMESPACE, calls_namespace, new_run_id
 from scale_graph.nodes.review import reviewed_subproblems
 from scale_graph.nodes.route import system_for
@@ -111,7 +112,9 @@ async def fork(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, a
         # the record first: a fork whose checkpoint is missing (a crash here) is made again by a re-run
         await store.aput(RUNS_NAMESPACE, new_id, {"problem": record.value.get("problem", ""),
                                                   "params": record.value.get("params", {}),
-                                                  "created": time.time(), "fork_of": origin}, index=False)
+                                                  "created": time.time(), "fork_of": origin,
+                                                  # its parent's models: a resume on another one is refused
+                                                  "models": latest_models(record.value)}, index=False)
         # checkpoint metadata keeps scalars only: one flat key per field
         config = {**config_for(new_id), "metadata": {f"fork_of_{k}": v for k, v in origin.items() if k != "subproblems"}}
         await graph.aupdate_state(config, values, as_node=as_node)

@@ -147,3 +147,13 @@ def test_resume_on_another_model_is_refused_unless_allowed_and_then_recorded(ser
     shown = json.loads(scale("runs", "show", "p1", "--json").stdout)
     assert shown["models"]["system2"]["root"] == "/m/qwq"  # what it was started on
     assert [change["models"]["system2"]["root"] for change in shown["model_changes"]] == ["/m/qwen3"]
+
+
+def test_a_fork_keeps_its_parents_models_and_is_not_resumed_on_another(server):
+    assert scale("solve", "What is 1+1?", "-k", "2", "--thread-id", "p1").exit_code == 0
+    forked = scale("runs", "fork", "p1", "--at", "2", "--system", "2", "--thread-id", "f1", "--no-run")
+    assert forked.exit_code == 0, forked.output
+    assert json.loads(scale("runs", "show", "f1", "--json").stdout)["models"]["system2"]["root"] == "/m/qwq"
+    server.configure(model_root="/m/qwen3")
+    refused = scale("runs", "resume", "f1")
+    assert refused.exit_code == 2 and "run f1 was made with system1 model root /m/qwq, not /m/qwen3" in refused.stderr
