@@ -157,3 +157,24 @@ def test_a_fork_keeps_its_parents_models_and_is_not_resumed_on_another(server):
     server.configure(model_root="/m/qwen3")
     refused = scale("runs", "resume", "f1")
     assert refused.exit_code == 2 and "run f1 was made with system1 model root /m/qwq, not /m/qwen3" in refused.stderr
+
+
+def test_replace_never_discards_threads_a_live_process_is_computing(server):
+    import asyncio
+    from pathlib import Path
+
+    from scale_graph import leases
+    from scale_graph.persistence import open_async
+
+    assert scale("eval", *SMALL, "--name", "tA").exit_code == 0
+    thread = json.loads(scale("runs", "list", "--json").stdout)[0]["thread_id"]
+
+    async def hold() -> None:
+        async with open_async(Path("scale.db")) as (saver, _):
+            await leases.acquire(leases.backend_for(saver), thread)  # this (live) process holds it
+
+    asyncio.run(hold())
+    refused = scale("eval", *SMALL, "--name", "tA", "-t", "0.9", "--replace")
+    assert refused.exit_code == 2, refused.output
+    assert "being computed by another process" in refused.stderr
+    assert scale("runs", "show", thread).exit_code == 0  # still there

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore, GetOp
 
+from scale_graph import leases
 from scale_graph.errors import InputError, UnknownRun
 from scale_graph.evaluation.methods import Setup, thread_id
 from scale_graph.evaluation.store import WAYS_ON, ResultsStore
@@ -106,6 +107,11 @@ async def _discard_threads(saver: BaseCheckpointSaver, checkpoints: BaseStore, r
     while items := await checkpoints.asearch(RUNS_NAMESPACE, limit=_PAGE, offset=offset):
         threads |= {item.key for item in items if (item.value.get("evaluation") or {}).get("run") == run.name}
         offset += len(items)
+    held = await leases.current(leases.backend_for(saver))
+    busy = [thread for thread in sorted(threads) if thread in held and held[thread].live()]
+    if busy:  # its threads must not vanish under a live process
+        raise InputError(f"--replace: evaluation {run.name!r} is being computed by another process (thread {busy[0]} "
+                         f"{held[busy[0]].describe()}); try again after it stops")
     for thread in sorted(threads):
         try:
             await delete_run(saver, checkpoints, thread)
