@@ -20,7 +20,10 @@ All requests share one SQLite saver and store and run concurrently on one event 
 inference servers see them as one batch. A run continues when its client goes away.
 
 The request's own sampling fields (``temperature``, ``max_tokens``, ...) are ignored: SCALE has
-a budget and temperature per stage, set through ``scale``. ``n`` must be 1.
+a budget and temperature per stage, set through ``scale``. ``n`` must be 1. Two OpenAI fields are
+honoured (:mod:`scale_graph.efforts`): ``max_completion_tokens``, the per-problem budget of all
+inner calls together, and ``reasoning_effort`` (``none``/``low``/``medium``/``high``: presets of
+τ and budget).
 """
 
 from __future__ import annotations

@@ -108,3 +108,20 @@ def test_every_method_keeps_its_budget_by_the_servers_usage_and_the_report_compa
     rows = [line for line in shown.output.splitlines() if line.startswith(("| 2,000", "| 6,000"))]
     assert len(rows) == len(METHODS) * len(BUDGETS)
     assert (out / FRONTIER_PLOT).stat().st_size > 0
+
+
+def test_solve_keeps_its_budget_and_says_what_is_left(metered):
+    result = runner.invoke(app, ["solve", "What is 2+3?", "--budget", "3000", "--threshold", "0", "--json"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert 0 < shown["usage"]["total"]["completion_tokens"] <= 3000
+    assert sum(metered.completion_by_session.values()) <= 3000  # the server's own count
+    assert shown["answer"] is not None
+    assert "tokens left after sub-problem 1" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "lots"])
+def test_a_bad_budget_is_one_error_line(metered, value):
+    result = runner.invoke(app, ["solve", "What is 2+3?", "--budget", value], catch_exceptions=False)
+    assert result.exit_code == 2 and "budget" in result.output and "Traceback" not in result.output

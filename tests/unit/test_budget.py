@@ -12,6 +12,7 @@ from scale_graph import budget, build_graph, efforts
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.methods import Setup, solve
 from scale_graph.nodes.route import route
+from scale_graph.progress import progress_line
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
 from tests.conftest import context, default_respond
 
@@ -221,3 +222,13 @@ def test_reasoning_effort_presets_and_max_completion_tokens_become_run_parameter
         efforts.scale_params({"reasoning_effort": "max"}, 0, bad)
     with pytest.raises(ValueError, match="max_completion_tokens"):
         efforts.scale_params({"max_completion_tokens": 0}, 0, bad)
+
+
+def test_progress_events_say_what_is_left_after_each_sub_problem(scripted):
+    scripted(modelled())
+    events = [chunk for chunk in build_graph().stream({"problem": "What is a+b?"}, context=context(budget=20000),
+                                                       stream_mode="custom") if chunk.get("event") == "budget"]
+    assert [event["index"] for event in events] == [0, 1, 2]
+    lefts = [event["left"] for event in events]
+    assert lefts == sorted(lefts, reverse=True) and lefts[0] < 20000 and all(e["budget"] == 20000 for e in events)
+    assert progress_line(events[0]) == f"Budget: {lefts[0]:,} of 20,000 tokens left after sub-problem 1.\n"
