@@ -232,3 +232,10 @@ def test_progress_events_say_what_is_left_after_each_sub_problem(scripted):
     lefts = [event["left"] for event in events]
     assert lefts == sorted(lefts, reverse=True) and lefts[0] < 20000 and all(e["budget"] == 20000 for e in events)
     assert progress_line(events[0]) == f"Budget: {lefts[0]:,} of 20,000 tokens left after sub-problem 1.\n"
+
+
+def test_the_budget_is_a_documented_bounded_run_parameter_studio_shows():
+    shown = build_graph().get_context_jsonschema()["properties"]["budget"]
+    assert shown["default"] == 0 and "0 = off" in shown["description"]
+    with pytest.raises(Exception, match="budget must be within"):
+        context(budget=-1)

@@ -23,6 +23,11 @@ method the same way: SCALE's System 2 budget per sub-problem, CoT's and each maj
 budget, and InftyThink's per-iteration budget (``inftythink_max_tokens``, which the sweep sets
 together with ``system2_max_tokens``).
 
+**A per-problem token budget** (``budget``, :mod:`scale_graph.budget`) is kept by every
+method under one rule: each sample's calls share one meter that clamps every call to what is
+left; CoT's call asks for the whole budget, majority's votes share it, InftyThink's iterations
+stop before one would cross it (:func:`scale_graph.budget.last_iteration`).
+
 Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default); every sample gets its
 own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
 ``solve_system2``; InftyThink's summaries are ``summarize``. Degradations the chat layer
