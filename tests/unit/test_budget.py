@@ -239,3 +239,14 @@ def test_the_budget_is_a_documented_bounded_run_parameter_studio_shows():
     assert shown["default"] == 0 and "0 = off" in shown["description"]
     with pytest.raises(Exception, match="budget must be within"):
         context(budget=-1)
+
+
+@pytest.mark.parametrize("total", [1, 100, 700])
+def test_a_tiny_budget_is_never_an_error_nor_overspent(scripted, total):
+    fake = scripted(modelled())
+    out = run_scale(budget=total)
+    assert completion_tokens(fake) <= total and "answer" in out
+    for method in ("cot", "majority", "inftythink"):
+        fake.calls.clear()
+        outcome = run_method(method, budget=total)
+        assert outcome.error is None and completion_tokens(fake) <= total
