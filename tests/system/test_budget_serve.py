@@ -51,3 +51,18 @@ def test_an_unknown_effort_or_a_bad_budget_is_a_400(served):
             served.client().chat.completions.create(model="scale", messages=[{"role": "user", "content": PROBLEM}],
                                                      extra_body=extra)
         assert next(iter(extra)) in str(failed.value)
+
+
+def test_runs_show_tells_the_budget_and_the_sub_problems_it_routed(served):
+    from typer.testing import CliRunner
+
+    from scale_graph.cli import app
+
+    raw = served.client().chat.completions.with_raw_response.create(
+        model="scale", messages=[{"role": "user", "content": PROBLEM}], reasoning_effort="low",
+        extra_body={"scale": {"threshold": 0.0, "budget": 1500}})  # System 2 wanted everywhere, no room for it
+    result = CliRunner().invoke(app, ["runs", "show", raw.headers[THREAD_HEADER], "--db", str(served.db)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "budget: 1,500 tokens per problem (τ 0.0)" in result.output
+    assert "routed by budget" in result.output
