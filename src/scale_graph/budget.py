@@ -42,7 +42,7 @@ from typing import Any
 
 from langgraph.types import Overwrite
 
-from scale_graph.context import Context
+from scale_graph.context import DEFAULT_CONTEXT_WINDOW, Context
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
 from scale_graph.state import total_usage
 
@@ -237,8 +237,14 @@ def run_meter(context: Context) -> Meter | None:
 
 def whole(call: ChatCall, context: Context) -> ChatCall:
     """A baseline's thinking call asking for the whole budget (CoT's one call gets it; majority's
-    votes share it, :meth:`Meter.admit` dividing it between them); unchanged without a budget."""
-    return replace(call, max_tokens=context.budget) if context.budget else call
+    votes share it, :meth:`Meter.admit` dividing it between them) as far as the model's context
+    window leaves room after the prompt, and never less than it asked; unchanged without a budget."""
+    if not context.budget:
+        return call
+    window = context.context_window or DEFAULT_CONTEXT_WINDOW
+    # the prompt estimated as history.py does (3 characters a token, erring large) plus the template
+    prompt = math.ceil(sum(len(text) for _, text in call.messages) / 3) + 64
+    return replace(call, max_tokens=max(call.max_tokens, min(context.budget, window - prompt)))
 
 
 def last_iteration(meter: Meter | None) -> bool:

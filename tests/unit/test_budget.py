@@ -250,3 +250,10 @@ def test_a_tiny_budget_is_never_an_error_nor_overspent(scripted, total):
         fake.calls.clear()
         outcome = run_method(method, budget=total)
         assert outcome.error is None and completion_tokens(fake) <= total
+
+
+def test_a_budget_larger_than_the_context_window_asks_only_what_the_window_leaves(scripted):
+    fake = scripted(modelled(thinking_tokens=10))
+    run_method("cot", budget=100_000, context_window=32_768)
+    (sent,) = fake.calls
+    assert 16384 < sent.max_tokens < 32_768 - 20  # more than the per-call budget, within the window with the prompt
