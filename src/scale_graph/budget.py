@@ -8,7 +8,8 @@ baselines alike), the one place that clamps:
 - ``max_tokens × n`` is at most what the meter allows: what is left of the total, and of the
   current allowance (a SCALE stage's share, a sub-problem's allowance);
 - a thinking call keeps :data:`ANSWER_RESERVE` per choice for the forced answer
-  (:mod:`scale_graph.forcing`) when the forced-answer policy is on;
+  (:mod:`scale_graph.forcing`) when the forced-answer policy is on, and a following
+  non-thinking call (that forced answer) leaves the other choices their reserve;
 - a call with ``n`` choices asks for fewer choices when each could not otherwise get its
   minimum (thinking: :data:`SYSTEM2_MINIMUM`; non-thinking: :data:`PLANNER_MINIMUM`);
 - ``thinking_token_budget``, where a call carries one, is clamped like ``max_tokens``;
@@ -79,6 +80,7 @@ class Meter:
     held: int = 0  # reserved by calls in flight
     reached: bool = False
     notes: list[str] = field(default_factory=list)
+    answers_owed: int = 0  # thinking choices whose answer reserve no non-thinking call has drawn on yet
     _total_bound: dict[int, bool] = field(default_factory=dict, repr=False)
 
     def left(self) -> int:
@@ -100,6 +102,9 @@ class Meter:
         minimum = (SYSTEM2_MINIMUM + reserve) if call.thinking else PLANNER_MINIMUM
         n = max(1, min(call.n, room // minimum)) if call.n > 1 else 1
         limit = room // n - reserve
+        if not call.thinking and self.answers_owed:  # leave the other cut choices their reserve
+            limit = min(limit, room - (self.answers_owed - 1) * self.reserve)
+            self.answers_owed -= 1
         if limit < 1:
             self._stopped(call, total_bound)
             return None
@@ -110,6 +115,8 @@ class Meter:
         if n < call.n:
             self.notes.append(f"budget: {call.key} asked {call.n} choices, {n} fit the {room:,} tokens it may use")
         self.held += clamped.max_tokens * n
+        if call.thinking and self.reserve:
+            self.answers_owed += n  # each choice may need its forced answer from the reserve
         # clamped by the run's total: a reply cut by length then reached the budget
         self._total_bound[id(clamped)] = total_bound and call.max_tokens > limit
         return clamped

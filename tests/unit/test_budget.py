@@ -257,3 +257,15 @@ def test_a_budget_larger_than_the_context_window_asks_only_what_the_window_leave
     run_method("cot", budget=100_000, context_window=32_768)
     (sent,) = fake.calls
     assert 16384 < sent.max_tokens < 32_768 - 20  # more than the per-call budget, within the window with the prompt
+
+
+def test_every_cut_vote_gets_its_answer_reserve_for_the_forced_answer(scripted):
+    fake = scripted(modelled(thinking_tokens=50_000, answer_tokens=2000))  # forced answers would run long
+    outcome = run_method("majority", budget=6000, votes=8)
+    forced = [c for c in fake.calls if c.key.startswith("force")]
+    assert len(forced) == 4 and all(c.max_tokens >= budget.ANSWER_RESERVE for c in forced)
+    assert completion_tokens_of(fake, answer_tokens=2000) <= 6000 and outcome.error is None
+
+
+def completion_tokens_of(fake, **model) -> int:
+    return sum(modelled_tokens(call, thinking_tokens=50_000, **model) for call in fake.calls)
