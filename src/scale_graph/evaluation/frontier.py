@@ -50,12 +50,9 @@ def budget_points(runs: Iterable[Any]) -> list[BudgetPoint]:
     points = []
     for run in budgeted:
         metrics = run_metrics(run)
-        completed = [r for r in run.results if r.error is None]
         label = run.method + (f" τ={run.config.get('threshold'):g}" if run.method == "scale" and len(thresholds) > 1 else "")
-        reached = (100 * sum(bool(getattr(r, "budget_reached", False)) for r in completed) / len(completed)
-                   if completed else None)
         points.append(BudgetPoint(label, run.dataset, int(run.config["budget"]), metrics.accuracy, metrics.tok,
-                                  reached, metrics.samples))
+                                  metrics.budget_reached, metrics.samples))
     return points
 
 
