@@ -269,3 +269,33 @@ def test_every_cut_vote_gets_its_answer_reserve_for_the_forced_answer(scripted):
 
 def completion_tokens_of(fake, **model) -> int:
     return sum(modelled_tokens(call, thinking_tokens=50_000, **model) for call in fake.calls)
+
+
+def test_a_run_resumed_after_a_failure_mid_node_makes_the_calls_it_would_have_made(scripted):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.store.memory import InMemoryStore
+
+    from scale_graph.servers.chat import EndpointError
+
+    def respond(fail: bool):
+        def answer(call):
+            if fail and call.key.startswith("force/2"):  # the last sub-problem's thinking was made and journalled
+                return EndpointError("System 1 unreachable")
+            return modelled()(call)
+        return answer
+
+    fake = scripted(respond(False))
+    run_scale(budget=6000, threshold=0.0)
+    uninterrupted = [(c.key, c.max_tokens, c.n) for c in fake.calls]
+
+    fake = scripted(respond(True))
+    graph, config = build_graph(InMemorySaver(), InMemoryStore()), {"configurable": {"thread_id": "t"}}
+    with pytest.raises(EndpointError):
+        graph.invoke({"problem": "What is a+b?"}, config, context=context(budget=6000, threshold=0.0))
+    assert fake.calls[-1].key.startswith("force/2")
+    before = fake.calls[:-1]  # every call but the one that failed
+    fake.calls.clear()
+    fake.respond = respond(False)
+    out = graph.invoke(None, config, context=context(budget=6000, threshold=0.0))
+    assert [(c.key, c.max_tokens, c.n) for c in before + fake.calls] == uninterrupted  # the journalled thinking call counted: the forced answer clamped the same
+    assert sum(u["completion_tokens"] for u in out["usage"].values()) <= 6000
