@@ -211,10 +211,12 @@ def plan_step(state: dict[str, Any], context: Context, index: int, difficulty: f
     allowance = math.floor(available * weight / (weight + later * mean))
     allowance = max(allowance, min(left, ANSWER_RESERVE))  # every sub-problem gets a short answer if it can
     fields: dict[str, Any] = {"allowance": allowance, "budget_left": left}
-    if system == 2 and allowance < SYSTEM2_MINIMUM + answer_reserve(context):
+    needed = SYSTEM2_MINIMUM + answer_reserve(context)
+    if system == 2 and allowance < needed:
         fields["routed_by_budget"] = True
-        fields["warnings"] = [f"budget: sub-problem {index + 1} routed to System 1 by the budget "
-                              f"({allowance:,} tokens left for it, System 2 needs {SYSTEM2_MINIMUM + answer_reserve(context):,})"]
+        warning = (f"budget: sub-problem {index + 1} routed to System 1 by the budget "
+                   f"({allowance:,} tokens for it, System 2 needs {needed:,})")
+        fields["warnings"] = [warning]
     return fields
 
 
@@ -262,6 +264,20 @@ def last_iteration(meter: Meter | None) -> bool:
     return meter.left() < SYSTEM2_MINIMUM + 2 * meter.reserve + ANSWER_RESERVE
 
 
-__all__ = ["ANSWER_RESERVE", "Meter", "PLANNER_MINIMUM", "REACHED", "SYSTEM2_MINIMUM", "answer_reserve",
-           "last_iteration", "node_meter", "node_update", "not_sent", "plan_step", "run_meter", "serve",
-           "spent_in", "whole"]
+__all__ = [
+    "ANSWER_RESERVE",
+    "PLANNER_MINIMUM",
+    "REACHED",
+    "SYSTEM2_MINIMUM",
+    "Meter",
+    "answer_reserve",
+    "last_iteration",
+    "node_meter",
+    "node_update",
+    "not_sent",
+    "plan_step",
+    "run_meter",
+    "serve",
+    "spent_in",
+    "whole",
+]

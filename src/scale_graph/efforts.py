@@ -19,7 +19,8 @@ started with a budget caps every request's (a request cannot ask for more, nor f
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Presets of ``reasoning_effort``: run parameters (None: leave as the request or server has it).
 EFFORTS: dict[str, dict[str, Any]] = {

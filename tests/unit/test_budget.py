@@ -49,7 +49,8 @@ def run_scale(**options):
 
 # ---- the clamp -------------------------------------------------------------------------------
 def call(**fields) -> ChatCall:
-    base = dict(key="k", system=2, messages=[("user", "x")], thinking=True, max_tokens=16384, temperature=0.6)
+    base = {"key": "k", "system": 2, "messages": [("user", "x")], "thinking": True, "max_tokens": 16384,
+            "temperature": 0.6}
     return ChatCall(**{**base, **fields})
 
 

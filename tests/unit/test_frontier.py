@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from scale_graph.evaluation.frontier import BudgetPoint, budget_points, equal_budget_rows, frontier, frontier_plot
+from scale_graph.evaluation.frontier import (
+    BudgetPoint,
+    budget_points,
+    equal_budget_rows,
+    frontier,
+    frontier_plot,
+)
 
 
 def result(problem: str, correct: bool, tokens: int, reached: bool) -> SimpleNamespace:
@@ -26,6 +32,7 @@ def test_points_rows_and_the_rule_of_the_table():
     assert [(p.label, p.budget, p.accuracy, p.tokens, p.reached) for p in points] == [
         ("cot", 2000, 50.0, 1950.0, 100.0), ("scale", 2000, 100.0, 1200.0, 50.0)]  # the run without a budget is left out
     title, headers, rows = equal_budget_rows(points)
+    assert "Equal budget" in title
     assert headers[:6] == ["budget", "method", "dataset", "Acc (%)", "Tok used", "hit budget (%)"]
     assert [row[1] for row in rows] == ["scale", "cot"]  # best Acc first at each budget
     assert rows[0][:6] == ["2,000", "scale", "d", "100.0", "1,200", "50"]

@@ -14,9 +14,10 @@ The rule every method keeps is stated under the table (:data:`RULE`).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from scale_graph.evaluation.metrics import run_metrics
 

@@ -15,8 +15,9 @@ def finalize(state: State, context: Context) -> dict:
     warnings = [] if answer else ["finalize: the last sub-problem's solution has no \\boxed{} answer"]
     if state.get("budget_reached"):  # the best answer it has: the last \boxed{} it produced
         answer = answer or next((step["result"] for step in reversed(steps) if step.get("result")), None)
-        warnings.append(f"{budget.REACHED}: the run stopped after {state.get('solved', 0)} of {len(state.get('subproblems') or [])} "
-                        f"sub-problems; answer {answer!r} is the last \\boxed{{}} it produced")
+        planned = len(state.get("subproblems") or [])
+        warnings.append(f"{budget.REACHED}: the run stopped after {state.get('solved', 0)} of {planned} sub-problems; "
+                        f"answer {answer!r} is the last \\boxed{{}} it produced")
     emit("finalized", answer=answer)
     # `finished` is how a run is known to have reached its end: an empty `next` is not enough,
     # since LangGraph leaves out of `next` a task whose writes were saved before a crash.
