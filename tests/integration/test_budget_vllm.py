@@ -19,9 +19,11 @@ BUDGET = 1500
 
 
 def test_a_budgeted_run_stays_within_its_budget_by_the_servers_usage(vllm_server):  # noqa: F811
+    params = {**vllm_server.get("run_defaults", {}), "candidates": 2, "max_subproblems": 3, "threshold": 0.0,
+              "budget": BUDGET}  # the local profile's small per-call budgets and context window, System 2 wanted everywhere
     context = Context(system1_base_url=vllm_server["system1"]["base_url"], system1_model=vllm_server["system1"]["model"],
                       system2_base_url=vllm_server["system2"]["base_url"], system2_model=vllm_server["system2"]["model"],
-                      candidates=2, threshold=0.0, budget=BUDGET, max_subproblems=4)
+                      **params)
     store = InMemoryStore()
     out = build_graph(store=store).invoke({"problem": "What is 7 * 6 + 5?"}, context=context)
     replies = [item.value for item in store.search(calls_namespace(out["run_id"]), limit=1000)]
