@@ -39,6 +39,8 @@ def solve(
     system1_max_tokens: Optional[int] = typer.Option(None, help="System 1 budget per sub-problem."),
     system2_max_tokens: Optional[int] = typer.Option(None, help="System 2 budget per sub-problem."),
     seed: Optional[int] = typer.Option(None, help="Base seed."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Per-problem token budget: all completion tokens of "
+                                         "the run stay within it (default off)."),
     db: Optional[Path] = DbOption,
     thread_id: Optional[str] = typer.Option(None, "--thread-id", help="Id for the new run (default: random)."),
     as_json: bool = JsonOption,
@@ -57,7 +59,7 @@ def solve(
     explicit = {k: v for k, v in {"threshold": threshold, "candidates": candidates, "seed": seed,
                                   "system1_max_tokens": system1_max_tokens,
                                   "system2_max_tokens": system2_max_tokens,
-                                  "review": review or None}.items() if v is not None}
+                                  "review": review or None, "budget": budget}.items() if v is not None}
 
     async def work() -> dict[str, Any]:
         if start_servers:

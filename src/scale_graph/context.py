@@ -78,6 +78,7 @@ class Context:
     max_problem_chars: int = _param(20000, "Longest accepted problem text.", at_least=1, most=1_000_000)
     parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.", at_least=0, most=10)
     review: bool = _param(False, "Pause after `select` for a human to accept or edit the decomposition.")
+    budget: int = _param(0, "Per-problem token budget: the completion tokens of everything a run generates (decomposition, selection, assessments, solves, forced answers; a baseline's calls alike) never exceed it. 0 = off (the paper's protocol: only the per-call budgets). See scale_graph.budget.", within=f"[0, {TOKENS * 16}]")
     reuse_group: str = _param("", "Call reuse across runs: runs naming the same group share every identical call (same endpoint, messages, sampling, seed, budget) instead of making it again; each run still counts its own tokens. \"\" = no reuse. `scale eval` sets one group per evaluation; see scale_graph.reuse.")
 
     # --- server capabilities ---

@@ -33,7 +33,7 @@ from langgraph.runtime import get_runtime
 from langgraph.store.base import BaseStore, GetOp
 from langgraph.store.memory import InMemoryStore
 
-from scale_graph import reuse
+from scale_graph import budget, reuse
 from scale_graph.blocking import run_blocking, settled
 from scale_graph.context import Context
 from scale_graph.servers.chat import ChatCall, ChatReply, Systems, session
@@ -159,22 +159,44 @@ class ChatLayer(Protocol):
     async def acall(self, call: ChatCall) -> ChatReply: ...
 
 
-def serve_call(context: Context, store: BaseStore | None, call: ChatCall, chat: ChatLayer | None = None) -> ChatReply:
+def serve_call(context: Context, store: BaseStore | None, call: ChatCall, chat: ChatLayer | None = None,
+               meter: budget.Meter | None = None) -> ChatReply:
     """The reply to ``call`` (blocking) through ``chat`` (default: the context's endpoints), shared
-    with the context's reuse group when it has one."""
+    with the context's reuse group when it has one.
+
+    Every call of every method passes here: with a token budget, ``meter`` clamps it to what the
+    run may still spend (:mod:`scale_graph.budget`) — or answers it unsent when nothing is left."""
+    sent, reply = budget.serve(meter, call)
+    if reply is not None:
+        return reply
     chat = chat or systems_for(context)
-    if context.reuse_group and store is not None:
-        return reuse.call(chat, call, context, store)
-    return chat.call(call)
+    try:
+        if context.reuse_group and store is not None:
+            reply = reuse.call(chat, sent, context, store)
+        else:
+            reply = chat.call(sent)
+        return reply
+    finally:
+        if meter is not None:
+            meter.settle(sent, reply)
 
 
 async def aserve_call(context: Context, store: BaseStore | None, call: ChatCall,
-                      chat: ChatLayer | None = None) -> ChatReply:
+                      chat: ChatLayer | None = None, meter: budget.Meter | None = None) -> ChatReply:
     """The reply to ``call`` (async); see :func:`serve_call`."""
+    sent, reply = budget.serve(meter, call)
+    if reply is not None:
+        return reply
     chat = chat or systems_for(context)
-    if context.reuse_group and store is not None:
-        return await reuse.acall(chat, call, context, store)
-    return await chat.acall(call)
+    try:
+        if context.reuse_group and store is not None:
+            reply = await reuse.acall(chat, sent, context, store)
+        else:
+            reply = await chat.acall(sent)
+        return reply
+    finally:
+        if meter is not None:
+            meter.settle(sent, reply)
 
 
 async def agenerated_tokens(store: BaseStore, run_id: str) -> int:
@@ -208,8 +230,8 @@ def _runtime() -> tuple[Context, BaseStore]:
     return run_context(), (runtime.store if runtime is not None else None) or _fallback_store
 
 
-def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: bool, cache: ReplyCache
-                ) -> Generator[tuple, Any, dict]:
+def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: bool, cache: ReplyCache,
+                meter: budget.Meter | None = None) -> Generator[tuple, Any, dict]:
     """Serve ``logic``'s requests as primitive operations — ("get", namespace, key),
     ("get_many", [GetOp]), ("put", namespace, key, value), ("call", ChatCall) — so the journal logic is written once for
     the sync and the async executor. An operation's error is thrown back in at its ``yield``."""
@@ -229,7 +251,9 @@ def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: boo
         try:
             request = steps.throw(error) if error is not None else steps.send(answer)
         except StopIteration as finished:
-            return finished.value
+            if meter is not None and logic.__name__.startswith("solve"):  # Studio: what is left after each sub-problem
+                emit("budget", index=state.get("solved", 0), budget=meter.budget, left=meter.left())
+            return budget.node_update(finished.value, meter, fresh=starts_run and bool(state.get("budget_reached")))
         error = None
         if isinstance(request, LoadReplies):
             found = cache.get_many(namespace, request.keys)
@@ -246,6 +270,8 @@ def _operations(logic: NodeLogic, state: dict, context: Context, starts_run: boo
         if cached is not None:
             cache.put(namespace, key, cached.value)
             answer = ChatReply.from_dict(cached.value)
+            if meter is not None:  # made before a resume: it counts as if made now
+                meter.record(answer)
             continue
         try:
             answer = yield ("call", request)
@@ -301,16 +327,18 @@ def journaled_node(logic: NodeLogic, *, starts_run: bool = False, chat: ChatLaye
     def run(state: dict) -> dict:
         with session(current_run_id(state)):  # a router keeps the run on one replica
             context, store = _runtime()
+            meter = budget.node_meter(logic.__name__, state, context, starts_run=starts_run)
             execute = {"get": store.get, "get_many": store.batch, "put": partial(store.put, index=False),
-                       "call": partial(serve_call, context, store, chat=chat)}
-            return run_blocking(_drive(_operations(logic, state, context, starts_run, reply_cache(store)), execute))
+                       "call": partial(serve_call, context, store, chat=chat, meter=meter)}
+            return run_blocking(_drive(_operations(logic, state, context, starts_run, reply_cache(store), meter), execute))
 
     async def arun(state: dict) -> dict:
         with session(current_run_id(state)):
             context, store = _runtime()
+            meter = budget.node_meter(logic.__name__, state, context, starts_run=starts_run)
             execute = {"get": store.aget, "get_many": store.abatch, "put": partial(store.aput, index=False),
-                       "call": partial(aserve_call, context, store, chat=chat)}
-            return await _drive(_operations(logic, state, context, starts_run, reply_cache(store)), execute)
+                       "call": partial(aserve_call, context, store, chat=chat, meter=meter)}
+            return await _drive(_operations(logic, state, context, starts_run, reply_cache(store), meter), execute)
 
     node = JournaledNode(run, arun, logic.__name__)
     node.__doc__ = run.__doc__ = arun.__doc__ = logic.__doc__

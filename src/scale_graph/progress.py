@@ -34,6 +34,8 @@ def progress_line(event: dict[str, Any]) -> str | None:
     if kind == "solved":
         return (f"Sub-problem {event['index'] + 1} solved on System {event['system']} "
                 f"({event['completion_tokens']} tokens): {event['result']}\n")
+    if kind == "budget":
+        return f"Budget: {event['left']:,} of {event['budget']:,} tokens left after sub-problem {event['index'] + 1}.\n"
     if kind == "finalized":
         return f"Answer: {event.get('answer')}\n"
     return None

@@ -45,13 +45,15 @@ def summary(values: dict[str, Any], thread_id: str, status: str = "done") -> dic
              "completion_tokens": s.get("completion_tokens", 0), "reasoning_tokens": s.get("reasoning_tokens", 0),
              "assess_tokens": s.get("assess_tokens", 0), "forced_answer": s.get("forced_answer", False),
              "forced_system": s.get("forced_system"), "assessed_difficulty": s.get("assessed_difficulty"),
-             "latency_s": s.get("latency_s"), "warnings": s.get("warnings", [])}
+             "latency_s": s.get("latency_s"), "warnings": s.get("warnings", []),
+             **{key: s[key] for key in ("allowance", "routed_by_budget") if key in s}}
             for s in values.get("steps", [])],
         "planned_subproblems": values.get("subproblems", []),
         "selection": values.get("selection"),
         "candidates": values.get("candidates", []),
         "usage": {"total": total_usage(usage), "by_stage": usage},
         "warnings": values.get("warnings", []),
+        **({"budget_reached": True} if values.get("budget_reached") else {}),
     }
 
 

@@ -20,7 +20,10 @@ All requests share one SQLite saver and store and run concurrently on one event 
 inference servers see them as one batch. A run continues when its client goes away.
 
 The request's own sampling fields (``temperature``, ``max_tokens``, ...) are ignored: SCALE has
-a budget and temperature per stage, set through ``scale``. ``n`` must be 1.
+a budget and temperature per stage, set through ``scale``. ``n`` must be 1. Two OpenAI fields are
+honoured (:mod:`scale_graph.efforts`): ``max_completion_tokens``, the per-problem budget of all
+inner calls together, and ``reasoning_effort`` (``none``/``low``/``medium``/``high``: presets of
+τ and budget).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ try:  # the `serve` extra; without it the CLI still loads and `scale serve` says
 except ImportError:  # pragma: no cover - depends on the installation
     Starlette = None  # type: ignore[assignment,misc]
 
+from scale_graph import efforts
 from scale_graph.context import ENDPOINT_FIELDS, MAXIMA, Context
 from scale_graph.graph import build_graph
 from scale_graph.history import solution_texts
@@ -409,7 +413,7 @@ def create_app(db_path: str | os.PathLike | None = None, api_key: str | None = N
                 raise bad_request("'n' must be 1: each request is one SCALE run", "n")
             stream, include_usage = _stream_options(body)
             problem = problem_of(body.get("messages"))
-            context = context_of(body.get("scale"), base)
+            context = context_of(efforts.scale_params(body, base.budget, bad_request), base)
             try:
                 problem = validate_problem(problem, context)
             except InputError as exc:

@@ -49,6 +49,9 @@ class Step(TypedDict, total=False):
     warnings: list[str]
     forced_system: Literal[1, 2]  # the route was forced by a fork (scale_graph.forks), not Eq. 4
     assessed_difficulty: float  # the assessed d_i, when a fork replaced ``difficulty``
+    allowance: int  # tokens this sub-problem may use under the run's budget (scale_graph.budget)
+    budget_left: int  # tokens of the run's budget left when it was assessed
+    routed_by_budget: bool  # System 2 could not be afforded: solved on System 1
 
 
 class Selection(TypedDict, total=False):
@@ -124,6 +127,7 @@ class OutputState(TypedDict, total=False):
     steps: Annotated[list[Step], DeltaChannel(merge_step_batches)]
     usage: Annotated[dict[str, Usage], add_usage]
     warnings: Annotated[list[str], DeltaChannel(concat_batches)]
+    budget_reached: bool  # a call was cut short by the run's token budget (scale_graph.budget)
 
 
 class State(InputState, OutputState, total=False):

@@ -92,7 +92,8 @@ def print_summary(shown: dict[str, Any]) -> None:
     for row in shown["subproblems"]:
         difficulty = f"{row['difficulty']:.2f}" if row["difficulty"] is not None else "-"
         system = (f"{row['system']}" + (" (forced answer)" if row.get("forced_answer") else "")
-                  + (" (reused)" if row.get("reused") else "")) if row["system"] else "-"
+                  + (" (reused)" if row.get("reused") else "")
+                  + (" (routed by budget)" if row.get("routed_by_budget") else "")) if row["system"] else "-"
         table.add_row(str(row["index"] + 1), row["text"] or "", difficulty, system,
                       str(row["completion_tokens"]), str(row["result"]))
     out.print(table)
@@ -103,6 +104,11 @@ def print_summary(shown: dict[str, Any]) -> None:
     out.print(f"answer: [bold]{shown['answer']}[/]", highlight=False)
     out.print(f"usage: {total['calls']} calls, {total['prompt_tokens']} prompt + "
               f"{total['completion_tokens']} completion tokens ({total['reasoning_tokens']} reasoning)")
+    budget = (shown.get("params") or {}).get("budget")
+    if budget:
+        out.print(f"budget: {budget:,} tokens per problem (τ {shown['params'].get('threshold')}), "
+                  f"{max(0, budget - total['completion_tokens']):,} left"
+                  + (", reached" if shown.get("budget_reached") else ""), highlight=False)
     for warning in shown["warnings"]:
         out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 

@@ -115,6 +115,9 @@ def eval_command(
     system2_max_tokens: Optional[str] = typer.Option(None, "--system2-max-tokens", help="Thinking budget per call of "
                                                      "every method (SCALE sub-problem, CoT/majority sample, InftyThink "
                                                      "iteration); a comma list sweeps."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Per-problem token budget every method keeps "
+                                         "(all completion tokens of a sample; default off); a comma list such as "
+                                         "4096,8192,16384 sweeps: one run per value, compared by `scale report`."),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="SCALE: candidate decompositions (default 8)."),
     votes: Optional[int] = typer.Option(None, "--votes", help="Majority voting: samples voted on per problem sample "
                                         "(k, default 8)."),
@@ -154,7 +157,8 @@ def eval_command(
                              "per-iteration one included) or --inftythink-max-tokens, not both")
         return plan(loaded, methods, params={k: v for k, v in given.items() if v is not None},
                     thresholds=[_number(v, float, "--threshold") for v in _split(threshold, "--threshold")],
-                    budgets=budgets, name=name)
+                    budgets=budgets, token_budgets=[_number(v, int, "--budget") for v in _split(budget, "--budget")],
+                    name=name)
 
     totals, runs, _ = _run(lambda: run_evaluation(where, build_plans, samples=samples, concurrency=concurrency,
                                                   replace=replace))

@@ -23,6 +23,11 @@ method the same way: SCALE's System 2 budget per sub-problem, CoT's and each maj
 budget, and InftyThink's per-iteration budget (``inftythink_max_tokens``, which the sweep sets
 together with ``system2_max_tokens``).
 
+**A per-problem token budget** (``budget``, :mod:`scale_graph.budget`) is kept by every
+method under one rule: each sample's calls share one meter that clamps every call to what is
+left; CoT's call asks for the whole budget, majority's votes share it, InftyThink's iterations
+stop before one would cross it (:func:`scale_graph.budget.last_iteration`).
+
 Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default); every sample gets its
 own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
 ``solve_system2``; InftyThink's summaries are ``summarize``. Degradations the chat layer
@@ -41,7 +46,7 @@ from typing import Any, Awaitable, Callable
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
-from scale_graph import journal, prompts, runner
+from scale_graph import budget, journal, prompts, runner
 from scale_graph.context import ENDPOINT_FIELDS, Context
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import equivalent
@@ -95,6 +100,7 @@ class Outcome:
     error: str | None = None
     degraded: list[str] = field(default_factory=list)  # the chat layer's "degraded: …" warnings, once each
     generated: int | None = None  # completion tokens generated for it: its calls not reused from another run
+    budget_reached: bool = False  # a call was cut short by the per-problem token budget (scale_graph.budget)
 
 
 @dataclass
@@ -121,9 +127,11 @@ class Setup:
         """The parameters that define a run of ``method`` (what it uses, and where the endpoints are);
         always including the forced-answer policy, which reports show."""
         params = {key: value for key, value in self.context.to_dict().items() if key not in SERVER_PARAMS}
+        # every method keeps the per-problem budget; off, it is left out, as runs stored before it were
+        kept = ("budget",) if params.get("budget") else ()
         if method in BASELINE_PARAMS:
-            return {key: params[key] for key in (*ENDPOINT_FIELDS, *BASELINE_PARAMS[method])}
-        return {key: value for key, value in params.items() if key not in BASELINE_ONLY}
+            return {key: params[key] for key in (*ENDPOINT_FIELDS, *BASELINE_PARAMS[method], *kept)}
+        return {key: value for key, value in params.items() if key not in BASELINE_ONLY and (key != "budget" or kept)}
 
 
 Method = Callable[[Problem, int, Setup], Awaitable[Outcome]]
@@ -188,7 +196,8 @@ async def scale(problem: Problem, sample: int, setup: Setup) -> Outcome:
     warnings = shown["warnings"] + [w for step in shown["subproblems"] for w in step["warnings"]]
     return Outcome(answer=shown["answer"], usage=shown["usage"]["by_stage"], iterations=len(solved),
                    subproblems=len(shown["planned_subproblems"]), hard=sum(step["system"] == 2 for step in solved),
-                   degraded=degradations(warnings), generated=await journal.agenerated_tokens(setup.store, thread))
+                   degraded=degradations(warnings), generated=await journal.agenerated_tokens(setup.store, thread),
+                   budget_reached=bool(values.get("budget_reached")))
 
 
 @dataclass
@@ -200,9 +209,13 @@ class _Calls:
     usage: dict[str, Usage] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     generated: int = 0
+    meter: budget.Meter | None = None  # the sample's token budget, shared by all its calls
+
+    def __post_init__(self) -> None:
+        self.meter = budget.run_meter(self.context)
 
     async def call(self, call: ChatCall, stage: str) -> ChatReply:
-        reply = await journal.aserve_call(self.context, self.store, call)
+        reply = await journal.aserve_call(self.context, self.store, call, meter=self.meter)
         self.usage = add_usage(self.usage, {stage: reply.usage})
         self.generated += 0 if reply.reused else reply.completion_tokens
         self.warnings += reply.warnings
@@ -219,8 +232,9 @@ class _Calls:
         return answer_of(choice)
 
     def outcome(self, answer: str | None, iterations: int) -> Outcome:
+        reached = self.meter is not None and self.meter.reached
         return Outcome(answer=answer, usage=self.usage, iterations=iterations, degraded=degradations(self.warnings),
-                       generated=self.generated)
+                       generated=self.generated, budget_reached=reached)
 
 
 async def cot(problem: Problem, sample: int, setup: Setup) -> Outcome:
@@ -228,7 +242,7 @@ async def cot(problem: Problem, sample: int, setup: Setup) -> Outcome:
     context = sample_context(setup.context, sample)
     calls = _Calls(context, setup.store)
     user = COT.format(problem=problem.problem)
-    reply = await calls.call(_thinking_call("cot", user, context), "solve_system2")
+    reply = await calls.call(budget.whole(_thinking_call("cot", user, context), context), "solve_system2")
     return calls.outcome(await calls.answer("force/cot", user, reply.choices[0]), 1)
 
 
@@ -237,7 +251,8 @@ async def majority(problem: Problem, sample: int, setup: Setup) -> Outcome:
     context = sample_context(setup.context, sample)
     calls = _Calls(context, setup.store)
     user = COT.format(problem=problem.problem)
-    reply = await calls.call(_thinking_call("majority", user, context, n=context.votes), "solve_system2")
+    reply = await calls.call(budget.whole(_thinking_call("majority", user, context, n=context.votes), context),
+                             "solve_system2")
     answers = await asyncio.gather(*(calls.answer(f"force/majority/{index}", user, choice)
                                      for index, choice in enumerate(reply.choices)))
     answer = await asyncio.to_thread(vote, list(answers))
@@ -258,7 +273,7 @@ async def inftythink(problem: Problem, sample: int, setup: Setup) -> Outcome:
         finished = choice.finish_reason == "stop" and last_boxed(choice.content) is not None
         if finished:
             return calls.outcome(answer_of(choice), iteration)
-        if iteration == context.inftythink_max_iterations:  # the cap: the last iteration's answer, forced if cut
+        if iteration == context.inftythink_max_iterations or budget.last_iteration(calls.meter):  # the cap or the budget: the last iteration's answer, forced if cut
             return calls.outcome(await calls.answer("force/inftythink", user, choice), iteration)
         reasoning = "\n".join(text for text in (choice.reasoning, choice.content) if text.strip())
         previous = INFTYTHINK_PREVIOUS.format(summary=summary_text) if summary_text else ""

@@ -66,6 +66,8 @@ class RunMetrics(Metrics):
     budget: int | None = None  # the per-call thinking budget (InftyThink: per iteration)
     force_answer: bool | None = None  # the forced-answer policy (None: a run from before it was recorded)
     thinking: str = ""  # the thinking_flag the samples ran with: "on", "off", "mixed" or "" (not recorded)
+    token_budget: int | None = None  # the per-problem token budget every sample kept (None: off)
+    budget_reached: float | None = None  # % of completed samples cut short by that budget
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +107,10 @@ def run_metrics(run: Any) -> RunMetrics:
     budget = config.get("inftythink_max_tokens" if run.method == "inftythink" else "system2_max_tokens")
     flags = {r.thinking_flag for r in run.results if getattr(r, "thinking_flag", None) is not None}
     thinking = "mixed" if len(flags) > 1 else {True: "on", False: "off"}.get(next(iter(flags), None), "")
+    completed = [r for r in run.results if r.error is None]
+    reached = (100 * sum(bool(getattr(r, "budget_reached", False)) for r in completed) / len(completed)
+               if completed and config.get("budget") else None)
     return RunMetrics(**asdict(compute(run.results)), name=run.name, method=run.method, dataset=run.dataset,
                       model=config.get("system2_model", ""), threshold=config.get("threshold"), budget=budget,
-                      force_answer=config.get("force_answer"), thinking=thinking)
+                      force_answer=config.get("force_answer"), thinking=thinking,
+                      token_budget=config.get("budget") or None, budget_reached=reached)

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from scale_graph.evaluation import frontier
 from scale_graph.evaluation.metrics import RunMetrics, run_metrics
 
 
@@ -49,10 +50,11 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
     runs = list(runs)
     metrics = [run_metrics(run) for run in runs]
     generated = [generated_of(run) for run in runs]
+    budgeted = frontier.budget_points(runs)  # equal-compute comparison (scale_graph.evaluation.frontier)
     tables = [t for t in (runs_table(metrics, [g[0] / g[2] if g else None for g in generated]), comparison_table(metrics),
-                          threshold_table(metrics)) if t.rows]
+                          threshold_table(metrics), Table(*frontier.equal_budget_rows(budgeted))) if t.rows]
     models = [getattr(run, "models", None) for run in runs]
-    remarks = notes(metrics) + model_lines([m.name for m in metrics], models)
+    remarks = notes(metrics) + model_lines([m.name for m in metrics], models) + ([frontier.RULE] if budgeted else [])
     recorded = [g for g in generated if g is not None]
     if recorded:
         remarks.append(generated_line(sum(g[0] for g in recorded), sum(g[1] for g in recorded), "for the runs shown"))
@@ -69,7 +71,7 @@ def report(runs: Iterable[Any], *, console: Console, out_dir: Path | None = None
         summary = out_dir / "report.md"
         summary.write_text("\n".join(to_markdown(t) for t in tables) + "".join(f"\n{r}\n" for r in remarks),
                            encoding="utf-8")
-        written += [summary, *plots(metrics, out_dir)]
+        written += [summary, *plots(metrics, out_dir), *frontier.frontier_plot(budgeted, out_dir)]
     if csv_path is not None:
         written.append(export_csv(metrics, csv_path))
     if json_path is not None:

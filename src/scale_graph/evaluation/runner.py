@@ -95,8 +95,12 @@ class _Tally:
 
 
 def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[str, Any],
-         thresholds: Sequence[float] = (), budgets: Sequence[int] = (), name: str | None = None) -> list[RunPlan]:
-    """One run per dataset × method × System 2 budget (× threshold, for SCALE).
+         thresholds: Sequence[float] = (), budgets: Sequence[int] = (), token_budgets: Sequence[int] = (),
+         name: str | None = None) -> list[RunPlan]:
+    """One run per dataset × method × System 2 budget × per-problem token budget (× threshold, for SCALE).
+
+    A swept ``token_budgets`` value is every method's per-problem total (``budget``,
+    :mod:`scale_graph.budget`): the equal-compute comparison; its runs end in ``-budget<N>``.
 
     ``params`` are Context fields (e.g. ``votes``, ``inftythink_max_iterations``). A swept
     budget is every method's per-call thinking budget: ``system2_max_tokens``, and for
@@ -110,11 +114,13 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
     plans: dict[str, RunPlan] = {}
     for dataset in datasets:
         for method in dict.fromkeys(methods):
-            for budget in budgets or [None]:
+            for budget, total in ((b, t) for b in budgets or [None] for t in token_budgets or [None]):
                 for threshold in (thresholds or [None]) if method == "scale" else [None]:
                     swept = {"system2_max_tokens": budget} if budget is not None else {}
                     if swept and method == "inftythink":
                         swept["inftythink_max_tokens"] = budget
+                    if total is not None:
+                        swept["budget"] = total
                     values = {**params, **({"threshold": threshold} if threshold is not None else {}), **swept}
                     parts = [name] if name else []
                     if not name or len(set(methods)) > 1:
@@ -125,6 +131,8 @@ def plan(datasets: Sequence[Dataset], methods: Sequence[str], *, params: dict[st
                         parts.append(f"t{threshold:g}")
                     if budget is not None and len(budgets) > 1:
                         parts.append(f"b{budget}")
+                    if total is not None and len(token_budgets) > 1:
+                        parts.append(f"budget{total}")
                     run = "-".join(parts)
                     plans[run] = RunPlan(run, method, dataset, Setup(run, resolve(values).context))
     return list(plans.values())

@@ -96,6 +96,7 @@ class Result(Base):
     thinking_flag: Mapped[bool | None] = mapped_column(Boolean)
     degraded: Mapped[list[str] | None] = mapped_column(JSON)
     generated_tokens: Mapped[int | None]  # completion tokens not reused from another run (None: not recorded)
+    budget_reached: Mapped[bool | None] = mapped_column(Boolean)  # cut short by the run's token budget (None: not recorded)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
     run: Mapped[Run] = relationship(back_populates="results")
 
@@ -210,7 +211,8 @@ class ResultsStore:
                       prompt_tokens=total["prompt_tokens"], completion_tokens=total["completion_tokens"],
                       tokens_by_stage=outcome.usage, iterations=outcome.iterations, subproblems=outcome.subproblems,
                       hard=outcome.hard, latency_s=outcome.latency_s, error=outcome.error, ungraded=grade.ungraded,
-                      thinking_flag=thinking_flag, degraded=outcome.degraded, generated_tokens=outcome.generated)
+                      thinking_flag=thinking_flag, degraded=outcome.degraded, generated_tokens=outcome.generated,
+                      budget_reached=outcome.budget_reached)
         upsert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[self.engine.dialect.name]
         # one statement, so two workers saving the same sample (a shared evaluation) never collide
         statement = upsert(Result).values(run_id=run_id, problem_id=problem.id, sample=sample, **values)
@@ -269,7 +271,8 @@ class ResultsStore:
 
 #: Columns added after the first release, by table: (name, SQL type, default for existing rows).
 _ADDED_COLUMNS = {Result.__tablename__: (("ungraded", "BOOLEAN", "false"), ("thinking_flag", "BOOLEAN", None),
-                                         ("degraded", "JSON", None), ("generated_tokens", "INTEGER", None)),
+                                         ("degraded", "JSON", None), ("generated_tokens", "INTEGER", None),
+                                         ("budget_reached", "BOOLEAN", None)),
                   Run.__tablename__: (("models", "JSON", None),)}
 
 

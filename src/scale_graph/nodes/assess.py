@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
-from scale_graph import prompts
+from scale_graph import budget, prompts
 from scale_graph.context import Context
 from scale_graph.history import fit_prompt, fitted_call, previous_solutions
 from scale_graph.journal import Request, emit
 from scale_graph.nodes.decompose import planner_call
+from scale_graph.nodes.route import system_for
 from scale_graph.parsing import parse_difficulty
 from scale_graph.servers.chat import ChatCall
 from scale_graph.state import State, Step, add_counts
@@ -47,7 +48,10 @@ def assess(state: State, context: Context) -> Generator[Request, Any, dict]:
         clamped = min(1.0, max(0.0, difficulty))
         warnings.append(f"assess: difficulty {difficulty:g} of sub-problem {index + 1} outside [0, 1]; clamped to {clamped:g}")
         difficulty = clamped
+    planned = budget.plan_step(state, context, index, difficulty, system_for(difficulty, context.threshold),
+                               usage.get("completion_tokens", 0))
+    warnings += planned.pop("warnings", [])
     emit("assessed", index=index, difficulty=difficulty)
     step: Step = {"index": index, "text": state["subproblems"][index], "difficulty": difficulty,
-                  "assess_tokens": usage.get("completion_tokens", 0), "warnings": list(warnings)}
+                  "assess_tokens": usage.get("completion_tokens", 0), **planned, "warnings": list(warnings)}
     return {"steps": [step], "usage": {"assess": usage}, "warnings": warnings}
