@@ -668,3 +668,52 @@ def test_sigterm_answers_runs_in_flight(endpoint_env, tmp_path, fake_server):
             process.kill()
     check_stopped_answers(plain, streamed)
     assert "Traceback" not in output and "Exception" not in output, output
+    assert "stopped 2 run(s) still in flight after the 1 s grace period" in output, output
+
+
+def test_a_connection_flood_never_exhausts_descriptors_nor_floods_the_log(endpoint_env, tmp_path):
+    """With 256 file descriptors, 600 connections at once: the cap (half the descriptors) refuses
+    the excess with a 503 at accept, the log stays a few lines, and the server serves afterwards."""
+    import resource
+
+    port, log = free_port(), tmp_path / "flood.log"
+    code = ("import sys; from scale_graph.serve import create_app, run_server; "
+            "run_server(create_app(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))")
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f.db"), str(port)],
+                                   stdout=sink, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    url = f"http://127.0.0.1:{port}"
+    socks = []
+    try:
+        def up() -> bool:
+            assert process.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/health").status_code == 200
+            return False
+
+        wait_for(up, 60)
+        for _ in range(600):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            socks.append(sock)
+        time.sleep(2)
+        refused = 0
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                refused += sock.recv(64).startswith(b"HTTP/1.1 503")
+        for sock in socks:
+            sock.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    finally:
+        for sock in socks:
+            sock.close()
+        process.terminate()
+        process.wait(30)
+    text = log.read_text()
+    assert refused >= 600 - 128, refused
+    assert "Too many open files" not in text and "Traceback" not in text, text[-3000:]
+    assert len(text) < 8192, text[-3000:]
+    assert "connection(s) over the connection cap" in text

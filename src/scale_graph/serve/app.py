@@ -13,7 +13,7 @@ import contextlib
 import hmac
 import os
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,17 +58,19 @@ class Service:
             task.add_done_callback(lambda _: queue.put_nowait(None))
         return task
 
-    async def drain(self, grace_s: float, give_up: Any = lambda: False) -> None:
+    async def drain(self, grace_s: float, give_up: Callable[[], bool] = lambda: False) -> int:
         """Refuse new runs, wait up to ``grace_s`` for those in flight (``give_up()`` cuts the wait:
         a second Ctrl-C), then cancel the rest; each stops at its last checkpoint and its client is
-        answered by the request handler (503 / error event)."""
+        answered by the request handler (503 / error event). How many runs were stopped."""
         self.stopping = True
         deadline = time.monotonic() + grace_s
         while self.tasks and time.monotonic() < deadline and not give_up():
             await asyncio.sleep(0.05)
-        for task in list(self.tasks):
+        stopped = list(self.tasks)
+        for task in stopped:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*stopped, return_exceptions=True)
+        return len(stopped)
 
     async def finished(self, values: dict[str, Any], thread_id: str, *, trace: bool = True) -> tuple[dict[str, Any], str]:
         """The run summary (``runs.summary``) and the whole trace, with full texts from the journal."""

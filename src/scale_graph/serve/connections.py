@@ -32,7 +32,7 @@ from uvicorn.main import STARTUP_FAILURE
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-logger = logging.getLogger("scale_graph.serve")
+connection_log = logging.getLogger("uvicorn.error")  # where uvicorn says what happens to connections
 
 DROP_LOG_EVERY_S = 10.0
 
@@ -64,17 +64,21 @@ class DropLog:
         self.every_s = every_s
         self.counts: dict[str, int] = {}
         self.flush_at: asyncio.TimerHandle | None = None
+        self.since = 0.0
 
     def note(self, reason: str, loop: asyncio.AbstractEventLoop) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if self.flush_at is None:
+            self.since = time.monotonic()
             self.flush_at = loop.call_later(self.every_s, self.flush)
 
     def flush(self) -> None:
+        if self.flush_at is not None:
+            self.flush_at.cancel()
         self.flush_at = None
         if self.counts:
-            logger.warning("closed %s in the last %g s", "; ".join(f"{n} connection(s) {why}" for why, n in
-                                                                  sorted(self.counts.items())), self.every_s)
+            said = "; ".join(f"{n} connection(s) {why}" for why, n in sorted(self.counts.items()))
+            connection_log.warning("closed %s in the last %.0f s", said, time.monotonic() - self.since)
             self.counts = {}
 
 
@@ -168,18 +172,20 @@ def guarded_protocol(limits: ServeLimits, drops: DropLog) -> type[H11Protocol]:
 class ScaleServer(uvicorn.Server):
     """uvicorn's server with the shutdown order of the module docstring."""
 
-    def __init__(self, config: uvicorn.Config, app: Starlette, limits: ServeLimits) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette, limits: ServeLimits, drops: DropLog) -> None:
         super().__init__(config)
-        self.app, self.limits = app, limits
+        self.app, self.limits, self.drops = app, limits, drops
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.drops.flush()
         for server in self.servers:
             server.close()  # no new connections while the runs in flight have their grace period
         service = getattr(self.app.state, "service", None)
         if service is not None:
-            began = time.monotonic()
-            await service.drain(self.limits.shutdown_grace_s, lambda: self.force_exit)
-            logger.info("runs stopped for shutdown after %.1f s", time.monotonic() - began)
+            stopped = await service.drain(self.limits.shutdown_grace_s, lambda: self.force_exit)
+            if stopped:
+                connection_log.warning("stopped %d run(s) still in flight after the %g s grace period; "
+                                       "each is resumable (its client got a 503)", stopped, self.limits.shutdown_grace_s)
         await super().shutdown(sockets)
 
 
@@ -194,7 +200,7 @@ def server_for(app: Starlette, host: str, port: int, limits: ServeLimits | None 
                             h11_max_incomplete_event_size=limits.max_header_bytes,
                             # after the runs are stopped: time for their 503s and error events to be written
                             timeout_graceful_shutdown=5, **options)
-    return ScaleServer(config, app, limits)
+    return ScaleServer(config, app, limits, drops)
 
 
 def run_server(app: Starlette, host: str, port: int, limits: ServeLimits | None = None) -> None:
