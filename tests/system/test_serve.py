@@ -496,15 +496,15 @@ def test_slow_header_connections_are_closed_at_the_header_deadline(endpoint_env,
     with Served(tmp_path / "slow.db", ServeLimits(header_timeout_s=1.0)) as server:
         idle, slow = connect(server), connect(server)  # idle sends nothing; slow one byte every 0.2 s
         header = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 100
-        began, closed = time.monotonic(), None
+        began = time.monotonic()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             for byte in header:
                 slow.sendall(bytes([byte]))
                 time.sleep(0.2)
                 if time.monotonic() - began > 5:
                     break
-        slow_answer, slow_closed = read_until_closed(slow, 5)
-        idle_answer, idle_closed = read_until_closed(idle, 5)
+        slow_answer, _ = read_until_closed(slow, 5)
+        idle_answer, _ = read_until_closed(idle, 5)
         closed = time.monotonic() - began
         for sock in (idle, slow):
             sock.close()
@@ -674,15 +674,13 @@ def test_sigterm_answers_runs_in_flight(endpoint_env, tmp_path, fake_server):
 def test_a_connection_flood_never_exhausts_descriptors_nor_floods_the_log(endpoint_env, tmp_path):
     """With 256 file descriptors, 600 connections at once: the cap (half the descriptors) refuses
     the excess with a 503 at accept, the log stays a few lines, and the server serves afterwards."""
-    import resource
-
     port, log = free_port(), tmp_path / "flood.log"
-    code = ("import sys; from scale_graph.serve import create_app, run_server; "
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+            "from scale_graph.serve import create_app, run_server; "
             "run_server(create_app(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))")
     with open(log, "wb") as sink:
         process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f.db"), str(port)],
-                                   stdout=sink, stderr=subprocess.STDOUT,
-                                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+                                   stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     socks = []
     try:

@@ -13,7 +13,8 @@ import contextlib
 import hmac
 import os
 import time
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,13 +29,13 @@ from scale_graph.persistence import open_async
 from scale_graph.progress import progress_line
 from scale_graph.runner import start
 from scale_graph.runs import summary
-from scale_graph.servers.chat import ChatReply
-from scale_graph.servers.endpoints import with_context_window
-from scale_graph.settings import ConfigError, resolve
 from scale_graph.serve.checks import (MODEL, THREAD_HEADER, APIError, ChatRequest, bad_request, check_params,
                                       check_request, read_body)
 from scale_graph.serve.render import (completion, envelope, openai_usage, render_content, render_trace,
                                       run_failure, shutting_down, sse)
+from scale_graph.servers.chat import ChatReply
+from scale_graph.servers.endpoints import with_context_window
+from scale_graph.settings import ConfigError, resolve
 
 KEEPALIVE_S = 15.0  # an SSE comment while a long System 2 call runs, so proxies keep the stream
 
@@ -196,7 +197,7 @@ async def _stream(service: Service, task: asyncio.Task, queue: asyncio.Queue, th
     while True:
         try:
             event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             yield b": keepalive\n\n"
             continue
         if event is None:  # the run's task finished

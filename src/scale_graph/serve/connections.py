@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from uvicorn.main import STARTUP_FAILURE
 from starlette.applications import Starlette
+from uvicorn.main import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 connection_log = logging.getLogger("uvicorn.error")  # where uvicorn says what happens to connections

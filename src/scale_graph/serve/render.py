@@ -13,8 +13,8 @@ from typing import Any
 from scale_graph.progress import difficulty_text, short
 from scale_graph.redact import redact
 from scale_graph.runner import InputError
-from scale_graph.servers.chat import EndpointError
 from scale_graph.serve.checks import MODEL, APIError
+from scale_graph.servers.chat import EndpointError
 
 logger = logging.getLogger("scale_graph.serve")
 
