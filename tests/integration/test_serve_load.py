@@ -23,7 +23,6 @@ import openai
 import psutil
 import pytest
 
-from tests.system.test_serve import PROBLEM, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,6 +31,13 @@ REAL_REQUESTS = 50
 HEADER_TIMEOUT_S = 3.0
 RSS_GROWTH_BOUND = 128 * 1024 * 1024  # over the idle server's RSS; the 200 MiB upload alone would exceed it
 LOG_BOUND = 32 * 1024  # 50 access lines ≈ 4 KiB, drop summaries a line per 10 s
+PROBLEM = "What is 1+1?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Slowloris:

@@ -715,3 +715,11 @@ def test_a_connection_flood_never_exhausts_descriptors_nor_floods_the_log(endpoi
     assert "Too many open files" not in text and "Traceback" not in text, text[-3000:]
     assert len(text) < 8192, text[-3000:]
     assert "connection(s) over the connection cap" in text
+
+
+def test_a_websocket_upgrade_stays_plain_http(served):
+    """No websocket routes: an upgrade request is answered as HTTP, under the same limits."""
+    response = httpx.get(f"{served.url}/health", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                          "Sec-WebSocket-Version": "13"})
+    assert response.status_code == 200 and response.json()["status"] == "ok"

@@ -196,6 +196,7 @@ def server_for(app: Starlette, host: str, port: int, limits: ServeLimits | None 
     drops = DropLog()
     quiet_repeats()
     config = uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits, drops),
+                            ws="none",  # no websocket routes: an upgrade must not leave the guarded protocol
                             timeout_keep_alive=limits.keepalive_timeout_s,
                             h11_max_incomplete_event_size=limits.max_header_bytes,
                             # after the runs are stopped: time for their 503s and error events to be written
