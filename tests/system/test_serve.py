@@ -671,15 +671,19 @@ def test_sigterm_answers_runs_in_flight(endpoint_env, tmp_path, fake_server):
     assert "stopped 2 run(s) still in flight after the 1 s grace period" in output, output
 
 
-def test_a_connection_flood_never_exhausts_descriptors_nor_floods_the_log(endpoint_env, tmp_path):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_flood_neither_stops_the_server_nor_floods_the_log(endpoint_env, tmp_path, loop):
     """With 256 file descriptors, 600 connections at once: the cap (half the descriptors) refuses
-    the excess with a 503 at accept, the log stays a few lines, and the server serves afterwards."""
+    the excess with a 503, the log stays a few lines (before: 19 MB of accept() tracebacks in 5 s on
+    asyncio's loop, which a plain `pip install scale-graph[serve]` runs), and the server serves on."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     port, log = free_port(), tmp_path / "flood.log"
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
-            "from scale_graph.serve import create_app, run_server; "
-            "run_server(create_app(sys.argv[1]), '127.0.0.1', int(sys.argv[2]))")
+            "from scale_graph.serve import create_app, server_for; "
+            "server_for(create_app(sys.argv[1]), '127.0.0.1', int(sys.argv[2]), loop=sys.argv[3], log_level='info').run()")
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f.db"), str(port)],
+        process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f.db"), str(port), loop],
                                    stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     socks = []
@@ -696,15 +700,16 @@ def test_a_connection_flood_never_exhausts_descriptors_nor_floods_the_log(endpoi
             sock.setblocking(False)
             sock.connect_ex(("127.0.0.1", port))
             socks.append(sock)
-        time.sleep(2)
+        time.sleep(3)
         refused = 0
         for sock in socks:
             with contextlib.suppress(OSError):
                 refused += sock.recv(64).startswith(b"HTTP/1.1 503")
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 503  # answered, even at the cap
         for sock in socks:
             sock.close()
         time.sleep(0.5)
-        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        assert httpx.get(f"{url}/health", timeout=5).json()["status"] == "ok"
     finally:
         for sock in socks:
             sock.close()
@@ -712,8 +717,7 @@ def test_a_connection_flood_never_exhausts_descriptors_nor_floods_the_log(endpoi
         process.wait(30)
     text = log.read_text()
     assert refused >= 600 - 128, refused
-    assert "Too many open files" not in text and "Traceback" not in text, text[-3000:]
-    assert len(text) < 8192, text[-3000:]
+    assert text.count("Traceback") <= 1 and len(text) < 8192, text[-3000:]  # at most one per 10 s
     assert "connection(s) over the connection cap" in text
 
 
