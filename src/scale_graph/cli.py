@@ -236,6 +236,8 @@ def serve_command(
     except ImportError:
         fail("`scale serve` needs starlette and uvicorn: pip install 'scale-graph[serve]'", 2)
     path = db_path(db)
+    if api_key is None and "SCALE_SERVE_API_KEY" in os.environ:  # set but empty: click drops it; refuse, never serve open
+        api_key = os.environ["SCALE_SERVE_API_KEY"]
     try:
         check_database(path)
         endpoints(resolve().context)  # fail now, not on the first request, when no System 1/2 is configured

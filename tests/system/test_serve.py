@@ -552,6 +552,7 @@ def test_headers_over_the_size_bound_are_refused(served):
     assert answer.startswith(b"HTTP/1.1 400") and closed < 5, answer[:200]
 
 
+@pytest.mark.timeout(60)  # an accepted empty key would start serving (open) and never return
 def test_an_empty_api_key_is_refused_at_start(endpoint_env, tmp_path):
     import typer
 
@@ -562,9 +563,10 @@ def test_an_empty_api_key_is_refused_at_start(endpoint_env, tmp_path):
             create_app(tmp_path / "e.db", api_key=key)
     app = typer.Typer()
     app.command()(serve_command)
-    result = CliRunner().invoke(app, ["--db", str(tmp_path / "s.db"), "--port", str(free_port()), "--api-key", ""])
-    assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines() == [result.output.strip()] and "API key is empty" in result.output
+    for args, env in ((["--api-key", ""], {}), ([], {"SCALE_SERVE_API_KEY": ""})):  # an empty secret is no "no key"
+        result = CliRunner().invoke(app, ["--db", str(tmp_path / "s.db"), "--port", str(free_port()), *args], env=env)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [result.output.strip()] and "API key is empty" in result.output
 
 
 def _post_in_thread(url: str, body: dict) -> tuple[threading.Thread, dict]:
