@@ -257,14 +257,14 @@ def serve_command(
 ) -> None:
     """Serve SCALE as an OpenAI-compatible chat endpoint (model `scale`) on /v1."""
     try:
-        import uvicorn
-
         from scale_graph.persistence import DatabaseError, check_database, db_path
-        from scale_graph.serve import MODEL, APIError, create_app
+        from scale_graph.serve import MODEL, APIError, create_app, run_server
         from scale_graph.servers.endpoints import endpoints
     except ImportError:
         fail("`scale serve` needs starlette and uvicorn: pip install 'scale-graph[serve]'", 2)
     path = db_path(db)
+    if api_key is None and "SCALE_SERVE_API_KEY" in os.environ:  # set but empty: click drops it; refuse, never serve open
+        api_key = os.environ["SCALE_SERVE_API_KEY"]
     try:
         check_database(path)
         endpoints(resolve().context)  # fail now, not on the first request, when no System 1/2 is configured
@@ -274,7 +274,7 @@ def serve_command(
     err.print(f"SCALE on http://{host}:{port}/v1 (model {MODEL!r}); runs are stored in {path}", highlight=False)
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("warning: no API key set (--api-key / SCALE_SERVE_API_KEY) on a non-loopback interface")
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    run_server(app, host, port)  # connection limits and shutdown order: serve/connections.py
 
 
 db_app = typer.Typer(help="Move run databases between backends.", no_args_is_help=True)

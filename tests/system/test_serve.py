@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -18,12 +19,11 @@ import time
 import httpx
 import openai
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from scale_graph.cli import app as cli_app
 from scale_graph.cli import serve_command
-from scale_graph.serve import THREAD_HEADER, create_app
+from scale_graph.serve import MAX_BODY_BYTES, THREAD_HEADER, ServeLimits, create_app, server_for
 
 PROBLEM = "What is 1+1?"
 
@@ -35,14 +35,14 @@ def free_port() -> int:
 
 
 class Served:
-    """A uvicorn server running ``create_app`` in a background thread."""
+    """``scale serve``'s server (``server_for``: its limits and shutdown order) running ``create_app``
+    in a background thread."""
 
-    def __init__(self, db, **kwargs) -> None:
+    def __init__(self, db, limits: ServeLimits | None = None, **kwargs) -> None:
         self.db = db
         self.port = free_port()
-        config = uvicorn.Config(create_app(db, **kwargs), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = server_for(create_app(db, **kwargs), "127.0.0.1", self.port, limits,
+                                 log_level="warning", lifespan="on")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -415,3 +415,317 @@ def test_a_client_may_ask_for_less_and_for_the_servers_own_value(endpoint_env, t
         refused = httpx.post(f"{server.url}/v1/chat/completions", json={
             "model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {"candidates": 4}})
         assert refused.status_code == 400 and "at most 3" in refused.json()["error"]["message"]
+
+
+# ---- hostile clients (issue 20) ------------------------------------------------------------
+def connect(server: Served) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, within: float) -> tuple[bytes, float]:
+    """What the server sent until it closed the connection, and when it closed (inf: still open)."""
+    began, received = time.monotonic(), b""
+    sock.settimeout(0.1)
+    while time.monotonic() - began < within:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return received, time.monotonic() - began
+        if not data:
+            return received, time.monotonic() - began
+        received += data
+    return received, float("inf")
+
+
+def test_a_chunked_body_is_refused_at_the_limit_while_it_arrives(served, fake_server):
+    """A chunked body has no Content-Length: the limit must hold while it is read, not after."""
+    sock = connect(served)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))  # 1 MiB of JSON whitespace per chunk
+    sent, answer = 0, b""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        while sent < 64 * MAX_BODY_BYTES:  # never the closing chunk: a whole-body read never answers
+            readable, _, _ = __import__("select").select([sock], [], [], 0)
+            if readable:
+                break
+            sock.sendall(chunk)
+            sent += 1 << 20
+    answer, closed = read_until_closed(sock, 10)
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), (sent, answer[:300])
+    assert b"larger than 4,194,304 bytes" in body and json.loads(body)["error"]["code"] == "body_too_large"
+    assert b"connection: close" in head.lower() and closed < 10  # the rest of the body is never read
+    assert sent < 16 * MAX_BODY_BYTES  # answered long before the client stopped sending
+    assert fake_server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"model": "scale", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
+def test_deeply_nested_json_is_a_400(served, body):
+    response = httpx.post(f"{served.url}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "nested too deeply" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_a_nested_value_is_named_not_echoed(served):
+    deep = json.loads("[" * 500 + "]" * 500)
+    response = httpx.post(f"{served.url}/v1/chat/completions", json={
+        "model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {"threshold": deep}})
+    assert response.status_code == 400 and "scale.threshold must be a number, got a list" in response.text
+
+
+def test_a_body_that_trickles_in_is_a_408(served, monkeypatch):
+    from scale_graph.serve import checks
+
+    monkeypatch.setattr(checks, "BODY_TIMEOUT_S", 1.0)
+    sock = connect(served)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+    answer, closed = read_until_closed(sock, 10)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"body took longer than 1 s" in answer and closed < 5, answer
+
+
+def test_slow_header_connections_are_closed_at_the_header_deadline(endpoint_env, tmp_path, caplog):
+    with Served(tmp_path / "slow.db", ServeLimits(header_timeout_s=1.0)) as server:
+        idle, slow = connect(server), connect(server)  # idle sends nothing; slow one byte every 0.2 s
+        header = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 100
+        began = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for byte in header:
+                slow.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - began > 5:
+                    break
+        slow_answer, _ = read_until_closed(slow, 5)
+        idle_answer, _ = read_until_closed(idle, 5)
+        closed = time.monotonic() - began
+        for sock in (idle, slow):
+            sock.close()
+        for answer in (slow_answer, idle_answer):
+            assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer, answer
+        assert closed < 5, closed
+        # the server goes on serving, and a keep-alive connection gets the deadline again after each answer
+        sock = connect(server)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # the next request's headers never end
+        answer, closed_after = read_until_closed(sock, 5)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer and closed_after < 3, answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+
+
+def test_connections_over_the_cap_are_refused_at_once(endpoint_env, tmp_path):
+    with Served(tmp_path / "cap.db", ServeLimits(max_connections=8)) as server:
+        socks = [connect(server) for _ in range(12)]
+        time.sleep(0.3)
+        refused = []
+        for sock in socks:
+            answer, closed = read_until_closed(sock, 0.3)
+            if closed != float("inf"):
+                refused.append(answer)
+        assert len(refused) == 4, refused
+        assert all(a.startswith(b"HTTP/1.1 503") and b"too many connections (at most 8)" in a for a in refused)
+        for sock in socks:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{server.url}/health").json()["status"] == "ok"  # room again once they are gone
+
+
+def test_headers_over_the_size_bound_are_refused(served):
+    """Headers still incomplete past max_header_bytes are refused: a client cannot grow them without end."""
+    sock = connect(served)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(64):  # 256 KiB of one header, in pieces
+            sock.sendall(b"a" * 4096)
+            time.sleep(0.005)
+    answer, closed = read_until_closed(sock, 5)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 400") and closed < 5, answer[:200]
+
+
+@pytest.mark.timeout(60)  # an accepted empty key would start serving (open) and never return
+def test_an_empty_api_key_is_refused_at_start(endpoint_env, tmp_path):
+    import typer
+
+    from scale_graph.settings import ConfigError
+
+    for key in ("", "  "):
+        with pytest.raises(ConfigError, match="API key is empty"):
+            create_app(tmp_path / "e.db", api_key=key)
+    app = typer.Typer()
+    app.command()(serve_command)
+    for args, env in ((["--api-key", ""], {}), ([], {"SCALE_SERVE_API_KEY": ""})):  # an empty secret is no "no key"
+        result = CliRunner().invoke(app, ["--db", str(tmp_path / "s.db"), "--port", str(free_port()), *args], env=env)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [result.output.strip()] and "API key is empty" in result.output
+
+
+def _post_in_thread(url: str, body: dict) -> tuple[threading.Thread, dict]:
+    """POST in a background thread; the outcome lands in the returned dict (status, headers, text)."""
+    outcome: dict = {}
+
+    def post() -> None:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            outcome["headers"] = response.headers
+            outcome["lines"] = []
+            for line in response.iter_lines():
+                outcome["lines"].append(line)
+            outcome["status"] = response.status_code
+        outcome["text"] = "\n".join(outcome["lines"])
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for(condition, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def check_stopped_answers(plain: dict, streamed: dict) -> tuple[str, str]:
+    """The documented shutdown answers: a 503 JSON naming the thread, and an error event on the stream."""
+    assert plain["status"] == 503, plain
+    thread_id = plain["headers"][THREAD_HEADER]
+    error = json.loads(plain["text"])["error"]
+    assert error["thread_id"] == thread_id and error["code"] == "shutting_down"
+    assert f"scale runs resume {thread_id}" in error["message"]
+    assert streamed["status"] == 200
+    stream_id = streamed["headers"][THREAD_HEADER]
+    events = [line.removeprefix("data: ") for line in streamed["lines"] if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events
+    last = json.loads(events[-2])["error"]
+    assert last["thread_id"] == stream_id and last["code"] == "shutting_down", last
+    return thread_id, stream_id
+
+
+def test_shutdown_answers_runs_in_flight_after_the_grace_period(endpoint_env, tmp_path, fake_server):
+    fake_server.configure(latency=0.2, hang_seconds=120)
+    fake_server.inject("timeout", times=2, stage="decomposition")  # two runs that outlast the grace period
+    body = {"model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {"candidates": 1}}
+    server = Served(tmp_path / "stop.db", ServeLimits(shutdown_grace_s=4.0)).__enter__()
+    try:
+        plain_thread, plain = _post_in_thread(server.url, body)
+        stream_thread, streamed = _post_in_thread(server.url, {**body, "stream": True})
+        wait_for(lambda: fake_server.stats()["requests"] >= 2)
+        quick_thread, quick = _post_in_thread(server.url, body)  # finishes within the grace period
+        wait_for(lambda: httpx.get(f"{server.url}/health").json()["runs_in_flight"] == 3)
+        began = time.monotonic()
+        server.server.should_exit = True  # what SIGTERM sets
+        for thread in (plain_thread, stream_thread, quick_thread):
+            thread.join(30)
+        stopped = time.monotonic() - began
+    finally:
+        server.__exit__()
+    assert not server.thread.is_alive()
+    assert quick["status"] == 200 and json.loads(quick["text"])["scale"]["answer"], quick
+    assert 3.5 < stopped < 15, stopped
+    for thread_id in check_stopped_answers(plain, streamed):
+        assert show(server.db, thread_id)["status"] != "done"  # stopped at its last checkpoint, resumable
+    fake_server.reset()
+    result = CliRunner().invoke(cli_app, ["runs", "resume", plain["headers"][THREAD_HEADER], "--json",
+                                          "--db", str(server.db)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["answer"], result.output
+
+
+def test_sigterm_answers_runs_in_flight(endpoint_env, tmp_path, fake_server):
+    """`scale serve`'s run_server under a real SIGTERM: every client in flight gets its answer."""
+    fake_server.configure(hang_seconds=120)
+    fake_server.inject("timeout", times=2, stage="decomposition")
+    port, db = free_port(), tmp_path / "term.db"
+    code = ("import sys; from scale_graph.serve import ServeLimits, create_app, run_server; "
+            "run_server(create_app(sys.argv[1]), '127.0.0.1', int(sys.argv[2]), ServeLimits(shutdown_grace_s=1))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(db), str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert process.poll() is None
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/health").status_code == 200
+            return False
+
+        wait_for(up, 60)
+        body = {"model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {"candidates": 1}}
+        plain_thread, plain = _post_in_thread(url, body)
+        stream_thread, streamed = _post_in_thread(url, {**body, "stream": True})
+        wait_for(lambda: fake_server.stats()["requests"] >= 2)
+        process.send_signal(signal.SIGTERM)
+        plain_thread.join(30)
+        stream_thread.join(30)
+        output = process.communicate(timeout=30)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    check_stopped_answers(plain, streamed)
+    assert "Traceback" not in output and "Exception" not in output, output
+    assert "stopped 2 run(s) still in flight after the 1 s grace period" in output, output
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_flood_neither_stops_the_server_nor_floods_the_log(endpoint_env, tmp_path, loop):
+    """With 256 file descriptors, 600 connections at once: the cap (half the descriptors) refuses
+    the excess with a 503, the log stays a few lines (before: 19 MB of accept() tracebacks in 5 s on
+    asyncio's loop, which a plain `pip install scale-graph[serve]` runs), and the server serves on."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    port, log = free_port(), tmp_path / "flood.log"
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+            "from scale_graph.serve import create_app, server_for; "
+            "server_for(create_app(sys.argv[1]), '127.0.0.1', int(sys.argv[2]), loop=sys.argv[3], log_level='info').run()")
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f.db"), str(port), loop],
+                                   stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    socks = []
+    try:
+        def up() -> bool:
+            assert process.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/health").status_code == 200
+            return False
+
+        wait_for(up, 60)
+        for _ in range(600):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            socks.append(sock)
+        time.sleep(3)
+        refused = 0
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                refused += sock.recv(64).startswith(b"HTTP/1.1 503")
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 503  # answered, even at the cap
+        for sock in socks:
+            sock.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/health", timeout=5).json()["status"] == "ok"
+    finally:
+        for sock in socks:
+            sock.close()
+        process.terminate()
+        process.wait(30)
+    text = log.read_text()
+    assert refused >= 600 - 128, refused
+    assert text.count("Traceback") <= 1 and len(text) < 8192, text[-3000:]  # at most one per 10 s
+    assert "connection(s) over the connection cap" in text
+
+
+def test_a_websocket_upgrade_stays_plain_http(served):
+    """No websocket routes: an upgrade request is answered as HTTP, under the same limits."""
+    response = httpx.get(f"{served.url}/health", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                          "Sec-WebSocket-Version": "13"})
+    assert response.status_code == 200 and response.json()["status"] == "ok"
