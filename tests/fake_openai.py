@@ -595,11 +595,13 @@ class _State:
             self._completions += 1
             return f"chatcmpl-fake-{self._completions}"
 
-    def record(self, stage: str, body: dict[str, Any], status: int | None, fault: str | None) -> None:
+    def record(self, stage: str, body: dict[str, Any], status: int | None, fault: str | None,
+               session: str | None = None) -> None:
         with self._lock:
             self._requests += 1
             self._by_stage[stage] += 1
-            self._log.append({"stage": stage, "model": body.get("model"), "body": body, "status": status, "fault": fault})
+            self._log.append({"stage": stage, "model": body.get("model"), "body": body, "status": status, "fault": fault,
+                              "session": session})
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -852,7 +854,7 @@ class FakeOpenAIServer:
             finally:
                 self._state.leave()
         status = None if reply.action in ("refuse", "hang") else reply.status
-        self._state.record(stage, body, status, fault)
+        self._state.record(stage, body, status, fault, request.headers.get("x-session-id"))
         return reply
 
     async def _answer(self, body: dict[str, Any], stage: str, cfg: FakeOpenAIConfig, fault: str | None,

@@ -201,10 +201,12 @@ class _Calls:
         self.warnings += reply.warnings
         return reply
 
-    async def until_not_empty(self, make: Callable[[int], ChatCall], stage: str) -> tuple[ChatCall, Choice]:
-        """The call ``make(attempt)`` made again while it returns nothing at all, at most
-        ``empty_retries`` times: the rule SCALE's solve follows too."""
-        for attempt in range(self.context.empty_retries + 1):
+    async def until_not_empty(self, make: Callable[[int], ChatCall], stage: str, *,
+                              first: int = 0) -> tuple[ChatCall, Choice]:
+        """The call ``make(attempt)`` made again while it returns nothing at all, up to attempt
+        ``empty_retries`` (from attempt ``first``: a sample of an ``n`` request had attempt 0 there),
+        the rule SCALE's solve follows too."""
+        for attempt in range(first, self.context.empty_retries + 1):
             call = make(attempt)
             choice = (await self.call(call, stage)).choices[0]
             if choice.content.strip() or choice.reasoning.strip():
@@ -250,8 +252,8 @@ async def majority(problem: Problem, sample: int, setup: Setup) -> Outcome:
         call = replace(votes, n=1)
         if not (choice.content.strip() or choice.reasoning.strip()) and context.empty_retries:
             call, choice = await calls.until_not_empty(
-                lambda attempt: _thinking_call(f"majority/{index}", user, context, attempt=attempt + 1),
-                "solve_system2")
+                lambda attempt: _thinking_call(f"majority/{index}", user, context, attempt=attempt),
+                "solve_system2", first=1)
         return await calls.answer(f"force/majority/{index}", call, choice)
 
     answers = await asyncio.gather(*(answer(index, choice) for index, choice in enumerate(reply.choices)))
