@@ -70,7 +70,7 @@ def test_a_cut_system1_solve_gets_the_same_forced_answer_as_system2(scripted):
     assert "We compute a and then b and" in forced[0].messages[-1][1]
     assert out["answer"] == "7" and all(step["forced_answer"] and step["ended_by"] == "forced_answer"
                                         for step in out["steps"])
-    assert any("System 1 stopped before its boxed result" in w for w in out["warnings"])
+    assert any("System 1 was cut before its boxed result on sub-problem 1" in w for w in out["warnings"])
 
 
 def test_without_forcing_a_cut_system2_solve_is_labelled_system2(scripted):

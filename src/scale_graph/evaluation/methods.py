@@ -4,27 +4,31 @@
   resumes an interrupted problem after its last finished node).
 - ``cot``: one System 2 call with the paper's prompt, thinking on, budget ``system2_max_tokens``.
 - ``majority``: ``votes`` CoT samples in one ``n=k`` request; the most common answer up to
-  mathematical equivalence (empty answers skipped, ties to the answer seen first).
+  mathematical equivalence (empty answers skipped, ties to the answer seen first). The paper's
+  protocol: one vote per problem (:func:`problem_samples`), so Acc counts whole problems and Tok
+  is ``votes`` × CoT's; ``majority-repeated`` averages ``--samples`` independent votes.
 - ``inftythink``: prompt-based InftyThink — iterations of thinking with their own budget
   ``inftythink_max_tokens`` (8,192, the official value), at most ``inftythink_max_iterations``
-  (50, the official cap), each cut iteration condensed by a non-thinking summary call that
-  replaces the previous summary.
+  (50, the official cap), each cut iteration condensed by a summary the reasoning model writes
+  (its reply continued after an empty closed think block) that replaces the previous summary.
 
-**One forced-answer rule for every method** (:mod:`scale_graph.forcing`): when a thinking call
-ends without an answer (its budget ran out, or thinking never closed) and ``force_answer`` is on,
-a non-thinking follow-up with the method's own prompt, the tail of the cut-off reasoning that
-fits the context window, and :data:`prompts.FORCE_FINAL` produces the answer — for CoT, for each
-majority sample that needs it (concurrently), and for InftyThink's last iteration when the cap
-is reached; SCALE does the same per sub-problem. Its tokens are stage ``force_answer`` and
-count in Tok. ``force_answer=False`` turns it off for all methods at once.
+**One forced-answer rule for every method** (:mod:`scale_graph.forcing`): when a call stops
+before answering (still thinking, or cut before its boxed result) and ``force_answer`` is on, the
+same model continues its own reply after a closed think block (System 1 with the work pasted
+into a prompt only where the endpoint cannot continue) — for CoT, for each majority sample that
+needs it (concurrently), and for InftyThink's last iteration when the cap is reached; SCALE does
+the same per sub-problem. Its tokens are stage ``force_answer`` and count in Tok.
+``force_answer=False`` turns it off for all methods at once. **One empty-reply rule**: a call
+that returns nothing at all is made again up to ``empty_retries`` times, in every method.
+**No system message** unless ``system_message`` sets one, then the same on every call.
 
 **Budget sweeps** (``--system2-max-tokens a,b,c``) set the per-call thinking budget of every
 method the same way: SCALE's System 2 budget per sub-problem, CoT's and each majority sample's
 budget, and InftyThink's per-iteration budget (``inftythink_max_tokens``, which the sweep sets
 together with ``system2_max_tokens``).
 
-Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default); every sample gets its
-own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
+Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default) and, where the server
+enforces it, the native thinking budget of SCALE's System 2 calls; every sample gets its own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
 ``solve_system2``; InftyThink's summaries are ``summarize``. Degradations the chat layer
 reports (reply warnings starting ``degraded: ``) are kept with the outcome.
 """

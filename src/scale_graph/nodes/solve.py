@@ -69,8 +69,8 @@ def solve_subproblem(state: State, context: Context, system: Literal[1, 2]) -> G
             replies.append(forced_reply)
             keys.append(force_call.journal_key)
             usage = add_usage(usage, {"force_answer": forced_reply.usage})
-            state_of = "still thinking" if not choice.content.strip() else "before its boxed result"
-            warnings.append(f"solve: System {system} stopped {state_of} on sub-problem {index + 1} "
+            how = "stopped thinking" if not choice.content.strip() else "was cut before its boxed result"
+            warnings.append(f"solve: System {system} {how} on sub-problem {index + 1} "
                             f"(finish_reason={choice.finish_reason}); answer forced by a follow-up call")
             break
         if choice.content.strip():
