@@ -12,6 +12,7 @@ from typing import Callable
 import pytest
 
 from scale_graph import journal
+from scale_graph.servers import capabilities
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice, EndpointError
 from tests.fake_openai import FakeOpenAIServer
 from tests.vllm_fixture import vllm_server  # noqa: F401  (session fixture: one real local vLLM server)
@@ -44,6 +45,7 @@ def isolated(tmp_path, monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SCALE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
+    capabilities.forget()  # what an endpoint did with a thinking budget is per process: per test here
     yield tmp_path
 
 

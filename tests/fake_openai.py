@@ -44,6 +44,11 @@ field)`` (plus the hidden reasoning when ``reasoning_field="none"``);
 ``completion_tokens_details.reasoning_tokens`` (sum of ``tokens(reasoning)``) is present
 when any reasoning was generated.
 
+**Thinking budget.** ``thinking_token_budget`` is ignored, enforced (the reasoning cut at
+``4 * budget`` characters, the thinking closed, the answer following) or refused with HTTP 400, as
+the ``thinking_budget`` setting says; ``continue_final_message`` (a continued assistant message)
+is answered like any solve unless ``supports_continuation`` is false (HTTP 400).
+
 **Budget.** When the reasoning is longer than ``4 * (max_completion_tokens or max_tokens)``
 characters it is cut there, the content is empty (inline mode: an unclosed ``<think>``) and
 ``finish_reason`` is ``"length"``.
@@ -95,6 +100,9 @@ MODELS: tuple[str, ...] = ("scale-system1", "scale-system2")
 
 REASONING_FIELDS: tuple[str, ...] = ("reasoning", "reasoning_content", "inline", "none")
 """Where thinking text goes: newer vLLM, older vLLM, ``<think>`` in content, hidden."""
+
+THINKING_BUDGETS: tuple[str, ...] = ("ignore", "enforce", "refuse")
+"""What the server does with ``thinking_token_budget``, see :attr:`FakeOpenAIConfig.thinking_budget`."""
 
 def _json_line(template: str, **fields: Any) -> str:
     """The closing ``Respond with JSON only: {"key"`` of a planner prompt, lower-cased: its key
@@ -185,6 +193,12 @@ class FakeOpenAIConfig:
     """If false, ``n > 1`` gets HTTP 400."""
     supports_thinking_flag: bool = True
     """If false, any ``chat_template_kwargs`` gets HTTP 400."""
+    thinking_budget: str = "ignore"
+    """What ``thinking_token_budget`` does: ``"ignore"`` (accepted, no effect: servers that drop unknown
+    fields), ``"enforce"`` (vLLM ≥ 0.19 with a reasoning parser: the reasoning is cut at the budget,
+    the thinking closed and the answer follows in the same reply) or ``"refuse"`` (HTTP 400)."""
+    supports_continuation: bool = True
+    """If false, ``continue_final_message`` gets HTTP 400 (a server that cannot continue a message)."""
     api_key: str | None = None
     """If set, requests without ``Authorization: Bearer <api_key>`` get HTTP 401."""
     hang_seconds: float = 30.0
@@ -205,7 +219,9 @@ class FakeOpenAIConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.choice < 1:
             raise ValueError(f"choice is 1-based, got {self.choice!r}")
-        for name in ("supports_json_schema", "supports_n", "supports_thinking_flag"):
+        if self.thinking_budget not in THINKING_BUDGETS:
+            raise ValueError(f"thinking_budget must be one of {THINKING_BUDGETS}, got {self.thinking_budget!r}")
+        for name in ("supports_json_schema", "supports_n", "supports_thinking_flag", "supports_continuation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
         if self.reasoning_field not in REASONING_FIELDS:
@@ -339,6 +355,9 @@ def _generate(stage: str, body: dict[str, Any], cfg: FakeOpenAIConfig, index: in
     gen = _Generation(content=_stage_answer(stage, body, cfg, index, difficulty, fault))
     if _thinking_requested(body):
         gen.reasoning = _filler(_REASONING_FILLER, cfg.reasoning_bytes)
+    thinking_budget = body.get("thinking_token_budget")
+    if cfg.thinking_budget == "enforce" and isinstance(thinking_budget, int) and len(gen.reasoning) > 4 * thinking_budget:
+        gen.reasoning = gen.reasoning[: 4 * thinking_budget]  # the engine closes the thinking; the answer follows
     budget = _budget_chars(body)
     if budget is not None and len(gen.reasoning) > budget:
         gen.reasoning = gen.reasoning[:budget]
@@ -583,11 +602,13 @@ class _State:
             self._completions += 1
             return f"chatcmpl-fake-{self._completions}"
 
-    def record(self, stage: str, body: dict[str, Any], status: int | None, fault: str | None) -> None:
+    def record(self, stage: str, body: dict[str, Any], status: int | None, fault: str | None,
+               session: str | None = None) -> None:
         with self._lock:
             self._requests += 1
             self._by_stage[stage] += 1
-            self._log.append({"stage": stage, "model": body.get("model"), "body": body, "status": status, "fault": fault})
+            self._log.append({"stage": stage, "model": body.get("model"), "body": body, "status": status, "fault": fault,
+                              "session": session})
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -815,6 +836,12 @@ class FakeOpenAIServer:
             return _error(400, "n > 1 not supported")
         if not cfg.supports_thinking_flag and "chat_template_kwargs" in body:
             return _error(400, "Unrecognized request argument supplied: chat_template_kwargs")
+        if cfg.thinking_budget == "refuse" and "thinking_token_budget" in body:
+            # vLLM's words (v1/engine/input_processor.py) when no reasoning parser is configured
+            return _error(400, "thinking_token_budget is set but reasoning_config is not configured. Please set "
+                               "--reasoning-parser and/or --reasoning-config to use thinking_token_budget.")
+        if not cfg.supports_continuation and body.get("continue_final_message"):
+            return _error(400, "Unrecognized request argument supplied: continue_final_message")
         return None
 
     async def _chat_completions(self, request: _Request) -> _Reply:
@@ -836,7 +863,7 @@ class FakeOpenAIServer:
             finally:
                 self._state.leave()
         status = None if reply.action in ("refuse", "hang") else reply.status
-        self._state.record(stage, body, status, fault)
+        self._state.record(stage, body, status, fault, request.headers.get("x-session-id"))
         return reply
 
     async def _answer(self, body: dict[str, Any], stage: str, cfg: FakeOpenAIConfig, fault: str | None,
@@ -933,8 +960,9 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated difficulty answers cycled per request",
     )
     p.add_argument("--choice", type=int, default=defaults.choice)
-    for name in ("supports-json-schema", "supports-n", "supports-thinking-flag"):
+    for name in ("supports-json-schema", "supports-n", "supports-thinking-flag", "supports-continuation"):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--thinking-budget", choices=THINKING_BUDGETS, default=defaults.thinking_budget)
     p.add_argument("--api-key", default=defaults.api_key)
     p.add_argument("--hang-seconds", type=float, default=defaults.hang_seconds)
     p.add_argument("--model-root", default=defaults.model_root)

@@ -12,7 +12,7 @@ baselines alike), the one place that clamps:
   non-thinking call (that forced answer) leaves the other choices their reserve;
 - a call with ``n`` choices asks for fewer choices when each could not otherwise get its
   minimum (thinking: :data:`SYSTEM2_MINIMUM`; non-thinking: :data:`PLANNER_MINIMUM`);
-- ``thinking_token_budget``, where a call carries one, is clamped like ``max_tokens``;
+- a native thinking budget (``ChatCall.thinking_budget``), where a call carries one, shrinks with ``max_tokens`` and keeps the answer's room;
 - a call that cannot get a single token is not sent: it gets an empty reply cut by ``length``.
 
 **SCALE's plan** (:func:`node_allowance`, :func:`plan_step`), after Plan-and-Budget
@@ -108,10 +108,7 @@ class Meter:
         if limit < 1:
             self._stopped(call, total_bound)
             return None
-        clamped = replace(call, n=n, max_tokens=min(call.max_tokens, limit))
-        thinking_budget = getattr(call, "thinking_token_budget", None)
-        if thinking_budget is not None:
-            clamped = replace(clamped, thinking_token_budget=min(thinking_budget, clamped.max_tokens))
+        clamped = with_max_tokens(replace(call, n=n), min(call.max_tokens, limit))
         if n < call.n:
             self.notes.append(f"budget: {call.key} asked {call.n} choices, {n} fit the {room:,} tokens it may use")
         self.held += clamped.max_tokens * n
@@ -247,13 +244,22 @@ def run_meter(context: Context) -> Meter | None:
 def whole(call: ChatCall, context: Context) -> ChatCall:
     """A baseline's thinking call asking for the whole budget (CoT's one call gets it; majority's
     votes share it, :meth:`Meter.admit` dividing it between them) as far as the model's context
-    window leaves room after the prompt, and never less than it asked; unchanged without a budget."""
+    window leaves room after the prompt; unchanged without a budget."""
     if not context.budget:
         return call
     window = context.context_window or DEFAULT_CONTEXT_WINDOW
     # the prompt estimated as history.py does (3 characters a token, erring large) plus the template
     prompt = math.ceil(sum(len(text) for _, text in call.messages) / 3) + 64
-    return replace(call, max_tokens=max(call.max_tokens, min(context.budget, window - prompt)))
+    return with_max_tokens(call, max(1, min(max(call.max_tokens, context.budget), window - prompt)))
+
+
+def with_max_tokens(call: ChatCall, max_tokens: int) -> ChatCall:
+    """``call`` with another ``max_tokens``; a native thinking budget keeps the same room for the
+    answer after it (at most half the call), so the answer still follows inside the call."""
+    if call.thinking_budget is None or max_tokens == call.max_tokens:
+        return replace(call, max_tokens=max_tokens)
+    room = min(call.max_tokens - call.thinking_budget, max_tokens // 2)
+    return replace(call, max_tokens=max_tokens, thinking_budget=max(1, max_tokens - room))
 
 
 def last_iteration(meter: Meter | None) -> bool:

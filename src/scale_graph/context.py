@@ -20,13 +20,17 @@ from typing import Any, Literal
 from scale_graph.errors import ConfigError
 
 Carry = Literal["final", "reasoning"]
+Sampling = Literal["paper", "authors"]
+
+#: What ``sampling="authors"`` changes (the authors' code samples the non-thinking model at T 0.7, top-p 0.8).
+AUTHORS_SAMPLING: dict[str, float] = {"system1_temperature": 0.7, "system1_top_p": 0.8}
 
 #: Fields that say *where* the systems are, not *how* to run: re-resolved on resume.
 ENDPOINT_FIELDS = ("system1_base_url", "system1_model", "system2_base_url", "system2_model")
 
 
 #: The model context assumed when neither the configuration nor the server says (``context_window`` 0).
-DEFAULT_CONTEXT_WINDOW = 32_768
+DEFAULT_CONTEXT_WINDOW = 40_960  # Qwen3 and QwQ max_position_embeddings: room for a 32,768-token budget
 
 #: Largest token budget of any one call.
 TOKENS = 1_048_576
@@ -60,19 +64,24 @@ class Context:
     planner_max_tokens: int = _param(1024, "Token budget of a decomposition, selection or assessment call.", at_least=1, most=TOKENS)
     planner_temperature: float = _param(0.7, "Sampling temperature of decomposition/selection/assessment.", within="[0, 2]")
     system1_max_tokens: int = _param(4096, "System 1 token budget per sub-problem (fixed in the paper).", at_least=1, most=TOKENS)
-    system1_temperature: float = _param(0.7, "System 1 temperature (Qwen3 non-thinking recommendation).", within="[0, 2]")
-    system1_top_p: float = _param(0.8, "System 1 top-p.", within="(0, 1]")
+    system1_temperature: float = _param(0.6, "System 1 temperature (paper text: 0.6 for every model; `sampling` 'authors' makes it 0.7).", within="[0, 2]")
+    system1_top_p: float = _param(0.95, "System 1 top-p (paper text: 0.95 for every model; `sampling` 'authors' makes it 0.8).", within="(0, 1]")
     system1_top_k: int = _param(20, "System 1 top-k (0 = not sent).", at_least=0)
-    system2_max_tokens: int = _param(16384, "System 2 token budget per sub-problem (paper: 4,096–32,768).", at_least=1, most=TOKENS)
+    system2_max_tokens: int = _param(32768, "Thinking budget per call: System 2 per sub-problem, CoT, each majority sample (the authors' 32,768; Figure 2 sweeps 4,096–32,768).", at_least=1, most=TOKENS)
     system2_temperature: float = _param(0.6, "System 2 temperature (thinking recommendation).", within="[0, 2]")
     system2_top_p: float = _param(0.95, "System 2 top-p.", within="(0, 1]")
     system2_top_k: int = _param(20, "System 2 top-k (0 = not sent).", at_least=0)
+    sampling: Sampling = _param("paper", "Source of the sampling defaults: 'paper' (the paper's text: T 0.6, top-p 0.95 for every model) or 'authors' (the authors' code: T 0.7, top-p 0.8 for the non-thinking System 1). Fills only the System 1 sampling fields not set explicitly.")
+    system_message: str = _param("", "System message sent first in every call of every method (SCALE's stages, CoT, majority, InftyThink alike); \"\" = none, as in the paper's prompts.")
+    thinking_budget: bool = _param(True, "Native thinking budgets: where the server takes `thinking_token_budget` (vLLM >= 0.19 with a reasoning parser; probed once per endpoint), thinking calls send it (the call's budget minus `answer_reserve`), so the thinking ends inside the budget and the answer follows in the same reply. Off, or on other servers: the forced-answer follow-up.")
+    answer_reserve: int = _param(1024, "Tokens of a thinking call's budget kept for the answer after a native thinking budget ends the thinking (at most half the call's budget).", at_least=1, most=TOKENS)
+    empty_retries: int = _param(2, "The same for every method: a call that returns nothing at all (no answer, no reasoning) is made again with a new seed up to this many times (SCALE's solve, CoT, each majority sample, each InftyThink iteration).", at_least=0, most=10)
     force_answer: bool = _param(True, "Forced-answer policy, the same for every method: a thinking call that ends without an answer (budget exhausted, thinking never closed) gets a short non-thinking follow-up whose tokens count in Tok. Off: such a call just has no answer.")
     force_answer_max_tokens: int = _param(1024, "Budget of the non-thinking follow-up that turns cut-off reasoning into an answer.", at_least=1, most=TOKENS)
     inftythink_max_tokens: int = _param(8192, "InftyThink baseline: thinking budget per iteration (official value 8,192).", at_least=1, most=TOKENS)
     inftythink_max_iterations: int = _param(50, "InftyThink baseline: most iterations per problem (official maximum 50; the paper's runs average about 6).", at_least=1, most=200)
     votes: int = _param(8, "Majority-voting baseline: CoT samples voted on per problem sample (k=8 in the paper).", at_least=1, most=64)
-    context_window: int = _param(0, "Model context length in tokens. Each earlier solution is carried whole (Eq. 5) while the prompt fits this window with the call's own max_tokens reserved (estimated at 3 characters a token); only then do the oldest shrink to their boxed result, with a warning. 0 = read max_model_len from the server's /v1/models, else 32,768.", most=10_485_760)
+    context_window: int = _param(0, "Model context length in tokens. Each earlier solution is carried whole (Eq. 5) while the prompt fits this window with the call's own max_tokens reserved (estimated at 3 characters a token); only then do the oldest shrink to their boxed result, with a warning. 0 = read max_model_len from the server's /v1/models, else 40,960.", most=10_485_760)
     seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed.")
     carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too (fills the context window sooner).")
     max_problem_chars: int = _param(20000, "Longest accepted problem text.", at_least=1, most=1_000_000)
@@ -187,6 +196,10 @@ _dataclass_init = Context.__init__
 
 def _init_recording_given(self: Context, **given: Any) -> None:
     _dataclass_init(self, **given)
+    if self.sampling == "authors":  # a preset: fills only what the caller left to its default
+        for name, value in AUTHORS_SAMPLING.items():
+            if name not in given:
+                setattr(self, name, value)
     # Which fields a caller set: a context made without endpoints (Studio's context panel, a
     # dict passed to graph.invoke) takes them and every unset field from the settings.
     self._given = frozenset(given)

@@ -161,6 +161,7 @@ def fitted_call(build: Callable[[int], tuple[ChatCall, list[str]]], context: Con
     return call, reply, warnings
 
 
-def messages(user: str) -> list[tuple[str, str]]:
-    """The chat messages of every SCALE call: the shared system prompt, then the user text."""
-    return [("system", prompts.SYSTEM), ("user", user)]
+def messages(user: str, system_message: str = "") -> list[tuple[str, str]]:
+    """The chat messages of a call: the run's system message (the same for every method; none by
+    default, as in the paper), then the user text."""
+    return [("system", system_message), ("user", user)] if system_message else [("user", user)]

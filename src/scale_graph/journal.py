@@ -17,11 +17,11 @@ what it would cost alone, while :func:`agenerated_tokens` counts only what was g
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
 import weakref
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -116,8 +116,14 @@ def calls_namespace(run_id: str) -> tuple[str, ...]:
 
 
 def derive_seed(base: int, *parts: object) -> int:
-    """A stable seed per (base seed, purpose): distinct for every candidate and retry."""
-    return (base + zlib.crc32(":".join(map(str, parts)).encode())) % (2**31 - 1)
+    """A stable seed per (base seed, purpose): distinct for every candidate and retry.
+
+    A hash of the base seed *and* the purpose, not ``base + hash(purpose)``: the engines give the
+    i-th of ``n`` samples ``seed + i`` (vLLM's parallel sampling, and the chat layer's fan-out), so
+    seeds one apart would make the streams of ``--seed 0`` and ``--seed 1`` share n-1 samples.
+    """
+    digest = hashlib.blake2b(repr((int(base), *map(str, parts))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31 - 1)
 
 
 def new_run_id() -> str:

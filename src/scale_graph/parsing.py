@@ -16,7 +16,9 @@ _NUMBERED = re.compile(r"^\s*(?:[-*•]|(?:step|sub-?problem)?\s*\d+\s*[.):\-]|(
 _STEP_KEY = re.compile(r"(\d+)")
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-_REFERENCE = re.compile(r"\b(?:sub-?\s?problems?|steps?|parts?|questions?)\s*(?:no\.|number|#)?\s*\d+\b", re.IGNORECASE)
+# "sub-problem 3", "Sub-problem 3 of 5" (the prompts' own header style): names a sub-problem, not a difficulty
+_REFERENCE = re.compile(r"\b(?:sub-?\s?problems?|steps?|parts?|questions?)\s*(?:no\.|number|#)?\s*\d+"
+                        r"(?:\s*(?:of|/|out\s+of)\s*\d+)?\b", re.IGNORECASE)
 
 
 def _repair_latex(text: str) -> str:
@@ -144,7 +146,7 @@ def _difficulty_value(text: str) -> float | None:
         return float(data)
     visible = data if isinstance(data, str) else split_think(text)[1]
     visible = _REFERENCE.sub(" ", visible)  # "sub-problem 3" names a sub-problem, not a difficulty
-    if match := re.search(rf"({_NUMBER})\s*/\s*({_NUMBER})", visible):
+    if match := re.search(rf"({_NUMBER})\s*(?:/|out\s+of)\s*({_NUMBER})", visible, re.IGNORECASE):
         denominator = float(match.group(2))
         return float(match.group(1)) / denominator if denominator else None
     if match := re.search(rf"({_NUMBER})\s*%", visible):

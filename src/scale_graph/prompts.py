@@ -5,6 +5,8 @@ put the varying instruction last, so vLLM's automatic prefix caching reuses the 
 across consecutive calls.
 """
 
+# Sent only when the run's ``system_message`` is set to it: by default no call of any method carries
+# a system message, as in the paper's prompts (``--system-message`` gives every method the same one).
 SYSTEM = "You are an expert competition mathematician. Be rigorous and concise."
 
 PROBLEM = "Problem:\n{problem}\n"
@@ -63,6 +65,12 @@ FORCE_ANSWER = (
     "{reasoning}\n\n"
     "Based on this reasoning, {instruction}"
 )
+# The forced answer on the model's own reply: its work so far as a closed think block, ended as
+# Qwen3's documented thinking budget ends one; the model continues the message with its answer.
+# The think block is in the normal form Qwen3-style templates render ("<think>\n…\n</think>\n\n"),
+# so vLLM's continue_final_message finds the message in the rendered chat.
+FORCE_CONTINUATION = "<think>\n{work}\n</think>\n\n"
+FORCE_END = "\n\nConsidering the limited time, I have to give the solution based on the thinking directly now."
 FORCE_SUBPROBLEM = "write the solution of sub-problem {number} concisely and end with its result in \\boxed{{}}."
 FORCE_FINAL = "write the final answer concisely and put it within \\boxed{}."
 

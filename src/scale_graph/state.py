@@ -39,7 +39,8 @@ class Step(TypedDict, total=False):
     call_keys: list[str]  # store keys of this sub-problem's solve calls, in order
     result: str | None  # last \boxed{} of the solution
     solution_preview: str
-    forced_answer: bool  # System 2 ran out of thinking; answer written by a follow-up call
+    forced_answer: bool  # the solve call stopped before answering; answer written by a follow-up call
+    ended_by: str  # what ended the solve call's thinking: stop | thinking_budget | length | forced_answer
     finish_reason: str | None
     assess_tokens: int
     prompt_tokens: int

@@ -163,3 +163,71 @@ def test_concurrent_requests(client):
             pool.map(lambda i: chat(client, thinking=bool(i % 2), seed=i, max_tokens=16), range(4))
         )
     assert all(len(r["choices"]) == 1 for r in results)
+
+
+# ---- native thinking budgets and continued replies (issue 19) -------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_thinking_budget_ends_the_thinking_inside_it_and_the_answer_follows_in_the_same_reply(client, seed):
+    """vLLM's thinking_token_budget, as the chat layer sends it: at the budget the engine closes the
+    thinking and the same request goes on with the answer. ``ignore_eos`` makes the tiny model think
+    on like a reasoning model on a hard problem (it would otherwise stop at random)."""
+    budget = 16
+    data = chat(client, thinking=True, seed=seed, max_tokens=48, thinking_token_budget=budget, ignore_eos=True)
+    (choice,) = data["choices"]
+    reasoning_tokens = data["usage"]["completion_tokens_details"]["reasoning_tokens"]
+    # vLLM counts the forced end-of-thinking marker as reasoning: the budget plus that one token
+    assert budget <= reasoning_tokens <= budget + 1
+    assert reasoning_of(choice["message"]) and choice["message"]["content"]  # the answer, in the same reply
+    assert data["usage"]["completion_tokens"] == 48
+
+
+@pytest.fixture
+def thinks_past_eos(monkeypatch):
+    """Every request of the chat layer with ``min_tokens``: the tiny model cannot stop inside its
+    thinking before the budget (a reasoning model on a hard problem does not either)."""
+    from scale_graph.servers import chat as chat_layer
+
+    payload = chat_layer.Systems._payload
+
+    def with_min_tokens(self, call, sample, refused):
+        messages, kwargs = payload(self, call, sample, refused)
+        if call.thinking:  # just past the thinking budget: then the model may end its answer
+            kwargs["extra_body"] = {**kwargs["extra_body"], "min_tokens": (call.thinking_budget or 0) + 8}
+        return messages, kwargs
+
+    monkeypatch.setattr(chat_layer.Systems, "_payload", with_min_tokens)
+
+
+def cot_on(vllm_server, **options):  # noqa: F811
+    import asyncio
+
+    from scale_graph.context import Context
+    from scale_graph.evaluation.datasets import Problem
+    from scale_graph.evaluation.methods import Setup, solve
+
+    endpoints = {f"system{n}_{part}": vllm_server[f"system{n}"][key]
+                 for n in (1, 2) for part, key in (("base_url", "base_url"), ("model", "model"))}
+    context = Context(**endpoints, context_window=8192, system2_max_tokens=160, answer_reserve=80,
+                      force_answer_max_tokens=24, **options)
+    return asyncio.run(solve("cot", Problem("p", "What is 7 * 6?", "42"), 0, Setup("vllm-cot", context)))
+
+
+def test_one_request_replaces_two_where_the_server_enforces_the_thinking_budget(vllm_server, thinks_past_eos):  # noqa: F811
+    """Without the budget the reply is cut while thinking and the forced answer costs a second
+    request; with it the engine ends the thinking at 80 tokens (160 minus the answer's reserve) and
+    the answer follows in the same one."""
+    from scale_graph.servers import capabilities
+
+    budgeted = cot_on(vllm_server, thinking_budget=True)
+    assert budgeted.error is None, budgeted.error
+    assert capabilities.support(vllm_server["system2"]["base_url"], "scale-system2") == "enforced"
+    assert budgeted.usage["solve_system2"]["calls"] == 1 and "force_answer" not in budgeted.usage
+    assert budgeted.usage["solve_system2"]["reasoning_tokens"] <= 160 - 80 + 1  # the budget sent, plus the end marker
+
+    follow_up = cot_on(vllm_server, thinking_budget=False)
+    assert follow_up.error is None, follow_up.error
+    assert follow_up.usage["solve_system2"]["calls"] == 1 and follow_up.usage["force_answer"]["calls"] == 1
+    # the forced answer continued the same model's reply: the local template renders the closed think block
+    assert follow_up.degraded == []

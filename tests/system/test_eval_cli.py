@@ -66,20 +66,22 @@ def cot_answer(problem: str) -> int:
     return answer_for([{"role": "user", "content": COT.format(problem=problem)}])
 
 
-@pytest.mark.parametrize("method, extra, requests_per_sample, iterations", [
-    ("cot", [], 1, 1),
-    ("majority", ["--votes", "3"], 1, 3),  # one request with n=3
+@pytest.mark.parametrize("method, extra, requests_per_sample, iterations, samples", [
+    ("cot", [], 1, 1, 4),
+    ("majority", ["--votes", "3"], 1, 3, 2),  # one request with n=3; the paper's one vote per problem, whatever -n
+    ("majority-repeated", ["--votes", "3"], 1, 3, 4),  # -n independent votes per problem
     # 3 cut iterations + 2 summaries + the forced answer after the last one
-    ("inftythink", ["--system2-max-tokens", "20", "--max-iterations", "3"], 6, 3),
-    ("scale", ["--candidates", "2", "--concurrency", "1"], 8, 3),  # decompose, select, 3 × (assess + solve)
+    ("inftythink", ["--system2-max-tokens", "20", "--max-iterations", "3"], 6, 3, 4),
+    ("scale", ["--candidates", "2", "--concurrency", "1"], 8, 3, 4),  # decompose, select, 3 × (assess + solve)
 ])
-def test_each_method_end_to_end(endpoint_env, fake_server, tmp_path, method, extra, requests_per_sample, iterations):
+def test_each_method_end_to_end(endpoint_env, fake_server, tmp_path, method, extra, requests_per_sample, iterations,
+                                samples):
     result = evaluate_ok("--dataset", "aime24", "--data-dir", DATA, "--method", method, "--limit", "2", "--samples", "2",
                          *extra)
     assert "Runs" in result.stdout and "Comparison (paper Table 1)" in result.stdout
-    assert fake_server.stats()["requests"] == 4 * requests_per_sample
+    assert fake_server.stats()["requests"] == samples * requests_per_sample
     shown, results = metrics(f"{method}-aime24")
-    assert (shown.problems, shown.samples, shown.failed) == (2, 4, 0)
+    assert (shown.problems, shown.samples, shown.failed) == (2, samples, 0)
     assert {r.iterations for r in results} == {iterations}
     assert all(r.completion_tokens > 0 for r in results)
     assert all(r.answer is not None and r.grading_note.endswith("equivalent") for r in results)
@@ -96,7 +98,7 @@ def test_each_method_end_to_end(endpoint_env, fake_server, tmp_path, method, ext
     assert "report.md" in files and "accuracy_vs_tokens.png" in files and "accuracy_vs_budget.png" in files
     assert ("accuracy_vs_threshold.png" in files) == (method == "scale")
     assert all((tmp_path / "out" / name).stat().st_size > 0 for name in files)
-    assert json.loads((tmp_path / "m.json").read_text())[0]["samples"] == 4
+    assert json.loads((tmp_path / "m.json").read_text())[0]["samples"] == samples
 
 
 def test_accuracy_with_known_answers_and_majority_tokens(endpoint_env, fake_server, tmp_path):

@@ -392,7 +392,7 @@ def test_upstream_error_hides_the_key_and_the_upstream_url(endpoint_env, tmp_pat
 
 
 @pytest.mark.parametrize("name, value", [("candidates", 9), ("max_problem_chars", 20001), ("max_retries", 4),
-                                         ("system2_max_tokens", 16385)])
+                                         ("system2_max_tokens", 32_769)])  # the default (32,768) + 1
 def test_a_client_may_not_exceed_the_servers_limits(served, fake_server, name, value):
     response = httpx.post(f"{served.url}/v1/chat/completions", json={
         "model": "scale", "messages": [{"role": "user", "content": PROBLEM}], "scale": {name: value}})

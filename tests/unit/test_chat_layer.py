@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from scale_graph.servers import chat
+from scale_graph.servers import capabilities, chat
 from scale_graph.servers.chat import (
     PREFIX_DEGRADED,
     ChatCall,
@@ -250,3 +250,67 @@ def test_endpoint_error_redacts_at_construction():
     assert "abc.def" not in str(error) and "sk-abcdefghijkl" not in str(error)
     assert "plainsecret" not in str(EndpointError("echo plainsecret", endpoint=Endpoint(1, "http://h/v1", "m",
                                                                                            api_key="plainsecret")))
+
+
+# ---- native thinking budgets (issue 19) ------------------------------------------------------------
+
+def thinking_call(key: str = "solve/0/0", **changes) -> ChatCall:
+    fields = {"key": key, "system": 2, "messages": [("user", "Solve: what is 1+1?")], "thinking": True,
+              "max_tokens": 200, "temperature": 0.6, "thinking_budget": 100}
+    return ChatCall(**{**fields, **changes})
+
+
+def test_an_enforced_thinking_budget_ends_the_thinking_and_the_answer_follows_in_one_request():
+    with FakeOpenAIServer(thinking_budget="enforce", reasoning_bytes=2_000) as server:
+        for reply in run_both(systems(server), thinking_call()):
+            (choice,) = reply.choices
+            assert choice.content.endswith("}.") and choice.ended_by == "thinking_budget" and reply.requests == 1
+        assert [body["thinking_token_budget"] for body in bodies(server, "scale-system2")] == [100, 100]
+        assert capabilities.support(server.base_url, "scale-system2") == "enforced"
+
+
+def test_a_refused_thinking_budget_is_dropped_once_per_endpoint_and_said_without_degrading():
+    with FakeOpenAIServer(thinking_budget="refuse", reasoning_bytes=2_000) as server:
+        first, second = run_both(systems(server), thinking_call())
+        assert any("refused thinking_token_budget" in w for w in first.warnings)
+        assert not any(w.startswith(PREFIX_DEGRADED) for w in first.warnings + second.warnings)
+        assert first.choices[0].ended_by == "length"  # cut while thinking: the forced-answer policy's case
+        sent = ["thinking_token_budget" in body for body in bodies(server, "scale-system2")]
+        assert sent == [True, False, False]  # the refusal, its retry, and the next call without asking again
+        assert capabilities.support(server.base_url, "scale-system2") == "refused"
+
+
+def test_an_ignored_thinking_budget_is_noticed_and_no_longer_sent():
+    with FakeOpenAIServer(thinking_budget="ignore", reasoning_bytes=2_000) as server:
+        first, second = run_both(systems(server), thinking_call(max_tokens=1_000))
+        assert any("thought past it" in w for w in first.warnings)
+        assert capabilities.support(server.base_url, "scale-system2") == "ignored"
+        assert ["thinking_token_budget" in body for body in bodies(server, "scale-system2")] == [True, False]
+
+
+def test_a_non_thinking_call_never_sends_a_thinking_budget(server):
+    run_both(systems(server), system1_call(thinking_budget=100))
+    assert not any("thinking_token_budget" in body for body in bodies(server))
+
+
+def test_a_continuation_is_sent_as_vllm_takes_it(server):
+    call = system1_call(system=2, messages=[("user", "q"), ("assistant", "<think>\nwork\n</think>\n\n")],
+                        continue_final=True)
+    run_both(systems(server), call)
+    body = bodies(server, "scale-system2")[0]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["messages"][-1] == {"role": "assistant", "content": "<think>\nwork\n</think>\n\n"}
+
+
+def test_an_endpoint_that_cannot_continue_gets_the_fallback_on_system1_and_says_so():
+    with FakeOpenAIServer(supports_continuation=False) as server:
+        fallback = system1_call(messages=[("user", "q with the work pasted")])
+        call = system1_call(system=2, messages=[("user", "q"), ("assistant", "<think>\nw\n</think>\n\n")],
+                            continue_final=True, fallback=fallback)
+        first, second = run_both(systems(server), call)
+        for reply in (first, second):
+            assert reply.choices[0].content.endswith("}.")
+            assert any(w.startswith(PREFIX_DEGRADED) and "cannot continue" in w and "System 1 wrote" in w
+                       for w in reply.warnings)
+        models = [entry["model"] for entry in server.stats()["log"]]
+        assert models == ["scale-system2", "scale-system1", "scale-system1"]  # asked once, then straight to System 1

@@ -79,7 +79,10 @@ def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(script
     reason, summary = fake.calls[2], fake.calls[3]
     assert (reason.system, reason.thinking, reason.max_tokens) == (2, True, 300)  # its own per-iteration budget
     assert "- step 1: x is even" in reason.messages[0][1] and "Find x." in reason.messages[0][1]
-    assert (summary.system, summary.thinking, summary.max_tokens, summary.temperature) == (1, False, 1024, 0.5)
+    # written by the reasoning model itself, after an empty closed think block (issue 19: not System 1)
+    assert (summary.system, summary.thinking, summary.max_tokens, summary.temperature) == (2, False, 1024, 0.5)
+    assert summary.continue_final and summary.messages[-1] == ("assistant", "<think>\n\n</think>\n\n")
+    assert summary.fallback.system == 1 and summary.fallback.messages == summary.messages[:-1]
     prompt = summary.messages[0][1]
     assert "- step 1: x is even" in prompt and "partial 2" in prompt and "Do not give a final answer" in prompt
     assert "- step 2: x is even" in fake.calls[4].messages[0][1] and "step 1:" not in fake.calls[4].messages[0][1]
@@ -126,10 +129,13 @@ def test_every_method_forces_an_answer_when_thinking_ends_without_one(scripted, 
     forced = fake.stage_calls("force/")
     assert len(forced) == forced_calls and outcome.answer == "42"
     for call in forced:
-        assert (call.system, call.thinking, call.max_tokens) == (1, False, 1024)
-        (role, text), = call.messages  # the method's own prompt, no SCALE system message
+        # the method's own reasoning model continues its own reply (issue 19: not System 1)
+        assert (call.system, call.thinking, call.max_tokens, call.continue_final) == (2, False, 1024, True)
+        (role, text), (prefill_role, prefill) = call.messages  # the method's own prompt, no system message
         assert role == "user" and text.startswith("Find x.") and "Please reason step by step" in text
-        assert "x is 41 or 42" in text and text.endswith(prompts.FORCE_FINAL)
+        assert prefill_role == "assistant" and "x is 41 or 42" in prefill and prefill.endswith("</think>\n\n")
+        (role, text), = call.fallback.messages  # System 1 only where the endpoint cannot continue
+        assert call.fallback.system == 1 and "x is 41 or 42" in text and text.endswith(prompts.FORCE_FINAL)
     assert outcome.usage["force_answer"] == {"calls": forced_calls, "prompt_tokens": 5 * forced_calls,
                                              "completion_tokens": 7 * forced_calls, "reasoning_tokens": 0}
     if method == "inftythink":
@@ -166,8 +172,9 @@ def test_forced_follow_up_sees_the_tail_of_the_reasoning_that_fits(scripted):
     fake = scripted(respond)
     run("cot", context_window=4096)
     (forced,) = fake.stage_calls("force/")
-    text = forced.messages[0][1]
-    assert "LATEST RESULT" in text and len(text) < (4096 - 100 - 1024) * 3 + 500
+    for call in (forced, forced.fallback):
+        text = call.messages[-1][1]
+        assert "LATEST RESULT" in text and len(text) < (4096 - 100 - 1024) * 3 + 500
 
 
 def test_degradations_from_the_chat_layer_are_kept_once(scripted):

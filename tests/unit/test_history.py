@@ -6,7 +6,7 @@ from scale_graph import prompts
 from scale_graph.forcing import forced_answer_call
 from scale_graph.history import (CHARS_PER_TOKEN, DEFAULT_CONTEXT_WINDOW, Carried, context_window, estimate_tokens,
                                  fit_prompt, prompt_budget, shrunk_window)
-from scale_graph.servers.chat import ContextLengthError
+from scale_graph.servers.chat import Choice, ContextLengthError
 
 from tests.conftest import context
 
@@ -47,7 +47,8 @@ def test_the_output_budget_is_reserved():
 
 
 def test_unknown_window_is_the_documented_default():
-    assert context_window(context()) == DEFAULT_CONTEXT_WINDOW == 32_768
+    # room for the authors' 32,768-token budget: Qwen3's and QwQ's max_position_embeddings
+    assert context_window(context()) == DEFAULT_CONTEXT_WINDOW == 40_960
     assert context_window(context(context_window=8_192)) == 8_192
 
 
@@ -60,16 +61,36 @@ def test_shrunk_window(window, limit, requested, expected):
     assert shrunk_window(window, ContextLengthError("too long", limit=limit, requested=requested)) == expected
 
 
-def test_forced_answer_sees_all_reasoning_that_fits():
+ASKED = [("user", "Problem: P\n")]
+
+
+def cut(reasoning: str) -> Choice:
+    return Choice(content="", reasoning=reasoning, finish_reason="length")
+
+
+@pytest.mark.parametrize("system", [1, 2])
+def test_forced_answer_sees_all_reasoning_that_fits(system):
     reasoning = "r" * 20_000  # the old follow-up kept 4,000 characters
-    call = forced_answer_call("force/0/0", "Problem: P\n", reasoning, context(), instruction="box it.")
+    call = forced_answer_call("force/0/0", ASKED, cut(reasoning), context(), system=system, instruction="box it.")
     assert reasoning in call.messages[-1][1]
+    assert reasoning in call.fallback.messages[-1][1]
+
+
+def test_the_forced_answer_continues_the_same_models_reply_after_a_closed_think_block():
+    call = forced_answer_call("force/0/0", ASKED, cut("so far x = 3"), context(), system=2, instruction="box it.")
+    assert call.system == 2 and call.continue_final and call.messages[:-1] == ASKED
+    role, prefill = call.messages[-1]
+    assert role == "assistant" and prefill.startswith("<think>\nso far x = 3") and prefill.endswith("\n</think>\n\n")
+    assert prompts.FORCE_END.strip() in prefill
+    # where the endpoint cannot continue a message: System 1 with the work pasted into a prompt
+    assert call.fallback.system == 1 and not call.fallback.continue_final
+    assert call.fallback.messages[-1][1].endswith("box it.")
 
 
 def test_forced_answer_keeps_the_tail_when_the_reasoning_does_not_fit():
     reasoning = "HEAD" + "m" * 200_000 + "TAIL"
     ctx = context(context_window=16_384, force_answer_max_tokens=1_024)
-    call = forced_answer_call("force/0/0", "Problem: P\n", reasoning, ctx, instruction="box it.")
+    call = forced_answer_call("force/0/0", ASKED, cut(reasoning), ctx, system=2, instruction="box it.").fallback
     user = call.messages[-1][1]
     assert "TAIL" in user and "HEAD" not in user and prompts.TRUNCATED in user
     assert estimate_tokens(*(text for _, text in call.messages)) <= prompt_budget(16_384, 1_024)

@@ -7,6 +7,7 @@ from the process's own copy of the journal must give the run the same replies th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict
@@ -39,9 +40,12 @@ def test_journal_key_is_the_digest_of_the_request_as_before():
                     max_tokens=512, temperature=0.6, top_p=0.95, top_k=20, seed=7, n=3,
                     schema={"name": "d", "schema": {"type": "object", "required": ["d"]}})
     request = asdict(call)
-    del request["key"]
+    for later in ("key", "thinking_budget", "continue_final", "fallback"):  # fields the old digest did not have
+        del request[later]
     digest = hashlib.blake2b(json.dumps(request, sort_keys=True).encode(), digest_size=6).hexdigest()
     assert call.journal_key == f"solve/2/0#{digest}"  # journals written before stay found on resume
+    budgeted = dataclasses.replace(call, thinking_budget=256)
+    assert budgeted.journal_key != call.journal_key  # a new field, once set, is part of the request
 
 
 def test_a_reply_read_from_a_dict_has_its_own_warnings():

@@ -29,6 +29,9 @@ def test_decomposition_unusable(text):
     ("<think>maybe 0.9</think>0.3", 0.3),
     ("The difficulty of sub-problem 3 is 0.4", 0.4), ("Sub-problem 12: difficulty 0.25", 0.25),
     ("Step 2 has difficulty 7/10", 0.7),
+    # the prompts' own header style, and a score "out of" a scale (issue 19)
+    ("Sub-problem 3 of 5 is 0.4", 0.4), ("Sub-problem 3 of 5: difficulty 0.4", 0.4), ("4 out of 10", 0.4),
+    ("I rate it 4 Out Of 10.", 0.4),
 ])
 def test_difficulty(text, expected):
     assert parse_difficulty(text) == pytest.approx(expected)

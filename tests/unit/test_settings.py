@@ -113,7 +113,7 @@ def test_record_run_defaults_apply_only_to_its_own_endpoints(monkeypatch):
     monkeypatch.setenv("SCALE_SYSTEM1_BASE_URL", "http://gpu/v1")
     monkeypatch.setenv("SCALE_SYSTEM2_BASE_URL", "http://gpu/v1")
     elsewhere = settings.resolve()
-    assert (elsewhere.context.system2_max_tokens, elsewhere.context.candidates) == (16384, 8)
+    assert (elsewhere.context.system2_max_tokens, elsewhere.context.candidates) == (32768, 8)  # the documented defaults
     assert "system2_max_tokens" not in elsewhere.sources
 
 

@@ -107,8 +107,9 @@ def exit_if_failed(totals: Any) -> None:
 def eval_command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Preset (aime24, aime25, amc23) or a JSONL path; "
                                 "comma-separated for several."),
-    method: str = typer.Option("scale", "--method", "-m", help="scale, cot, majority or inftythink; "
-                               "comma-separated for several."),
+    method: str = typer.Option("scale", "--method", "-m", help="scale, cot, majority (the paper's: one vote "
+                               "over --votes samples per problem, whatever -n), majority-repeated (-n votes per problem) "
+                               "or inftythink; comma-separated for several."),
     samples: int = typer.Option(8, "--samples", "-n", help="Samples per problem (Acc = pass@1 averaged over them)."),
     threshold: Optional[str] = typer.Option(None, "--threshold", "-t", help="SCALE's τ (default 0.2); a comma "
                                             "list such as 0.2,0.3 sweeps: one run per value."),
@@ -121,6 +122,11 @@ def eval_command(
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", help="SCALE: candidate decompositions (default 8)."),
     votes: Optional[int] = typer.Option(None, "--votes", help="Majority voting: samples voted on per problem sample "
                                         "(k, default 8)."),
+    sampling: Optional[str] = typer.Option(None, "--sampling", help="Source of the sampling defaults: paper (T 0.6, "
+                                           "top-p 0.95 for every model; default) or authors (their code: T 0.7, top-p "
+                                           "0.8 for the non-thinking System 1)."),
+    system_message: Optional[str] = typer.Option(None, "--system-message", help="System message sent first in every "
+                                                 "call of every method (default none, as in the paper)."),
     max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="InftyThink: most iterations per "
                                                  "problem sample (default 50, the official cap)."),
     inftythink_max_tokens: Optional[int] = typer.Option(None, "--inftythink-max-tokens", help="InftyThink: thinking "
@@ -150,6 +156,7 @@ def eval_command(
         methods = _split(method, "--method")
         given = {"candidates": candidates, "votes": votes, "inftythink_max_iterations": max_iterations,
                  "inftythink_max_tokens": inftythink_max_tokens, "force_answer": force_answer,
+                 "sampling": sampling, "system_message": system_message,
                  "reuse_group": _reuse_group(reuse, reuse_group, name, methods, loaded)}
         budgets = [_number(v, int, "--system2-max-tokens") for v in _split(system2_max_tokens, "--system2-max-tokens")]
         if budgets and inftythink_max_tokens is not None:

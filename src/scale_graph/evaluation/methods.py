@@ -4,19 +4,23 @@
   resumes an interrupted problem after its last finished node).
 - ``cot``: one System 2 call with the paper's prompt, thinking on, budget ``system2_max_tokens``.
 - ``majority``: ``votes`` CoT samples in one ``n=k`` request; the most common answer up to
-  mathematical equivalence (empty answers skipped, ties to the answer seen first).
+  mathematical equivalence (empty answers skipped, ties to the answer seen first). The paper's
+  protocol: one vote per problem (:func:`problem_samples`), so Acc counts whole problems and Tok
+  is ``votes`` × CoT's; ``majority-repeated`` averages ``--samples`` independent votes.
 - ``inftythink``: prompt-based InftyThink — iterations of thinking with their own budget
   ``inftythink_max_tokens`` (8,192, the official value), at most ``inftythink_max_iterations``
-  (50, the official cap), each cut iteration condensed by a non-thinking summary call that
-  replaces the previous summary.
+  (50, the official cap), each cut iteration condensed by a summary the reasoning model writes
+  (its reply continued after an empty closed think block) that replaces the previous summary.
 
-**One forced-answer rule for every method** (:mod:`scale_graph.forcing`): when a thinking call
-ends without an answer (its budget ran out, or thinking never closed) and ``force_answer`` is on,
-a non-thinking follow-up with the method's own prompt, the tail of the cut-off reasoning that
-fits the context window, and :data:`prompts.FORCE_FINAL` produces the answer — for CoT, for each
-majority sample that needs it (concurrently), and for InftyThink's last iteration when the cap
-is reached; SCALE does the same per sub-problem. Its tokens are stage ``force_answer`` and
-count in Tok. ``force_answer=False`` turns it off for all methods at once.
+**One forced-answer rule for every method** (:mod:`scale_graph.forcing`): when a call stops
+before answering (still thinking, or cut before its boxed result) and ``force_answer`` is on, the
+same model continues its own reply after a closed think block (System 1 with the work pasted
+into a prompt only where the endpoint cannot continue) — for CoT, for each majority sample that
+needs it (concurrently), and for InftyThink's last iteration when the cap is reached; SCALE does
+the same per sub-problem. Its tokens are stage ``force_answer`` and count in Tok.
+``force_answer=False`` turns it off for all methods at once. **One empty-reply rule**: a call
+that returns nothing at all is made again up to ``empty_retries`` times, in every method.
+**No system message** unless ``system_message`` sets one, then the same on every call.
 
 **Budget sweeps** (``--system2-max-tokens a,b,c``) set the per-call thinking budget of every
 method the same way: SCALE's System 2 budget per sub-problem, CoT's and each majority sample's
@@ -28,8 +32,8 @@ method under one rule: each sample's calls share one meter that clamps every cal
 left; CoT's call asks for the whole budget, majority's votes share it, InftyThink's iterations
 stop before one would cross it (:func:`scale_graph.budget.last_iteration`).
 
-Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default); every sample gets its
-own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
+Baseline calls use System 2's sampling (T=0.6, top-p 0.95 by default) and, where the server
+enforces it, the native thinking budget of SCALE's System 2 calls; every sample gets its own seed. Stage names in ``usage`` follow the workflow's: System 2 reasoning is
 ``solve_system2``; InftyThink's summaries are ``summarize``. Degradations the chat layer
 reports (reply warnings starting ``degraded: ``) are kept with the outcome.
 """
@@ -51,6 +55,7 @@ from scale_graph.context import ENDPOINT_FIELDS, Context
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import equivalent
 from scale_graph.forcing import forced_answer_call, needs_forced_answer
+from scale_graph.history import messages
 from scale_graph.nodes.solve import solve_call
 from scale_graph.parsing import last_boxed
 from scale_graph.prompts import COT
@@ -74,9 +79,12 @@ _SAMPLING2 = ("system2_temperature", "system2_top_p", "system2_top_k")
 # the forced-answer follow-up and InftyThink's summaries run on System 1's sampling
 _FORCE = ("force_answer", "force_answer_max_tokens", "system1_temperature", "system1_top_p", "system1_top_k")
 #: The run parameters each baseline uses (SCALE uses all but :data:`BASELINE_ONLY`).
-BASELINE_PARAMS = {"cot": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE),
-                   "majority": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE, "votes"),
-                   "inftythink": ("seed", "inftythink_max_tokens", "inftythink_max_iterations", *_SAMPLING2, *_FORCE)}
+_PROTOCOL = ("system_message", "empty_retries", "thinking_budget", "answer_reserve", "sampling")
+BASELINE_PARAMS = {"cot": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE, *_PROTOCOL),
+                   "majority": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE, *_PROTOCOL, "votes"),
+                   "majority-repeated": ("seed", "system2_max_tokens", *_SAMPLING2, *_FORCE, *_PROTOCOL, "votes"),
+                   "inftythink": ("seed", "inftythink_max_tokens", "inftythink_max_iterations", *_SAMPLING2, *_FORCE,
+                                  *_PROTOCOL)}
 BASELINE_ONLY = ("votes", "inftythink_max_tokens", "inftythink_max_iterations")
 #: How to talk to the servers, not what to compute: may change between invocations of a run.
 #: ``reuse_group`` too: reuse changes which run makes a call, never a run's results (scale_graph.reuse).
@@ -221,12 +229,25 @@ class _Calls:
         self.warnings += reply.warnings
         return reply
 
-    async def answer(self, key: str, user: str, choice: Choice) -> str | None:
-        """The answer of ``choice``; forced by the follow-up when thinking ended without one."""
-        if needs_forced_answer(choice, self.context):
-            forced = forced_answer_call(key, user, choice.reasoning, self.context, instruction=prompts.FORCE_FINAL,
-                                        system_prompt=None)
-            answer = last_boxed((await self.call(forced, "force_answer")).choices[0].content)
+    async def until_not_empty(self, make: Callable[[int], ChatCall], stage: str, *,
+                              first: int = 0) -> tuple[ChatCall, Choice]:
+        """The call ``make(attempt)`` made again while it returns nothing at all, up to attempt
+        ``empty_retries`` (from attempt ``first``: a sample of an ``n`` request had attempt 0 there),
+        the rule SCALE's solve follows too."""
+        for attempt in range(first, self.context.empty_retries + 1):
+            call = make(attempt)
+            choice = (await self.call(call, stage)).choices[0]
+            if choice.content.strip() or choice.reasoning.strip():
+                break
+        return call, choice
+
+    async def answer(self, key: str, call: ChatCall, choice: Choice) -> str | None:
+        """The answer of ``choice`` to ``call``; forced by the follow-up when it stopped before answering."""
+        if needs_forced_answer(choice, self.context, thinking=call.thinking):
+            forced = forced_answer_call(key, call.messages, choice, self.context, system=call.system,
+                                        instruction=prompts.FORCE_FINAL)
+            written = (await self.call(forced, "force_answer")).choices[0]
+            answer = last_boxed(written.content) or last_boxed(written.reasoning)
             if answer is not None:
                 return answer
         return answer_of(choice)
@@ -242,21 +263,31 @@ async def cot(problem: Problem, sample: int, setup: Setup) -> Outcome:
     context = sample_context(setup.context, sample)
     calls = _Calls(context, setup.store)
     user = COT.format(problem=problem.problem)
-    reply = await calls.call(budget.whole(_thinking_call("cot", user, context), context), "solve_system2")
-    return calls.outcome(await calls.answer("force/cot", user, reply.choices[0]), 1)
+    call, choice = await calls.until_not_empty(
+        lambda attempt: budget.whole(_thinking_call("cot", user, context, attempt=attempt), context), "solve_system2")
+    return calls.outcome(await calls.answer("force/cot", call, choice), 1)
 
 
 async def majority(problem: Problem, sample: int, setup: Setup) -> Outcome:
-    """``votes`` CoT samples in one request (each cut one forced, concurrently); the answer most agree on."""
+    """``votes`` CoT samples in one request (each cut one forced, each empty one made again, concurrently);
+    the answer most agree on. The paper's protocol runs it once per problem (:data:`PROBLEM_SAMPLES`)."""
     context = sample_context(setup.context, sample)
     calls = _Calls(context, setup.store)
     user = COT.format(problem=problem.problem)
-    reply = await calls.call(budget.whole(_thinking_call("majority", user, context, n=context.votes), context),
-                             "solve_system2")
-    answers = await asyncio.gather(*(calls.answer(f"force/majority/{index}", user, choice)
-                                     for index, choice in enumerate(reply.choices)))
-    answer = await asyncio.to_thread(vote, list(answers))
-    return calls.outcome(answer, len(reply.choices))
+    votes = budget.whole(_thinking_call("majority", user, context, n=context.votes), context)
+    reply = await calls.call(votes, "solve_system2")
+
+    async def answer(index: int, choice: Choice) -> str | None:
+        call = replace(votes, n=1)
+        if not (choice.content.strip() or choice.reasoning.strip()) and context.empty_retries:
+            call, choice = await calls.until_not_empty(
+                lambda attempt: budget.whole(_thinking_call(f"majority/{index}", user, context, attempt=attempt), context),
+                "solve_system2", first=1)
+        return await calls.answer(f"force/majority/{index}", call, choice)
+
+    answers = await asyncio.gather(*(answer(index, choice) for index, choice in enumerate(reply.choices)))
+    answer_text = await asyncio.to_thread(vote, list(answers))
+    return calls.outcome(answer_text, len(reply.choices))
 
 
 async def inftythink(problem: Problem, sample: int, setup: Setup) -> Outcome:
@@ -267,26 +298,48 @@ async def inftythink(problem: Problem, sample: int, setup: Setup) -> Outcome:
     for iteration in range(1, context.inftythink_max_iterations + 1):
         question = problem.problem + (INFTYTHINK_CONTINUE.format(summary=summary_text) if summary_text else "")
         user = COT.format(problem=question)
-        call = replace(_thinking_call(f"reason/{iteration}", user, context), max_tokens=context.inftythink_max_tokens)
-        reply = await calls.call(call, "solve_system2")
-        choice = reply.choices[0]
+        # the iteration's cut is the method: no native thinking budget ends it early
+        call, choice = await calls.until_not_empty(
+            lambda attempt: replace(_thinking_call(f"reason/{iteration}", user, context, attempt=attempt),
+                                    max_tokens=context.inftythink_max_tokens, thinking_budget=None),
+            "solve_system2")
         finished = choice.finish_reason == "stop" and last_boxed(choice.content) is not None
         if finished:
             return calls.outcome(answer_of(choice), iteration)
         if iteration == context.inftythink_max_iterations or budget.last_iteration(calls.meter):  # the cap or the budget: the last iteration's answer, forced if cut
-            return calls.outcome(await calls.answer("force/inftythink", user, choice), iteration)
+            return calls.outcome(await calls.answer("force/inftythink", call, choice), iteration)
         reasoning = "\n".join(text for text in (choice.reasoning, choice.content) if text.strip())
         previous = INFTYTHINK_PREVIOUS.format(summary=summary_text) if summary_text else ""
         prompt = INFTYTHINK_SUMMARY.format(problem=problem.problem, previous=previous, reasoning=reasoning)
-        summary_call = replace(solve_call(f"summary/{iteration}", 1, prompt, context, attempt=0),
-                               messages=[("user", prompt)], max_tokens=SUMMARY_MAX_TOKENS,
-                               temperature=SUMMARY_TEMPERATURE)
-        written = (await calls.call(summary_call, "summarize")).choices[0]
+        written = (await calls.call(summary_call(f"summary/{iteration}", prompt, context), "summarize")).choices[0]
         summary_text = written.content.strip() or written.reasoning.strip() or summary_text
     raise AssertionError("unreachable: the loop returns at its last iteration")  # inftythink_max_iterations >= 1
 
 
-METHODS: dict[str, Method] = {"scale": scale, "cot": cot, "majority": majority, "inftythink": inftythink}
+def summary_call(key: str, prompt: str, context: Context) -> ChatCall:
+    """An InftyThink summary, written by the reasoning model itself: its reply continued after an
+    empty closed think block (no thinking, on any Qwen3-style template); System 1 writes it only
+    where the endpoint cannot continue a message (a ``degraded:`` warning says so)."""
+    asked = messages(prompt, context.system_message)
+    own = replace(solve_call(key, 2, prompt, context, attempt=0), messages=[*asked, ("assistant", prompts.FORCE_CONTINUATION.format(work=""))],
+                  thinking=False, max_tokens=SUMMARY_MAX_TOKENS, temperature=SUMMARY_TEMPERATURE, thinking_budget=None,
+                  continue_final=True)
+    fallback = replace(solve_call(key, 1, prompt, context, attempt=0), max_tokens=SUMMARY_MAX_TOKENS,
+                       temperature=SUMMARY_TEMPERATURE)
+    return replace(own, fallback=fallback)
+
+
+METHODS: dict[str, Method] = {"scale": scale, "cot": cot, "majority": majority, "majority-repeated": majority,
+                              "inftythink": inftythink}
+#: Problem samples a method runs per problem when not ``--samples``: the paper's majority voting is one
+#: vote over ``votes`` samples per problem (Acc a whole number of problems, Tok ``votes`` × CoT's);
+#: ``majority-repeated`` averages ``--samples`` independent votes instead.
+PROBLEM_SAMPLES: dict[str, int] = {"majority": 1}
+
+
+def problem_samples(method: str, samples: int) -> int:
+    """How many samples of each problem ``method`` runs when the evaluation asks for ``samples``."""
+    return min(samples, PROBLEM_SAMPLES.get(method, samples))
 
 
 def answer_of(choice: Choice) -> str | None:
@@ -316,6 +369,7 @@ def degradations(warnings: list[str]) -> list[str]:
     return list(dict.fromkeys(w for w in warnings if w.startswith(DEGRADED)))
 
 
-def _thinking_call(key: str, user: str, context: Context, n: int = 1) -> ChatCall:
-    """A System 2 call (its budget and sampling) carrying the baseline's prompt alone."""
-    return replace(solve_call(key, 2, user, context, attempt=0), messages=[("user", user)], n=n)
+def _thinking_call(key: str, user: str, context: Context, n: int = 1, attempt: int = 0) -> ChatCall:
+    """A System 2 call (its budget, native thinking budget, sampling and the run's system message)
+    carrying the baseline's prompt."""
+    return replace(solve_call(key, 2, user, context, attempt=attempt), n=n)

@@ -4,6 +4,8 @@
   samples, averaged over problems (%), with its standard error over problems. A failed sample
   (endpoint error, timeout) and an ungraded one (the grader could not decide) count in the
   denominator and are never correct; both are counted beside Acc (``failed``, ``ungraded``).
+  Majority voting (the paper's protocol) has one sample per problem, its vote: Acc is then the
+  fraction of problems whose vote is correct.
 - **Tok**: mean total response (completion) tokens per completed (not failed) problem sample,
   split into solving and SCALE's overhead (decompose, select, assess); forced-answer
   follow-ups count.

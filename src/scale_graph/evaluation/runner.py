@@ -39,7 +39,7 @@ from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
 from scale_graph.evaluation.binding import bind
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
-from scale_graph.evaluation.methods import METHODS, Outcome, Setup, solve
+from scale_graph.evaluation.methods import METHODS, Outcome, Setup, problem_samples, solve
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import Database, open_async
@@ -172,7 +172,8 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
             run_id = store.open_run(run.name, run.method, run.dataset.name, run.setup.config(run.method),
                                     run.setup.models)
             stored, failed = store.finished(run_id), store.failed(run_id)
-            grid = [(problem, sample) for problem in run.dataset.problems for sample in range(samples)]
+            grid = [(problem, sample) for problem in run.dataset.problems
+                    for sample in range(problem_samples(run.method, samples))]
             todo = [(p, s) for p, s in grid if (p.id, s) not in stored]
             previous = [stored[p.id, s] for p, s in grid if (p.id, s) in stored]
             totals.skipped += len(previous)

@@ -26,7 +26,7 @@ def decomposition_schema(max_subproblems: int) -> dict[str, Any]:
 def planner_call(key: str, user: str, context: Context, *, seed_parts: tuple, n: int = 1,
                  schema: dict[str, Any] | None = None) -> ChatCall:
     """A non-thinking call of the decompose/select/assess stages."""
-    return ChatCall(key=key, system=context.planner_system, messages=messages(user), thinking=False,
+    return ChatCall(key=key, system=context.planner_system, messages=messages(user, context.system_message), thinking=False,
                     max_tokens=context.planner_max_tokens, temperature=context.planner_temperature,
                     top_p=context.system1_top_p if context.planner_system == 1 else context.system2_top_p,
                     seed=derive_seed(context.seed, *seed_parts), n=n, schema=schema)

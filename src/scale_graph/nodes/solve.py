@@ -6,7 +6,7 @@ from typing import Any, Generator, Literal
 
 from scale_graph import prompts
 from scale_graph.context import Context
-from scale_graph.forcing import forced_answer_call, needs_forced_answer
+from scale_graph.forcing import forced_answer_call, needs_forced_answer, thinking_budget
 from scale_graph.history import (
     fit_prompt,
     fitted_call,
@@ -21,16 +21,19 @@ from scale_graph.state import PREVIEW_CHARS, State, Step, Usage, add_usage
 
 
 def solve_call(key: str, system: Literal[1, 2], user: str, context: Context, *, attempt: int) -> ChatCall:
-    """The solve request of one system, with that system's budget and sampling."""
-    return ChatCall(key=key, system=system, messages=messages(user), thinking=system == 2,
-                    max_tokens=getattr(context, f"system{system}_max_tokens"),
-                    temperature=getattr(context, f"system{system}_temperature"),
+    """The solve request of one system, with that system's budget and sampling; a thinking call
+    carries its native thinking budget (sent where the server enforces it)."""
+    max_tokens: int = getattr(context, f"system{system}_max_tokens")
+    return ChatCall(key=key, system=system, messages=messages(user, context.system_message), thinking=system == 2,
+                    max_tokens=max_tokens, temperature=getattr(context, f"system{system}_temperature"),
                     top_p=getattr(context, f"system{system}_top_p"), top_k=getattr(context, f"system{system}_top_k"),
-                    seed=derive_seed(context.seed, "solve", key, attempt))
+                    seed=derive_seed(context.seed, "solve", key, attempt),
+                    thinking_budget=thinking_budget(context, max_tokens) if system == 2 else None)
 
 
 def solve_subproblem(state: State, context: Context, system: Literal[1, 2]) -> Generator[Request, Any, dict]:
-    """Eq. 6: solve s_i with context C_i; cut-off System 2 thinking is finished by a short follow-up."""
+    """Eq. 6: solve s_i with context C_i; a reply cut before its answer is finished by the forced-answer
+    follow-up (:mod:`scale_graph.forcing`), an empty one made again (``empty_retries``, as for every method)."""
     index: int = state.get("solved", 0)
     last = index == len(state["subproblems"]) - 1
     history = yield from previous_solutions(state, context, index)
@@ -40,13 +43,11 @@ def solve_subproblem(state: State, context: Context, system: Literal[1, 2]) -> G
     usage: dict[str, Usage] = {}
     warnings: list[str] = []
     forced = False
-    prefix = ""  # C_i and s_i as the last solve call carried them, for the forced answer
-    for attempt in range(context.parse_retries + 1):
+    ended_by = None
+    for attempt in range(context.empty_retries + 1):
         def build(window: int, attempt: int = attempt) -> tuple[ChatCall, list[str]]:
-            nonlocal prefix
             prompt = fit_prompt(state["problem"], state["subproblems"], history, index, instruction, window=window,
                                 max_tokens=getattr(context, f"system{system}_max_tokens"), stage="solve")
-            prefix = prompt.prefix
             return solve_call(f"solve/{index}/{attempt}", system, prompt.user, context, attempt=attempt), prompt.warnings
 
         call, reply, fitting = yield from fitted_call(build, context, "solve")
@@ -56,25 +57,26 @@ def solve_subproblem(state: State, context: Context, system: Literal[1, 2]) -> G
         usage = add_usage(usage, {f"solve_system{system}": reply.usage})
         warnings += reply.warnings
         choice = reply.choices[0]
-        if choice.content.strip():
-            break
-        if system == 2 and needs_forced_answer(choice, context):
-            forced = True
+        ended_by = choice.ended_by
+        if needs_forced_answer(choice, context, thinking=call.thinking):
+            forced, ended_by = True, "forced_answer"
             force_call, forced_reply, fitting = yield from fitted_call(
-                lambda window, attempt=attempt, reasoning=choice.reasoning: (forced_answer_call(
-                    f"force/{index}/{attempt}", prefix, reasoning, context, window=window,
+                lambda window, attempt=attempt, asked=call.messages, cut=choice: (forced_answer_call(
+                    f"force/{index}/{attempt}", asked, cut, context, system=system, window=window,
                     instruction=prompts.FORCE_SUBPROBLEM.format(number=index + 1)), []),
                 context, "solve (forced answer)")
-            warnings += fitting
+            warnings += fitting + forced_reply.warnings
             replies.append(forced_reply)
             keys.append(force_call.journal_key)
             usage = add_usage(usage, {"force_answer": forced_reply.usage})
-            warnings.append(f"solve: System 2 stopped thinking on sub-problem {index + 1} "
+            how = "stopped thinking" if not choice.content.strip() else "was cut before its boxed result"
+            warnings.append(f"solve: System {system} {how} on sub-problem {index + 1} "
                             f"(finish_reason={choice.finish_reason}); answer forced by a follow-up call")
-            if forced_reply.choices[0].content.strip():
-                break
-        elif choice.reasoning.strip():
-            warnings.append(f"solve: System 1 answered sub-problem {index + 1} only in the reasoning field; used it")
+            break
+        if choice.content.strip():
+            break
+        if choice.reasoning.strip():  # thinking that ended without an answer, the policy off
+            warnings.append(f"solve: System {system} answered sub-problem {index + 1} only in the reasoning field; used it")
             break
         warnings.append(f"solve: empty solution for sub-problem {index + 1} (attempt {attempt + 1})")
     solution, _ = solution_texts(replies)
@@ -83,7 +85,7 @@ def solve_subproblem(state: State, context: Context, system: Literal[1, 2]) -> G
         warnings.append(f"solve: no \\boxed{{}} result in the solution of sub-problem {index + 1}")
     step: Step = {
         "index": index, "system": system, "call_keys": keys, "result": result,
-        "solution_preview": solution[-PREVIEW_CHARS:], "forced_answer": forced,
+        "solution_preview": solution[-PREVIEW_CHARS:], "forced_answer": forced, "ended_by": ended_by,
         "finish_reason": replies[0].choices[0].finish_reason,
         "prompt_tokens": sum(r.prompt_tokens for r in replies),
         "completion_tokens": sum(r.completion_tokens for r in replies),

@@ -52,6 +52,7 @@ from scale_graph.servers.chat_errors import (
     translated_errors,
     where,
 )
+from scale_graph.servers import capabilities
 from scale_graph.servers.endpoints import Endpoint
 
 __all__ = ["PREFIX_DEGRADED", "SESSION_HEADER", "ChatCall", "ChatReply", "Choice", "ContextLengthError",
@@ -126,6 +127,15 @@ class ChatCall:
     seed: int | None = None
     n: int = 1
     schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}}
+    # Native thinking budget (vLLM's thinking_token_budget): sent with a thinking call where the
+    # endpoint enforces it (scale_graph.servers.capabilities); max_tokens still bounds the whole reply.
+    thinking_budget: int | None = None
+    # Continue the last (assistant) message instead of starting a new one: vLLM's
+    # continue_final_message with add_generation_prompt false (a forced answer after </think>).
+    continue_final: bool = False
+    # Sent instead when the endpoint cannot continue a message (its 400 says so); never digested:
+    # it is derived from the same inputs as the call itself.
+    fallback: ChatCall | None = None
 
     @cached_property
     def journal_key(self) -> str:
@@ -134,11 +144,19 @@ class ChatCall:
         # The fields as a plain dict rather than ``asdict``: its deep copy of the messages costs more
         # than the digest, and json writes tuples as lists, so the text (and key) is the same.
         request = {name: getattr(self, name) for name in _REQUEST_FIELDS}
+        for name, default in _LATER_FIELDS.items():  # absent at their default: older journals still match
+            if request[name] == default:
+                del request[name]
         digest = hashlib.blake2b(json.dumps(request, sort_keys=True).encode(), digest_size=6).hexdigest()
         return f"{self.key}#{digest}"
 
 
-_REQUEST_FIELDS = tuple(f.name for f in fields(ChatCall) if f.name != "key")
+_REQUEST_FIELDS = tuple(f.name for f in fields(ChatCall) if f.name not in ("key", "fallback"))
+#: Fields added after journals were first written, with their defaults.
+_LATER_FIELDS: dict[str, Any] = {"thinking_budget": None, "continue_final": False}
+
+
+EndedBy = Literal["stop", "thinking_budget", "length", "forced_answer"]
 
 
 @dataclass
@@ -146,6 +164,9 @@ class Choice:
     content: str
     reasoning: str
     finish_reason: str | None
+    # What ended the thinking (a non-thinking call: the reply): the model ("stop"), the engine's
+    # native thinking budget, max_tokens ("length", still thinking), or a forced answer after it.
+    ended_by: EndedBy | None = None
 
 
 @dataclass
@@ -165,8 +186,8 @@ class ChatReply:
     def to_dict(self) -> dict[str, Any]:
         """What ``asdict`` gives (same keys, same order), built directly: it runs for every journalled
         reply, and ``asdict``'s generic recursion costs more than the 30 KB strings it carries."""
-        return {"choices": [{"content": c.content, "reasoning": c.reasoning, "finish_reason": c.finish_reason}
-                            for c in self.choices],
+        return {"choices": [{"content": c.content, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
+                             "ended_by": c.ended_by} for c in self.choices],
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "reasoning_tokens": self.reasoning_tokens, "requests": self.requests, "latency_s": self.latency_s,
                 "model": self.model, "warnings": list(self.warnings), "reused": self.reused}
@@ -223,14 +244,58 @@ class Systems:
         """Send ``call`` with ``send`` (blocking or async), again without each optional feature the
         endpoint refuses (HTTP 400), until it is answered or fails for another reason."""
         warnings = self._remembered(call)
+        if call.continue_final and "continuation" in self._refused(call.system):
+            return await self._fallback(call, send, warnings, None)
         while True:
             refused = self._refused(call.system)
+            budget = self._budget_sent(call, refused)
             started = time.perf_counter()
             try:
                 parts = await settled(send(call, refused))
-                return _merge(parts, time.perf_counter() - started, warnings)
             except openai.BadRequestError as exc:
+                if call.continue_final and refusal(exc) not in ("context_length", "thinking_flag"):
+                    return await self._fallback(call, send, warnings, exc)
                 self._degrade(call, exc, warnings)
+                continue
+            reply = _merge(parts, time.perf_counter() - started, warnings)
+            self._judge_budget(call, budget, reply)
+            _mark_ended(reply, call.thinking, budget)
+            return reply
+
+    async def _fallback(self, call: ChatCall, send: Callable[[ChatCall, set[Feature]], Any], warnings: list[str],
+                        exc: openai.BadRequestError | None) -> ChatReply:
+        """``call.fallback`` for an endpoint that cannot continue a message (now, or earlier in the process)."""
+        endpoint = self.endpoints[call.system]
+        if call.fallback is None:
+            if exc is None:
+                raise EndpointError(f"{where(endpoint)} cannot continue a message", endpoint=endpoint)
+            raise rejected_error(endpoint, exc) from None
+        if exc is not None:
+            _refused.setdefault((endpoint.base_url, endpoint.model), set()).add("continuation")
+        why = f"HTTP 400: {error_message(exc)}" if exc is not None else "it refused earlier in this process"
+        reply = await self._attempts(call.fallback, send)
+        reply.warnings.insert(0, redact(f"{PREFIX_DEGRADED}System {call.system} endpoint cannot continue its own "
+                                        f"reply ({why}); System {call.fallback.system} wrote this instead"))
+        reply.warnings[:0] = warnings
+        return reply
+
+    def _budget_sent(self, call: ChatCall, refused: set[Feature]) -> int | None:
+        """The thinking budget this call sends: a thinking call's, unless the endpoint does not enforce it."""
+        if not call.thinking or call.thinking_budget is None or "thinking_budget" in refused:
+            return None
+        endpoint = self.endpoints[call.system]
+        return call.thinking_budget if capabilities.sends_budget(endpoint.base_url, endpoint.model) else None
+
+    def _judge_budget(self, call: ChatCall, budget: int | None, reply: ChatReply) -> None:
+        """The probe: what the endpoint did with the budget, from this reply (see capabilities)."""
+        if budget is None:
+            return
+        endpoint = self.endpoints[call.system]
+        answer = capabilities.judge(budget, reply.reasoning_tokens, len(reply.choices))
+        if capabilities.record(endpoint.base_url, endpoint.model, answer) and answer == "ignored":
+            reply.warnings.append(f"thinking budget: System {call.system} endpoint accepted thinking_token_budget "
+                                  f"but thought past it ({reply.reasoning_tokens:,} reasoning tokens for a budget of "
+                                  f"{budget:,}); cut thinking is finished by the forced-answer follow-up instead")
 
     def _send_sync(self, call: ChatCall, refused: set[Feature]) -> list[ChatReply]:
         if call.n > 1 and "n" in refused:
@@ -304,6 +369,14 @@ class Systems:
             raise context_length_error(endpoint, exc) from None
         if kind == "thinking_flag":
             raise thinking_switch_error(endpoint, exc) from None
+        if kind == "thinking_budget" and self._budget_sent(call, self._refused(call.system)) is not None:
+            capabilities.record(endpoint.base_url, endpoint.model, "refused")
+            _refused.setdefault((endpoint.base_url, endpoint.model), set()).add("thinking_budget")
+            # not a degradation: the forced-answer follow-up is the documented policy without it
+            warnings.append(redact(f"thinking budget: System {call.system} endpoint refused thinking_token_budget "
+                                   f"(HTTP 400: {error_message(exc)}); cut thinking is finished by the "
+                                   f"forced-answer follow-up instead"))
+            return
         feature = next((f for f in _features(call) if f == kind), None)
         if feature is not None and feature not in self._refused(call.system):
             _refused.setdefault((endpoint.base_url, endpoint.model), set()).add(feature)
@@ -329,6 +402,12 @@ class Systems:
             extra["chat_template_kwargs"] = {"enable_thinking": call.thinking}
         if call.schema is not None and "schema" not in refused:
             extra["response_format"] = {"type": "json_schema", "json_schema": {**call.schema, "strict": True}}
+        budget = self._budget_sent(call, refused)
+        if budget is not None:
+            extra["thinking_token_budget"] = budget
+        if call.continue_final:
+            extra["continue_final_message"] = True
+            extra["add_generation_prompt"] = False
         kwargs["extra_body"] = extra
         key = _session.get()
         if key:
@@ -422,6 +501,20 @@ def _reply(result: Any) -> ChatReply:
                      completion_tokens=usage.get("completion_tokens") or 0,
                      reasoning_tokens=(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0,
                      model=(result.llm_output or {}).get("model_name", ""))
+
+
+def _mark_ended(reply: ChatReply, thinking: bool, budget: int | None) -> None:
+    """Each choice's ``ended_by``: cut while thinking, ended by the native budget, or by the model."""
+    total_reasoning = sum(len(choice.reasoning) for choice in reply.choices) or 1
+    for choice in reply.choices:
+        # the reply's reasoning tokens shared among its choices by the length of their reasoning text
+        tokens = reply.reasoning_tokens * len(choice.reasoning) / total_reasoning
+        if choice.finish_reason == "length" and not choice.content.strip():
+            choice.ended_by = "length"
+        elif thinking and budget is not None and choice.reasoning and tokens >= budget:
+            choice.ended_by = "thinking_budget"
+        else:
+            choice.ended_by = "length" if choice.finish_reason == "length" else "stop"
 
 
 def _merge(parts: list[ChatReply], latency: float, warnings: list[str]) -> ChatReply:

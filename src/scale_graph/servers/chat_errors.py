@@ -22,8 +22,8 @@ from scale_graph.redact import redact
 from scale_graph.servers.endpoints import Endpoint
 
 # Optional request features a server may refuse with HTTP 400, dropped in this order.
-Feature = Literal["schema", "n", "thinking_flag"]
-Refusal = Literal["context_length", "schema", "n", "thinking_flag"]
+Feature = Literal["schema", "n", "thinking_flag", "thinking_budget", "continuation"]
+Refusal = Literal["context_length", "schema", "n", "thinking_flag", "thinking_budget", "continuation"]
 
 PREFIX_DEGRADED = "degraded: "
 """Stable prefix of every warning saying a request went without something it asked for
@@ -80,11 +80,15 @@ _REQUESTED = re.compile(r"you requested (\d+) tokens|resulted in (\d+) tokens|co
 # never dropped silently, so it is recognised before anything else.
 _FEATURE_WORDS: tuple[tuple[Feature, re.Pattern[str]], ...] = (
     ("thinking_flag", re.compile(r"chat_template_kwargs|enable_thinking", re.IGNORECASE)),
+    ("thinking_budget", re.compile(r"thinking_token_budget|reasoning_config", re.IGNORECASE)),
+    ("continuation", re.compile(r"continue_final_message|add_generation_prompt", re.IGNORECASE)),
     ("schema", re.compile(r"response_format|json[ _]schema|guided|structured|grammar", re.IGNORECASE)),
     ("n", re.compile(r"\bn must be\b|\bn\s*>\s*1\b|`n`|'n'|\"n\"|multiple choices|\bparameter=n\b", re.IGNORECASE)),
 )
 _FEATURE_PARAMS: dict[str, Feature] = {"chat_template_kwargs": "thinking_flag", "response_format": "schema",
-                                       "guided_json": "schema", "structured_outputs": "schema", "n": "n"}
+                                       "guided_json": "schema", "structured_outputs": "schema", "n": "n",
+                                       "thinking_token_budget": "thinking_budget",
+                                       "continue_final_message": "continuation"}
 
 
 def error_message(exc: BaseException, limit: int = 300) -> str:
