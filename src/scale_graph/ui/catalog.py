@@ -1,0 +1,162 @@
+"""The run list of `scale ui`: filtered, sorted and paginated in SQL, so 10,000 runs answer at once.
+
+A SQLite run database is read with plain SQL over the tables :mod:`scale_graph.listing` reads
+(run records in the store, the ``finished``/``answer`` channels in ``writes``, the call journal's
+tokens, the leases); only the rows of the page shown are decoded. Where a run stopped half-way
+only LangGraph can say before which node: the caller asks it for the (at most one page of)
+stopped rows. Any other database (PostgreSQL) takes :func:`scale_graph.runs.list_runs` and is
+paginated here, in Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scale_graph.leases import Lease
+
+State = Literal["done", "running", "stopped", "not started"]
+STATES: tuple[State, ...] = ("done", "running", "stopped", "not started")
+SORTS = ("created", "status", "thread_id", "problem", "tokens")
+PER_PAGE_MAX = 200
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the list shows: a text filter (run id or problem), a state, the order and the page (1-based)."""
+
+    text: str = ""
+    state: str = ""
+    sort: str = "created"
+    descending: bool = True
+    page: int = 1
+    per_page: int = 50
+
+    def checked(self) -> Query:
+        """The query with out-of-range values replaced by the defaults (a URL is typed by hand)."""
+        return Query(self.text[:200], self.state if self.state in STATES else "",
+                     self.sort if self.sort in SORTS else "created", self.descending, max(1, self.page),
+                     min(max(1, self.per_page), PER_PAGE_MAX))
+
+
+@dataclass
+class Page:
+    """One page of runs, the number matching the filter, and how many runs are in each state."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self, query: Query) -> dict[str, Any]:
+        return {"rows": self.rows, "total": self.total, "counts": self.counts, "page": query.page,
+                "per_page": query.per_page, "pages": max(1, -(-self.total // query.per_page)),
+                "query": {"text": query.text, "state": query.state, "sort": query.sort,
+                          "descending": query.descending}}
+
+
+def state_of(status: str) -> State:
+    """The state a status line belongs to ("running (pid 7)" → running, "stopped before assess" → stopped)."""
+    for state in ("done", "running", "not started"):
+        if status.startswith(state):
+            return state  # type: ignore[return-value]
+    return "stopped"
+
+
+_RUNS = """
+WITH runs AS (
+  SELECT s.key AS thread_id,
+         json_extract(s.value, '$.created') AS created,
+         COALESCE(json_extract(s.value, '$.problem'), '') AS problem,
+         CASE
+           WHEN (SELECT w.value FROM writes w WHERE w.thread_id = s.key AND w.checkpoint_ns = ''
+                 AND w.channel = 'finished' ORDER BY w.checkpoint_id DESC, w.idx DESC LIMIT 1) = X'c3' THEN 'done'
+           WHEN EXISTS (SELECT 1 FROM scale_leases l WHERE l.thread_id = s.key AND l.expires >= :now) THEN 'running'
+           WHEN EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = s.key) THEN 'stopped'
+           ELSE 'not started' END AS state
+  FROM store s WHERE s.prefix = 'scale.runs')
+"""
+_FILTER = " WHERE (:text = '' OR instr(lower(thread_id), lower(:text)) > 0 OR instr(lower(problem), lower(:text)) > 0)"
+_TOKENS = ("(SELECT COALESCE(SUM(json_extract(c.value, '$.completion_tokens')), 0) FROM store c "
+           "WHERE c.prefix = 'scale.' || thread_id || '.calls')")
+_ORDER = {"created": "created", "status": "state", "thread_id": "thread_id", "problem": "problem", "tokens": _TOKENS}
+
+
+def sqlite_page(path: Path, query: Query) -> Page:
+    """One page of the runs in the SQLite database at ``path`` (sqlite3.Error when it cannot be read)."""
+    params = {"now": time.time(), "text": query.text, "state": query.state,
+              "limit": query.per_page, "offset": (query.page - 1) * query.per_page}
+    direction = "DESC" if query.descending else "ASC"
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+        conn.execute("PRAGMA query_only = ON")  # read-write but query-only, as `runs list` (WAL files tidied)
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(conn.execute(_RUNS + "SELECT state, COUNT(*) FROM runs" + _FILTER + " GROUP BY state",
+                                   params).fetchall())
+        total = counts[query.state] if query.state else sum(counts.values())
+        ids = conn.execute(
+            _RUNS + "SELECT thread_id, created, problem, state FROM runs" + _FILTER + " AND (:state = '' OR state = :state)"
+            f" ORDER BY {_ORDER[query.sort]} {direction}, thread_id {direction} LIMIT :limit OFFSET :offset",
+            params).fetchall()
+        rows = [_details(conn, thread, created, problem, state) for thread, created, problem, state in ids]
+    return Page(rows, total, counts)
+
+
+def _details(conn: sqlite3.Connection, thread: str, created: float | None, problem: str, state: str) -> dict[str, Any]:
+    """The columns of one shown row: answer, tokens, parameters, model identity, fork parent, lease."""
+    record = json.loads(conn.execute("SELECT value FROM store WHERE prefix = 'scale.runs' AND key = ?",
+                                     (thread,)).fetchone()[0])
+    params = record.get("params") or {}
+    answer = conn.execute("SELECT type, value FROM writes WHERE thread_id = ? AND checkpoint_ns = '' AND "
+                          "channel = 'answer' ORDER BY checkpoint_id DESC, idx DESC LIMIT 1", (thread,)).fetchone()
+    solved = conn.execute("SELECT type, value FROM writes WHERE thread_id = ? AND checkpoint_ns = '' AND "
+                          "channel = 'solved' ORDER BY checkpoint_id DESC, idx DESC LIMIT 1", (thread,)).fetchone()
+    tokens = conn.execute("SELECT COALESCE(SUM(json_extract(value, '$.completion_tokens')), 0) FROM store "
+                          "WHERE prefix = ?", (f"scale.{thread}.calls",)).fetchone()[0]
+    lease_row = conn.execute("SELECT thread_id, holder, host, pid, expires FROM scale_leases WHERE thread_id = ?",
+                             (thread,)).fetchone()
+    lease = Lease(*lease_row) if lease_row else None
+    status = state
+    if state == "running" and lease is not None:
+        status = lease.describe() if lease.live() else "stopped"  # a dead process's lease not yet expired
+    return {"thread_id": thread, "created": created, "status": status, "state": state_of(status),
+            "problem": problem, "answer": _scalar(answer), "subproblems": _scalar(solved) or 0, "tokens": tokens,
+            "threshold": params.get("threshold"), "models": _models(params),
+            "fork_of": (record.get("fork_of") or {}).get("thread_id")}
+
+
+def _models(params: dict[str, Any]) -> str:
+    """The model identity of a run: System 1 / System 2 model names as served."""
+    first, second = params.get("system1_model") or "?", params.get("system2_model") or "?"
+    return first if first == second else f"{first} / {second}"
+
+
+def _scalar(row: tuple[str, bytes] | None) -> Any:
+    """A plain value the nodes wrote (msgpack, LangGraph's encoding), or None."""
+    if row is None or row[0] != "msgpack" or row[1] is None:
+        return None
+    import ormsgpack  # LangGraph's own encoder of checkpoint values; imports in milliseconds
+
+    decoded = ormsgpack.unpackb(row[1])
+    return decoded if isinstance(decoded, (str, int, float, bool)) else None
+
+
+def python_page(rows: list[dict[str, Any]], query: Query) -> Page:
+    """One page of ``rows`` (from :func:`scale_graph.runs.list_runs`), filtered and sorted as the SQL would."""
+    text = query.text.lower()
+    for row in rows:
+        row["state"] = state_of(row["status"])
+    matching = [row for row in rows if not text or text in row["thread_id"].lower() or text in row["problem"].lower()]
+    counts = dict.fromkeys(STATES, 0)
+    for row in matching:
+        counts[row["state"]] += 1
+    if query.state:
+        matching = [row for row in matching if row["state"] == query.state]
+    key = {"status": "state"}.get(query.sort, query.sort)
+    matching.sort(key=lambda row: (row.get(key) is not None, row.get(key) or 0 if key in ("created", "tokens")
+                                   else str(row.get(key) or ""), row["thread_id"]), reverse=query.descending)
+    start = (query.page - 1) * query.per_page
+    return Page(matching[start:start + query.per_page], len(matching), counts)
