@@ -31,9 +31,7 @@ from scale_graph.database import Database
 from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.redact import redact
-from scale_graph.runner import config_for
-from scale_graph.runs import list_runs, status_of
-from scale_graph.leases import backend_for, current
+from scale_graph.runs import list_runs
 from scale_graph.ui import catalog, pages, views
 from scale_graph.ui.views import NotFound
 
@@ -73,13 +71,7 @@ def create_app(db: Database, *, results: Any = None, api_key: str | None = None,
         graph, store = request.app.state.graph, request.app.state.store
         if sqlite_path is not None:
             page = await run_in_threadpool(catalog.sqlite_page, sqlite_path, query)
-            held = None
-            for row in page.rows:  # where a stopped run stopped: only LangGraph can say (one page at most)
-                if row["state"] == "stopped":
-                    held = held if held is not None else await current(backend_for(graph.checkpointer))
-                    row["status"] = status_of(await graph.aget_state(config_for(row["thread_id"])),
-                                              held.get(row["thread_id"]))
-                    row["state"] = catalog.state_of(row["status"])
+            await views.fill_rows(graph, page.rows)
         else:
             page = catalog.python_page(await list_runs(graph, store), query)
         return Json({**page.to_dict(query), "database": str(db)})
@@ -114,9 +106,18 @@ def create_app(db: Database, *, results: Any = None, api_key: str | None = None,
         return Json(await run_in_threadpool(views.grid_view, matching[0]))
 
     async def page(request: Request) -> Response:
-        name = request.url.path.strip("/") or "runs"
-        if name == "run":
-            views.checked_id(request.query_params.get("id"))  # a malformed id: the 404 page at once
+        name, params = request.url.path.strip("/"), request.query_params
+        graph, store = request.app.state.graph, request.app.state.store
+        if name == "run":  # a missing or malformed id: the 404 page at once, not an empty shell
+            await views.require_run(graph, store, params.get("id"))
+        elif name == "diff":
+            for side in ("a", "b"):
+                if params.get(side):
+                    await views.require_run(graph, store, params[side])
+        elif name == "evaluation":
+            name_of = params.get("name", "")
+            if not any(run.name == name_of for run in await run_in_threadpool(evaluation_runs)):
+                raise NotFound(f"no evaluation run named {name_of!r}")
         return HTMLResponse(pages.shell(name, str(db)))
 
     async def not_found(request: Request, exc: Exception) -> Response:

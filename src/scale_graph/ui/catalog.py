@@ -1,10 +1,10 @@
 """The run list of `scale ui`: filtered, sorted and paginated in SQL, so 10,000 runs answer at once.
 
-A SQLite run database is read with plain SQL over the tables :mod:`scale_graph.listing` reads
-(run records in the store, the ``finished``/``answer`` channels in ``writes``, the call journal's
-tokens, the leases); only the rows of the page shown are decoded. Where a run stopped half-way
-only LangGraph can say before which node: the caller asks it for the (at most one page of)
-stopped rows. Any other database (PostgreSQL) takes :func:`scale_graph.runs.list_runs` and is
+A SQLite run database is filtered, counted, sorted and cut into pages with plain SQL over the
+tables :mod:`scale_graph.listing` reads (run records in the store, the ``finished`` channel in
+``writes``, the leases); the caller then asks LangGraph for the state of the page's runs only
+(answer, sub-problems, tokens, where a stopped run stopped), as ``scale runs list`` does for all.
+Any other database (PostgreSQL) takes :func:`scale_graph.runs.list_runs` and is
 paginated here, in Python.
 """
 
@@ -22,7 +22,7 @@ from scale_graph.leases import Lease
 
 State = Literal["done", "running", "stopped", "not started"]
 STATES: tuple[State, ...] = ("done", "running", "stopped", "not started")
-SORTS = ("created", "status", "thread_id", "problem", "tokens")
+SORTS = ("created", "status", "thread_id", "problem")
 PER_PAGE_MAX = 200
 
 
@@ -81,9 +81,7 @@ WITH runs AS (
   FROM store s WHERE s.prefix = 'scale.runs')
 """
 _FILTER = " WHERE (:text = '' OR instr(lower(thread_id), lower(:text)) > 0 OR instr(lower(problem), lower(:text)) > 0)"
-_TOKENS = ("(SELECT COALESCE(SUM(json_extract(c.value, '$.completion_tokens')), 0) FROM store c "
-           "WHERE c.prefix = 'scale.' || thread_id || '.calls')")
-_ORDER = {"created": "created", "status": "state", "thread_id": "thread_id", "problem": "problem", "tokens": _TOKENS}
+_ORDER = {"created": "created", "status": "state", "thread_id": "thread_id", "problem": "problem"}
 
 
 def sqlite_page(path: Path, query: Query) -> Page:
@@ -106,16 +104,11 @@ def sqlite_page(path: Path, query: Query) -> Page:
 
 
 def _details(conn: sqlite3.Connection, thread: str, created: float | None, problem: str, state: str) -> dict[str, Any]:
-    """The columns of one shown row: answer, tokens, parameters, model identity, fork parent, lease."""
+    """The columns of one shown row the SQL knows: parameters, model identity, fork parent, lease.
+    Answer, sub-problems and tokens come from the run's state (the caller asks LangGraph)."""
     record = json.loads(conn.execute("SELECT value FROM store WHERE prefix = 'scale.runs' AND key = ?",
                                      (thread,)).fetchone()[0])
     params = record.get("params") or {}
-    answer = conn.execute("SELECT type, value FROM writes WHERE thread_id = ? AND checkpoint_ns = '' AND "
-                          "channel = 'answer' ORDER BY checkpoint_id DESC, idx DESC LIMIT 1", (thread,)).fetchone()
-    solved = conn.execute("SELECT type, value FROM writes WHERE thread_id = ? AND checkpoint_ns = '' AND "
-                          "channel = 'solved' ORDER BY checkpoint_id DESC, idx DESC LIMIT 1", (thread,)).fetchone()
-    tokens = conn.execute("SELECT COALESCE(SUM(json_extract(value, '$.completion_tokens')), 0) FROM store "
-                          "WHERE prefix = ?", (f"scale.{thread}.calls",)).fetchone()[0]
     lease_row = conn.execute("SELECT thread_id, holder, host, pid, expires FROM scale_leases WHERE thread_id = ?",
                              (thread,)).fetchone()
     lease = Lease(*lease_row) if lease_row else None
@@ -123,7 +116,7 @@ def _details(conn: sqlite3.Connection, thread: str, created: float | None, probl
     if state == "running" and lease is not None:
         status = lease.describe() if lease.live() else "stopped"  # a dead process's lease not yet expired
     return {"thread_id": thread, "created": created, "status": status, "state": state_of(status),
-            "problem": problem, "answer": _scalar(answer), "subproblems": _scalar(solved) or 0, "tokens": tokens,
+            "problem": problem, "answer": None, "subproblems": 0, "tokens": 0,
             "threshold": params.get("threshold"), "models": _models(params),
             "fork_of": (record.get("fork_of") or {}).get("thread_id")}
 
@@ -132,16 +125,6 @@ def _models(params: dict[str, Any]) -> str:
     """The model identity of a run: System 1 / System 2 model names as served."""
     first, second = params.get("system1_model") or "?", params.get("system2_model") or "?"
     return first if first == second else f"{first} / {second}"
-
-
-def _scalar(row: tuple[str, bytes] | None) -> Any:
-    """A plain value the nodes wrote (msgpack, LangGraph's encoding), or None."""
-    if row is None or row[0] != "msgpack" or row[1] is None:
-        return None
-    import ormsgpack  # LangGraph's own encoder of checkpoint values; imports in milliseconds
-
-    decoded = ormsgpack.unpackb(row[1])
-    return decoded if isinstance(decoded, (str, int, float, bool)) else None
 
 
 def python_page(rows: list[dict[str, Any]], query: Query) -> Page:
@@ -156,7 +139,7 @@ def python_page(rows: list[dict[str, Any]], query: Query) -> Page:
     if query.state:
         matching = [row for row in matching if row["state"] == query.state]
     key = {"status": "state"}.get(query.sort, query.sort)
-    matching.sort(key=lambda row: (row.get(key) is not None, row.get(key) or 0 if key in ("created", "tokens")
+    matching.sort(key=lambda row: (row.get(key) is not None, row.get(key) or 0 if key == "created"
                                    else str(row.get(key) or ""), row["thread_id"]), reverse=query.descending)
     start = (query.page - 1) * query.per_page
     return Page(matching[start:start + query.per_page], len(matching), counts)

@@ -27,8 +27,10 @@ from scale_graph.evaluation.methods import thread_id as sample_thread_id
 from scale_graph.evaluation.metrics import run_metrics
 from scale_graph.journal import RUNS_NAMESPACE
 from scale_graph.redact import MASK, redact
-from scale_graph.runner import validate_thread_id
-from scale_graph.runs import PAGE, diff_runs, show_run
+from scale_graph import leases
+from scale_graph.runner import config_for, validate_thread_id
+from scale_graph.runs import PAGE, diff_runs, show_run, status_of
+from scale_graph.state import total_usage
 from scale_graph.ui.catalog import state_of
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s\"']+:)[^@/\s\"']+@")
@@ -56,6 +58,27 @@ def checked_id(thread_id: str | None) -> str:
         return validate_thread_id(thread_id or "")
     except InputError as exc:
         raise NotFound(str(exc)) from None
+
+
+async def require_run(graph: CompiledStateGraph, store: BaseStore, thread_id: str | None) -> None:
+    """NotFound unless ``thread_id`` names a run of this database (a record or a checkpoint)."""
+    thread_id = checked_id(thread_id)
+    if await store.aget(RUNS_NAMESPACE, thread_id) is None and \
+            await graph.checkpointer.aget_tuple(config_for(thread_id)) is None:
+        raise NotFound(f"no run {thread_id!r} in this database")
+
+
+async def fill_rows(graph: CompiledStateGraph, rows: list[dict[str, Any]]) -> None:
+    """Answer, sub-problems, tokens and status of each listed run from its state, as ``scale runs list``
+    computes them (:func:`scale_graph.runs.list_runs`); only the rows of one page are asked."""
+    held = await leases.current(leases.backend_for(graph.checkpointer))
+    for row in rows:
+        snapshot = await graph.aget_state(config_for(row["thread_id"]))
+        values = snapshot.values or {}
+        row.update(status=status_of(snapshot, held.get(row["thread_id"])), answer=values.get("answer"),
+                   subproblems=values.get("solved", len(values.get("steps", []))),
+                   tokens=total_usage(values.get("usage", {})).get("completion_tokens", 0))
+        row["state"] = state_of(row["status"])
 
 
 async def run_view(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, db: str | None,

@@ -160,7 +160,7 @@ async function runsPage() {
   const pager = h("nav", { class: "pager", id: "pager" });
   main().replaceChildren(h("h1", {}, "Runs"), h("div", { class: "controls" }, search, states), counts, table, pager);
   const columns = [["thread_id", "run"], ["status", "status"], ["problem", "problem"], [null, "answer"], [null, "τ"],
-    ["tokens", "tokens"], [null, "model"], ["created", "started"], [null, "fork of"]];
+    [null, "tokens"], [null, "model"], ["created", "started"], [null, "fork of"]];
   let timer = null;
 
   async function load() {
