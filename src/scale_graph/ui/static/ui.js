@@ -118,12 +118,13 @@ function chart({ name, title, xLabel, yLabel, series, logX = false, lines = true
     svg.append(s("line", { x1: left, x2: width - right, y1: Y(tick), y2: Y(tick), class: "grid" }),
       s("text", { x: left - 6, y: Y(tick) + 4, "text-anchor": "end", class: "tick" }, num(tick)));
   }
-  const xTicks = logX ? [...new Set(all.map((p) => p.x))].sort((a, b) => a - b)
-    : Array.from({ length: 6 }, (_, i) => x0 + pad + ((x1 - x0 - 2 * pad) * i) / 5);
+  const distinct = [...new Set(all.map((p) => p.x))].sort((a, b) => a - b);
+  // a sweep's own values are the ticks (τ 0.2, 0.5, 0.9); else six even steps
+  const xTicks = logX || distinct.length <= 8 ? distinct
+    : Array.from({ length: 6 }, (_, i) => (logX ? 2 ** (x0 + pad + ((x1 - x0 - 2 * pad) * i) / 5) : x0 + pad + ((x1 - x0 - 2 * pad) * i) / 5));
   for (const tick of xTicks) {
-    const at = logX ? X(tick) : left + ((tick - x0) / (x1 - x0)) * (width - left - right);
-    svg.append(s("text", { x: at, y: height - bottom + 16, "text-anchor": "middle", class: "tick" },
-      logX ? num(tick) : num(tick, Math.abs(x1 - x0) < 5 ? 2 : 0)));
+    svg.append(s("text", { x: X(tick), y: height - bottom + 16, "text-anchor": "middle", class: "tick" },
+      num(tick, Math.abs(x1 - x0) < 5 && !logX ? 2 : 0)));
   }
   svg.append(s("line", { x1: left, x2: left, y1: top, y2: height - bottom, class: "axis" }),
     s("line", { x1: left, x2: width - right, y1: height - bottom, y2: height - bottom, class: "axis" }),
