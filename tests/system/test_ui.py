@@ -49,10 +49,11 @@ def solve(thread: str, problem: str = PROBLEM, **params: Any) -> None:
 
 @pytest.fixture
 def runs(fake_server, endpoint_env) -> Path:
-    """A finished run, a fork of it, a run stopped by a server error, in ./scale.db."""
+    """A finished run, a fork of it, a run waiting for review, a run failed on a server error, in ./scale.db."""
     fake_server.configure(difficulties=(0.1, 0.8, 0.1), subproblem_count=3)
     solve("parent", threshold=0.5)
     assert scale("runs", "fork", "parent", "--at", "2", "--system", "1").exit_code == 0
+    solve("paused", review=True)
     fake_server.inject("400", times=1, stage="solve")
     with pytest.raises(Exception):
         solve("broken")
@@ -67,15 +68,16 @@ def test_the_run_list_agrees_with_runs_list_and_pages_filters_and_sorts(runs):
     listed = {row["thread_id"]: row for row in scale_json("runs", "list")}
     with client(runs) as ui:
         page = ui.get("/api/runs").json()
-        assert page["total"] == len(listed) == 3
-        assert page["counts"] == {"done": 2, "running": 0, "stopped": 1, "not started": 0}
+        assert page["total"] == len(listed) == 4
+        assert page["counts"] == {"done": 2, "running": 0, "stopped": 1, "failed": 1, "not started": 0}
         for row in page["rows"]:
             cli_row = listed[row["thread_id"]]
             assert (row["status"], row["answer"], row["tokens"], row["fork_of"]) == \
                    (cli_row["status"], cli_row["answer"], cli_row["tokens"], cli_row["fork_of"])
         assert listed["broken"]["status"].startswith("stopped before")  # where it stopped, as LangGraph says
+        assert next(row for row in page["rows"] if row["thread_id"] == "broken")["state"] == "failed"
         one = ui.get("/api/runs", params={"per_page": 1, "page": 2, "sort": "thread_id", "order": "asc"}).json()
-        assert [r["thread_id"] for r in one["rows"]] == [sorted(listed)[1]] and one["pages"] == 3
+        assert [r["thread_id"] for r in one["rows"]] == [sorted(listed)[1]] and one["pages"] == 4
         done = ui.get("/api/runs", params={"state": "done"}).json()
         assert {r["thread_id"] for r in done["rows"]} == {k for k, v in listed.items() if v["status"] == "done"}
         assert [r["thread_id"] for r in ui.get("/api/runs", params={"text": "BROK"}).json()["rows"]] == ["broken"]
@@ -96,6 +98,15 @@ def test_a_run_page_is_runs_show_json_with_its_forks_and_commands(runs):
     assert run["commands"]["resume"] == "scale runs resume parent"
     assert {p["name"]: p["origin"] for p in run["parameters"]}["candidates"] == "set for this run"
     assert {p["name"]: p["origin"] for p in run["parameters"]}["max_subproblems"] == "default"
+
+
+def test_a_failed_run_shows_its_error_and_how_to_continue_it(runs):
+    with client(runs) as ui:
+        broken = ui.get("/api/run", params={"id": "broken"}).json()
+        paused = ui.get("/api/run", params={"id": "paused"}).json()
+    assert broken["state"] == "failed" and "HTTP 400" in broken["error"]
+    assert broken["status"] == scale_json("runs", "show", "broken")["status"]
+    assert paused["state"] == "stopped" and paused["error"] is None
 
 
 def test_the_diff_is_runs_diff(runs):
@@ -204,5 +215,5 @@ def test_a_list_of_many_runs_is_paged_in_sql(runs):
                           for n in range(500)])
     with client(runs) as ui:
         page = ui.get("/api/runs", params={"per_page": 20, "sort": "created", "order": "asc"}).json()
-    assert page["total"] == 503 and page["counts"]["not started"] == 500 and len(page["rows"]) == 20
+    assert page["total"] == 504 and page["counts"]["not started"] == 500 and len(page["rows"]) == 20
     assert page["rows"][0]["thread_id"] == "bulk-0000"

@@ -1,8 +1,8 @@
 """The run list of `scale ui`: filtered, sorted and paginated in SQL, so 10,000 runs answer at once.
 
 A SQLite run database is filtered, counted, sorted and cut into pages with plain SQL over the
-tables :mod:`scale_graph.listing` reads (run records in the store, the ``finished`` channel in
-``writes``, the leases); the caller then asks LangGraph for the state of the page's runs only
+tables :mod:`scale_graph.listing` reads (run records in the store, the ``finished`` channel and
+errors in ``writes``, the leases); the caller then asks LangGraph for the state of the page's runs only
 (answer, sub-problems, tokens, where a stopped run stopped), as ``scale runs list`` does for all.
 Any other database (PostgreSQL) takes :func:`scale_graph.runs.list_runs` and is
 paginated here, in Python.
@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from scale_graph.leases import Lease
 
-State = Literal["done", "running", "stopped", "not started"]
-STATES: tuple[State, ...] = ("done", "running", "stopped", "not started")
+State = Literal["done", "running", "stopped", "failed", "not started"]
+STATES: tuple[State, ...] = ("done", "running", "stopped", "failed", "not started")
 SORTS = ("created", "status", "thread_id", "problem")
 PER_PAGE_MAX = 200
 
@@ -59,12 +59,13 @@ class Page:
                           "descending": query.descending}}
 
 
-def state_of(status: str) -> State:
-    """The state a status line belongs to ("running (pid 7)" → running, "stopped before assess" → stopped)."""
+def state_of(status: str, failed: bool = False) -> State:
+    """The state a status line belongs to ("running (pid 7)" → running, "stopped before assess" → stopped,
+    or failed when its last step ended in an error)."""
     for state in ("done", "running", "not started"):
         if status.startswith(state):
             return state  # type: ignore[return-value]
-    return "stopped"
+    return "failed" if failed else "stopped"
 
 
 _RUNS = """
@@ -76,6 +77,9 @@ WITH runs AS (
            WHEN (SELECT w.value FROM writes w WHERE w.thread_id = s.key AND w.checkpoint_ns = ''
                  AND w.channel = 'finished' ORDER BY w.checkpoint_id DESC, w.idx DESC LIMIT 1) = X'c3' THEN 'done'
            WHEN EXISTS (SELECT 1 FROM scale_leases l WHERE l.thread_id = s.key AND l.expires >= :now) THEN 'running'
+           WHEN EXISTS (SELECT 1 FROM writes w WHERE w.thread_id = s.key AND w.checkpoint_ns = ''
+                        AND w.channel = '__error__' AND w.checkpoint_id = (SELECT MAX(c.checkpoint_id)
+                        FROM checkpoints c WHERE c.thread_id = s.key AND c.checkpoint_ns = '')) THEN 'failed'
            WHEN EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = s.key) THEN 'stopped'
            ELSE 'not started' END AS state
   FROM store s WHERE s.prefix = 'scale.runs')
@@ -115,7 +119,7 @@ def _details(conn: sqlite3.Connection, thread: str, created: float | None, probl
     status = state
     if state == "running" and lease is not None:
         status = lease.describe() if lease.live() else "stopped"  # a dead process's lease not yet expired
-    return {"thread_id": thread, "created": created, "status": status, "state": state_of(status),
+    return {"thread_id": thread, "created": created, "status": status, "state": state_of(status, state == "failed"),
             "problem": problem, "answer": None, "subproblems": 0, "tokens": 0,
             "threshold": params.get("threshold"), "models": _models(params),
             "fork_of": (record.get("fork_of") or {}).get("thread_id")}

@@ -19,6 +19,7 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
+from langgraph.types import StateSnapshot
 
 from scale_graph.context import Context
 from scale_graph.errors import InputError, UnknownRun
@@ -78,7 +79,12 @@ async def fill_rows(graph: CompiledStateGraph, rows: list[dict[str, Any]]) -> No
         row.update(status=status_of(snapshot, held.get(row["thread_id"])), answer=values.get("answer"),
                    subproblems=values.get("solved", len(values.get("steps", []))),
                    tokens=total_usage(values.get("usage", {})).get("completion_tokens", 0))
-        row["state"] = state_of(row["status"])
+        row["state"] = state_of(row["status"], bool(failure(snapshot)))
+
+
+def failure(snapshot: StateSnapshot) -> str | None:
+    """The error its last step ended with (a run that failed, resumable), else None."""
+    return next((str(task.error) for task in snapshot.tasks if task.error is not None), None)
 
 
 async def run_view(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, db: str | None,
@@ -89,7 +95,8 @@ async def run_view(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
         shown = await show_run(graph, store, thread_id)
     except UnknownRun as exc:
         raise NotFound(str(exc)) from None
-    shown["state"] = state_of(shown["status"])
+    shown["error"] = failure(await graph.aget_state(config_for(thread_id)))
+    shown["state"] = state_of(shown["status"], bool(shown["error"]))
     shown["children"] = await children(store, thread_id, sqlite_path)
     shown["parameters"] = parameter_rows(shown.get("params") or {})
     shown["commands"] = commands(thread_id, db, shown)

@@ -246,6 +246,7 @@ function runBody(run) {
   return [
     h("h1", {}, "Run ", h("code", { id: "run-id" }, run.thread_id), " ", h("span", { id: "status" }, badge(run.state, run.status)),
       h("span", { id: "live", class: "live" })),
+    run.error ? h("p", { class: "error-line", id: "run-error" }, `failed: ${run.error} — `, h("code", {}, run.commands.resume), " continues it") : null,
     h("section", { class: "problem" }, h("h2", {}, "Problem"), md(run.problem)),
     h("section", { class: "answer" }, h("h2", {}, "Answer"), h("div", { id: "answer" }, run.answer === null || run.answer === undefined ? "–" : md(`$${run.answer}$`))),
     fork ? h("p", { class: "fork" }, "forked from ", runLink(fork.thread_id), ` at sub-problem ${fork.at ?? "–"}`,
