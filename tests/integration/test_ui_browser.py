@@ -29,7 +29,9 @@ from tests.conftest import write_datasets
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 #: Read at import: the test's own environment is emptied of SCALE_* variables (tests/conftest.py).
 SCREENSHOTS = os.environ.get("SCALE_UI_SCREENSHOTS")
-PROBLEM = r"What is $12^2 - 119$? Give the result as $\frac{a}{1}$ with $a$ an integer."
+#: LaTeX to typeset, and HTML a model or a person may paste: shown as text, never fetched or run.
+PROBLEM = (r"What is $12^2 - 119$? Give the result as $\frac{a}{1}$ with $a$ an integer. "
+           '<img src="http://example.invalid/x.png" onerror="window.pwned = 1">')
 
 
 def _missing() -> str | None:
@@ -190,6 +192,8 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
                [s["difficulty"] for s in shown["subproblems"]]
         assert texts(browser, "#children li a.run-link") == ["forked"]
         assert browser.find_elements("css selector", ".problem .katex")  # LaTeX typeset by the vendored KaTeX
+        assert not browser.find_elements("css selector", "main img") and "<img src=" in texts(browser, ".problem")[0]
+        assert browser.execute_script("return window.pwned") is None
         assert len(browser.find_elements("css selector", "#candidates > li")) == len(shown["candidates"])
         browser.find_element("css selector", '#timeline li.step[data-system="2"] details:last-of-type summary').click()
         browser.save_screenshot(str(shots / "run.png"))
