@@ -3,7 +3,9 @@ chromedriver (no browser download), on a database filled by the real CLI against
 server — a finished run, a fork of it, an evaluation with a τ sweep, and a run still in progress.
 It checks what a person sees against the CLI's JSON and saves screenshots.
 
-Skips when chromium, chromedriver or selenium is missing, unless ``SCALE_REQUIRE_BROWSER=1``
+A second test reads a PostgreSQL run database (tests/pg_fixture.py) without a browser.
+
+The browser test skips when chromium, chromedriver or selenium is missing, unless ``SCALE_REQUIRE_BROWSER=1``
 (``scripts/test.sh`` sets it once it has installed them). ``SCALE_UI_SCREENSHOTS=DIR`` keeps the
 screenshots there (default: the test's tmp folder).
 """
@@ -25,6 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import write_datasets
+from tests.pg_fixture import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 #: Read at import: the test's own environment is emptied of SCALE_* variables (tests/conftest.py).
@@ -44,8 +47,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None and os.environ.get("SCALE_REQUIRE_BROWSER") != "1",
-                                reason=_missing() or "")
+needs_browser = pytest.mark.skipif(_missing() is not None and os.environ.get("SCALE_REQUIRE_BROWSER") != "1",
+                                   reason=_missing() or "")
 
 
 def scale(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -132,6 +135,7 @@ def only_local_requests(driver: Any, base: str) -> list[str]:
     return [url for url in loaded if not url.startswith(base)]
 
 
+@needs_browser
 def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoint_env, browser, tmp_path):
     shots = Path(SCREENSHOTS or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -226,3 +230,30 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
         browser.get(base + "/run?id=no-such-run")
         assert "404" in browser.find_element("css selector", "h1").text
         assert "no run 'no-such-run'" in browser.find_element("css selector", ".error-line").text
+
+
+def test_the_viewer_reads_a_postgresql_run_database_and_hides_its_password(pg_url, endpoint_env, fake_server):
+    from starlette.testclient import TestClient
+
+    from scale_graph.database import db_path
+    from scale_graph.ui.app import create_app
+
+    fake_server.configure(difficulties=(0.1, 0.8, 0.3), subproblem_count=3)
+    assert scale("solve", "What is 2+3?", "-t", "0.5", "-k", "2", "--thread-id", "pg-run", "--db", pg_url).returncode == 0
+    assert scale("runs", "fork", "pg-run", "--at", "2", "--system", "1", "--thread-id", "pg-fork",
+                 "--db", pg_url).returncode == 0
+    shown = scale_json("runs", "show", "pg-run", "--db", pg_url)
+    listed = scale_json("runs", "list", "--db", pg_url)
+    with TestClient(create_app(db_path(pg_url), db_shown=pg_url), raise_server_exceptions=False) as ui:
+        page = ui.get("/api/runs", params={"state": "done", "sort": "thread_id", "order": "asc"})
+        run = ui.get("/api/run", params={"id": "pg-run"})
+        html = ui.get("/run", params={"id": "pg-run"})
+        missing = ui.get("/run", params={"id": "nope"})
+    assert [row["thread_id"] for row in page.json()["rows"]] == sorted(row["thread_id"] for row in listed) == \
+           ["pg-fork", "pg-run"]
+    assert [s["system"] for s in run.json()["subproblems"]] == [s["system"] for s in shown["subproblems"]]
+    assert run.json()["children"] == [{"thread_id": "pg-fork", "at": 2, "change": "sub-problem 2 on System 1"}]
+    assert missing.status_code == 404
+    for reply in (page, run, html):
+        assert PASSWORD not in reply.text
+    assert "[redacted]" in run.json()["commands"]["resume"]
