@@ -147,7 +147,7 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
     assert evaluated.returncode == 0, evaluated.stderr
 
     with serving() as base:
-        fake_server.configure(latency=0.6)  # the next run advances slowly enough to be watched
+        fake_server.configure(latency=1.5)  # the next run (≈ 10 calls) advances slowly enough to be watched
         live = subprocess.Popen([sys.executable, "-m", "scale_graph.cli", "solve", PROBLEM, "-k", "2",
                                  "--thread-id", "live"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

@@ -155,6 +155,8 @@ def test_evaluations_show_the_numbers_of_scale_report(fake_server, endpoint_env)
     assert evaluated.exit_code == 0, evaluated.output
     assert scale("report", "--json", "report.json").exit_code == 0
     reported = {m["name"]: m for m in json.loads(Path("report.json").read_text())}
+    calibrated = scale("calibrate", "scale-amc23-t0.2", "--json")  # written to ./scale-calibrate/<run>/
+    assert calibrated.exit_code == 0, calibrated.output
     with ResultsStore(must_exist=True) as results, client(Path("scale.db"), results=results) as ui:
         shown = ui.get("/api/evaluations").json()
         grid = ui.get("/api/evaluation", params={"name": "scale-amc23-t0.2"}).json()
@@ -168,6 +170,8 @@ def test_evaluations_show_the_numbers_of_scale_report(fake_server, endpoint_env)
     assert len(cells) == reported["scale-amc23-t0.2"]["samples"] == 4
     assert {cell["outcome"] for cell in cells} <= {"correct", "wrong", "ungraded", "failed"}
     assert all(reply.status_code == 200 for reply in opened)  # each cell opens its sample's run
+    written = json.loads(next(Path("scale-calibrate").glob("*/calibration.json")).read_text())
+    assert [c["taus"] for c in shown["calibration"]] == [written["taus"]] and written["paired"] > 0
 
 
 def test_without_a_results_database_the_evaluations_page_says_so(runs):
