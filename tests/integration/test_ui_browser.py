@@ -209,6 +209,8 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
         wait_for(browser, "#divergence")
         assert texts(browser, "#divergence") == [f"first divergence: sub-problem {expected['first_divergence']}"]
         assert attributes(browser, "#diff-table tr.first-divergence", "data-index") == [str(expected["first_divergence"])]
+        changed = len(expected["subproblems"][expected["first_divergence"] - 1]["differs"])
+        assert len(browser.find_elements("css selector", "#diff-table tr.first-divergence td.changed")) == 2 * changed
         browser.save_screenshot(str(shots / "diff.png"))
 
         # the evaluation: Table 2 rows, the τ chart drawn from the same numbers, the grid opens a sample's run

@@ -309,10 +309,11 @@ async function diffPage() {
   if (!a || !b) return;
   const d = await api(`/api/diff?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
   const fields = ["text", "difficulty", "system", "result", "completion_tokens"];
-  const cell = (side, name) => {
+  const cell = (side, name, differs) => {
     if (!side) return h("td", { class: "absent" }, "—");
     const value = side[name];
-    return h("td", {}, name === "text" ? md(value) : name === "difficulty" ? num(value, 2) : value ?? "–");
+    return h("td", { class: differs.includes(name) ? "changed" : null },
+      name === "text" ? md(value) : name === "difficulty" ? num(value, 2) : value ?? "–");
   };
   main().append(
     h("p", { id: "divergence", class: "divergence" }, d.first_divergence ? `first divergence: sub-problem ${d.first_divergence}` : "no divergence: the sub-problems agree"),
@@ -322,7 +323,7 @@ async function diffPage() {
         h("th", { colspan: fields.length }, runLink(d.b), " ", badge(d.status.b.split(" ")[0], d.status.b))),
       h("tr", {}, h("th", {}, "#"), fields.map((f) => h("th", {}, f)), fields.map((f) => h("th", {}, f))),
       d.subproblems.map((row) => h("tr", { class: (row.differs.length ? "differs" : "") + (row.index === d.first_divergence ? " first-divergence" : ""), "data-index": row.index },
-        h("td", {}, row.index), fields.map((f) => cell(row.a, f)), fields.map((f) => cell(row.b, f)))),
+        h("td", {}, row.index), fields.map((f) => cell(row.a, f, row.differs)), fields.map((f) => cell(row.b, f, row.differs)))),
       h("tr", { class: "totals" }, h("td", {}, "answer"), h("td", { colspan: fields.length }, d.answer.a ?? "–"), h("td", { colspan: fields.length }, d.answer.b ?? "–")),
       h("tr", { class: "totals" }, h("td", {}, "tokens"), h("td", { colspan: fields.length }, num(d.completion_tokens.a)), h("td", { colspan: fields.length }, num(d.completion_tokens.b)))));
 }
