@@ -125,10 +125,10 @@ def browser_times(pages: dict[str, tuple[str, str]], repeat: int) -> dict[str, l
     import tempfile
 
     os.environ.setdefault("SE_OFFLINE", "true")
+    profile = tempfile.TemporaryDirectory(prefix="scale-bench-chromium-")
     options = webdriver.ChromeOptions()
     for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run",
-                     f"--user-data-dir={tempfile.mkdtemp(prefix='scale-bench-chromium-')}"):
+                     "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile.name}"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     found: dict[str, list[float]] = {}
@@ -144,13 +144,14 @@ def browser_times(pages: dict[str, tuple[str, str]], repeat: int) -> dict[str, l
                 found[name].append(time.perf_counter() - started)
     finally:
         driver.quit()
+        profile.cleanup()
     return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the database")
-    parser.add_argument("--full", type=int, default=200, help="of which complete 12-sub-problem runs")
+    parser.add_argument("--full", type=int, default=2000, help="of which complete 12-sub-problem runs (≈ 175 kB each)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     scratch = clean_environment()
@@ -175,28 +176,36 @@ def main() -> None:
                                     str(data), "-t", TAUS, "-k", "2", "-n", "2", "--db", str(db),
                                     "--results-db", str(results)], capture_output=True, text=True)
         assert evaluated.returncode == 0, evaluated.stderr
-        with serving(db, results) as base:
-            pages = {"runs list (page 1 of 10,000, 50 rows)": (f"{base}/api/runs", f"{base}/runs", "#runs-table tbody tr"),
-                     "runs list filtered by text": (f"{base}/api/runs?text=copy-0019", f"{base}/runs?text=copy-0019",
-                                                    "#runs-table tbody tr"),
-                     "runs list, last page": (f"{base}/api/runs?page={args.runs // 50}", f"{base}/runs?page={args.runs // 50}",
-                                              "#runs-table tbody tr"),
-                     "run of 12 sub-problems": (f"{base}/api/run?id={template}", f"{base}/run?id={template}",
-                                                "#timeline li.step"),
-                     "evaluation, 5 τ values": (f"{base}/api/evaluations", f"{base}/evaluations",
-                                                'svg.chart[data-chart="threshold"]')}
-            print(f"{'page':42} JSON over HTTP, s: median [min–max]")
-            for name, (api, _, _) in pages.items():
-                times, body = timed_json(api, args.repeat)
-                size = len(body.get("rows", body.get("subproblems", body.get("metrics", []))))
-                print(f"{name:42} {spread(times)}  ({size} items)")
-            drawn = browser_times({name: (page, css) for name, (_, page, css) in pages.items()}, args.repeat)
-            if drawn is None:
-                print("browser: chromium/chromedriver/selenium not found, not measured")
-            else:
-                print(f"{'page':42} until drawn in headless chromium, s: median [min–max]")
-                for name, times in drawn.items():
-                    print(f"{name:42} {spread(times)}")
+        try:
+            measure(db, results, template, args)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)  # up to a few hundred MB
+
+
+def measure(db: Path, results: Path, template: str, args: argparse.Namespace) -> None:
+    """Serve the database with `scale ui` and print each page's times."""
+    with serving(db, results) as base:
+        pages = {f"runs list (page 1 of {args.runs:,}, 50 rows)": (f"{base}/api/runs", f"{base}/runs", "#runs-table tbody tr"),
+                 "runs list filtered by text": (f"{base}/api/runs?text=copy-0019", f"{base}/runs?text=copy-0019",
+                                                "#runs-table tbody tr"),
+                 "runs list, last page": (f"{base}/api/runs?page={args.runs // 50}", f"{base}/runs?page={args.runs // 50}",
+                                          "#runs-table tbody tr"),
+                 "run of 12 sub-problems": (f"{base}/api/run?id={template}", f"{base}/run?id={template}",
+                                            "#timeline li.step"),
+                 "evaluation, 5 τ values": (f"{base}/api/evaluations", f"{base}/evaluations",
+                                            'svg.chart[data-chart="threshold"]')}
+        print(f"{'page':42} JSON over HTTP, s: median [min–max]")
+        for name, (api, _, _) in pages.items():
+            times, body = timed_json(api, args.repeat)
+            size = len(body.get("rows", body.get("subproblems", body.get("metrics", []))))
+            print(f"{name:42} {spread(times)}  ({size} items)")
+        drawn = browser_times({name: (page, css) for name, (_, page, css) in pages.items()}, args.repeat)
+        if drawn is None:
+            print("browser: chromium/chromedriver/selenium not found, not measured")
+        else:
+            print(f"{'page':42} until drawn in headless chromium, s: median [min–max]")
+            for name, times in drawn.items():
+                print(f"{name:42} {spread(times)}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,12 @@ def create_app(db: Database, *, results: Any = None, api_key: str | None = None,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_async(db) as (saver, store):
             app.state.graph, app.state.store = build_graph(saver, store), store
-            yield
+            app.state.catalog = catalog.SqliteCatalog(sqlite_path) if sqlite_path is not None else None
+            try:
+                yield
+            finally:
+                if app.state.catalog is not None:
+                    app.state.catalog.close()
 
     async def runs_api(request: Request) -> Response:
         params = request.query_params
@@ -69,8 +74,8 @@ def create_app(db: Database, *, results: Any = None, api_key: str | None = None,
                               params.get("order", "desc") != "asc", _int(params.get("page"), 1),
                               _int(params.get("per_page"), 50)).checked()
         graph, store = request.app.state.graph, request.app.state.store
-        if sqlite_path is not None:
-            page = await run_in_threadpool(catalog.sqlite_page, sqlite_path, query)
+        if request.app.state.catalog is not None:
+            page = await run_in_threadpool(request.app.state.catalog.page, query)
             await views.fill_rows(graph, page.rows)
         else:
             page = catalog.python_page(await list_runs(graph, store), query)

@@ -10,9 +10,9 @@ paginated here, in Python.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,43 +68,71 @@ def state_of(status: str, failed: bool = False) -> State:
     return "failed" if failed else "stopped"
 
 
+# Every lookup goes down a primary-key index, a few rows a run (never a scan of a run's writes): the
+# newest checkpoint (index max); done = `finalize` wrote finished=True in the step that made it
+# (writes keyed by its parent checkpoint); failed = the newest checkpoint holds a task's error.
 _RUNS = """
-WITH runs AS (
-  SELECT s.key AS thread_id,
-         json_extract(s.value, '$.created') AS created,
-         COALESCE(json_extract(s.value, '$.problem'), '') AS problem,
+WITH records AS (
+  SELECT s.key AS thread_id, s.value AS value,
+         (SELECT MAX(c.checkpoint_id) FROM checkpoints c WHERE c.thread_id = s.key AND c.checkpoint_ns = '') AS last
+  FROM store s WHERE s.prefix = 'scale.runs'),
+runs AS (
+  SELECT thread_id,
+         json_extract(value, '$.created') AS created,
+         COALESCE(json_extract(value, '$.problem'), '') AS problem,
          CASE
-           WHEN (SELECT w.value FROM writes w WHERE w.thread_id = s.key AND w.checkpoint_ns = ''
-                 AND w.channel = 'finished' ORDER BY w.checkpoint_id DESC, w.idx DESC LIMIT 1) = X'c3' THEN 'done'
-           WHEN EXISTS (SELECT 1 FROM scale_leases l WHERE l.thread_id = s.key AND l.expires >= :now) THEN 'running'
-           WHEN EXISTS (SELECT 1 FROM writes w WHERE w.thread_id = s.key AND w.checkpoint_ns = ''
-                        AND w.channel = '__error__' AND w.checkpoint_id = (SELECT MAX(c.checkpoint_id)
-                        FROM checkpoints c WHERE c.thread_id = s.key AND c.checkpoint_ns = '')) THEN 'failed'
-           WHEN EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = s.key) THEN 'stopped'
-           ELSE 'not started' END AS state
-  FROM store s WHERE s.prefix = 'scale.runs')
+           WHEN last IS NULL THEN
+             CASE WHEN EXISTS (SELECT 1 FROM scale_leases l WHERE l.thread_id = records.thread_id AND l.expires >= :now)
+                  THEN 'running' ELSE 'not started' END
+           WHEN EXISTS (SELECT 1 FROM writes w WHERE w.thread_id = records.thread_id AND w.checkpoint_ns = ''
+                        AND w.checkpoint_id = (SELECT c.parent_checkpoint_id FROM checkpoints c
+                                               WHERE c.thread_id = records.thread_id AND c.checkpoint_ns = ''
+                                               AND c.checkpoint_id = last)
+                        AND w.channel = 'finished' AND w.value = X'c3') THEN 'done'
+           WHEN EXISTS (SELECT 1 FROM scale_leases l WHERE l.thread_id = records.thread_id AND l.expires >= :now) THEN 'running'
+           WHEN EXISTS (SELECT 1 FROM writes w WHERE w.thread_id = records.thread_id AND w.checkpoint_ns = ''
+                        AND w.checkpoint_id = last AND w.channel = '__error__') THEN 'failed'
+           ELSE 'stopped' END AS state
+  FROM records)
 """
 _FILTER = " WHERE (:text = '' OR instr(lower(thread_id), lower(:text)) > 0 OR instr(lower(problem), lower(:text)) > 0)"
 _ORDER = {"created": "created", "status": "state", "thread_id": "thread_id", "problem": "problem"}
 
 
-def sqlite_page(path: Path, query: Query) -> Page:
-    """One page of the runs in the SQLite database at ``path`` (sqlite3.Error when it cannot be read)."""
-    params = {"now": time.time(), "text": query.text, "state": query.state,
-              "limit": query.per_page, "offset": (query.page - 1) * query.per_page}
-    direction = "DESC" if query.descending else "ASC"
-    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
-        conn.execute("PRAGMA query_only = ON")  # read-write but query-only, as `runs list` (WAL files tidied)
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(conn.execute(_RUNS + "SELECT state, COUNT(*) FROM runs" + _FILTER + " GROUP BY state",
-                                   params).fetchall())
-        total = counts[query.state] if query.state else sum(counts.values())
-        ids = conn.execute(
-            _RUNS + "SELECT thread_id, created, problem, state FROM runs" + _FILTER + " AND (:state = '' OR state = :state)"
-            f" ORDER BY {_ORDER[query.sort]} {direction}, thread_id {direction} LIMIT :limit OFFSET :offset",
-            params).fetchall()
-        rows = [_details(conn, thread, created, problem, state) for thread, created, problem, state in ids]
-    return Page(rows, total, counts)
+class SqliteCatalog:
+    """The run list of one SQLite database, on one long-lived read connection: its page cache stays
+    warm between requests (a fresh connection re-reads every page it needs)."""
+
+    #: Page cache of the connection, KiB: room for 10,000 run records and the indexes the queries walk.
+    CACHE_KIB = 32_768
+
+    def __init__(self, path: Path) -> None:
+        # read-write but query-only: the last connection to close tidies the WAL files away, as
+        # every other command's connections do (a read-only one would leave them behind)
+        self.conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
+        self.conn.execute("PRAGMA query_only = ON")
+        self.conn.execute(f"PRAGMA cache_size = -{self.CACHE_KIB}")
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def page(self, query: Query) -> Page:
+        """One page of the runs (sqlite3.Error when the database cannot be read)."""
+        params = {"now": time.time(), "text": query.text, "state": query.state,
+                  "limit": query.per_page, "offset": (query.page - 1) * query.per_page}
+        direction = "DESC" if query.descending else "ASC"
+        with self.lock:
+            counts = dict.fromkeys(STATES, 0)
+            counts.update(self.conn.execute(_RUNS + "SELECT state, COUNT(*) FROM runs" + _FILTER + " GROUP BY state",
+                                            params).fetchall())
+            total = counts[query.state] if query.state else sum(counts.values())
+            ids = self.conn.execute(
+                _RUNS + "SELECT thread_id, created, problem, state FROM runs" + _FILTER +
+                f" AND (:state = '' OR state = :state) ORDER BY {_ORDER[query.sort]} {direction}, "
+                f"thread_id {direction} LIMIT :limit OFFSET :offset", params).fetchall()
+            rows = [_details(self.conn, thread, created, problem, state) for thread, created, problem, state in ids]
+        return Page(rows, total, counts)
 
 
 def _details(conn: sqlite3.Connection, thread: str, created: float | None, problem: str, state: str) -> dict[str, Any]:
