@@ -3,14 +3,15 @@ evaluation of 5 τ values (the issue's targets: each page under 1 s on this mach
 
 Set-up (not timed): one real 12-sub-problem SCALE run against the in-process fake server; its
 checkpoints, writes and call journal copied under ``--full`` new thread ids (complete runs, the
-newest, so the first page shows them); ``--runs`` in all, the rest run records only (older, "not
-started": the SQL that filters, counts and pages reads every record either way); a
-``scale eval --threshold 0.2,0.3,0.5,0.7,0.9`` through the CLI. Then ``scale ui`` runs as its own
+newest, so the first page shows them; ≈ 1.7 GB for the default 10,000, removed at the end);
+``--runs`` in all, any rest run records only (older, "not started"); a
+``scale eval --threshold 0.2,0.3,0.5,0.7,0.9`` through the CLI. `scale ui` reads every run once
+when it starts (not timed here); the first page after the database changed re-reads what changed. Then ``scale ui`` runs as its own
 process and each page's JSON is fetched over HTTP ``--repeat`` times (median, spread); with
 Debian's chromium and selenium present, the time until a browser shows each page is measured too.
 
     python bench/ui.py
-    python bench/ui.py --runs 20000 --full 500 --repeat 9
+    python bench/ui.py --runs 20000 --full 2000 --repeat 9
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def browser_times(pages: dict[str, tuple[str, str]], repeat: int) -> dict[str, l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the database")
-    parser.add_argument("--full", type=int, default=2000, help="of which complete 12-sub-problem runs (≈ 175 kB each)")
+    parser.add_argument("--full", type=int, default=10_000, help="of which complete 12-sub-problem runs (≈ 175 kB each)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     scratch = clean_environment()

@@ -221,3 +221,18 @@ def test_a_list_of_many_runs_is_paged_in_sql(runs):
         page = ui.get("/api/runs", params={"per_page": 20, "sort": "created", "order": "asc"}).json()
     assert page["total"] == 504 and page["counts"]["not started"] == 500 and len(page["rows"]) == 20
     assert page["rows"][0]["thread_id"] == "bulk-0000"
+
+
+def test_the_list_follows_runs_made_resumed_and_deleted_while_it_is_open(runs, fake_server):
+    def shown(ui: TestClient) -> dict[str, str]:
+        return {row["thread_id"]: row["state"] for row in ui.get("/api/runs").json()["rows"]}
+
+    with client(runs) as ui:
+        assert shown(ui)["broken"] == "failed"
+        solve("later")
+        assert scale("runs", "resume", "broken").exit_code == 0
+        assert scale("runs", "delete", "paused").exit_code == 0
+        now = shown(ui)
+        counts = ui.get("/api/runs").json()["counts"]
+    assert now["later"] == "done" and now["broken"] == "done" and "paused" not in now
+    assert counts == {"done": 4, "running": 0, "stopped": 0, "failed": 0, "not started": 0}
