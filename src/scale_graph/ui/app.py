@@ -87,7 +87,8 @@ def create_app(db: Database, *, results: Any = None, api_key: str | None = None,
 
     async def run_api(request: Request) -> Response:
         return Json(await views.run_view(request.app.state.graph, request.app.state.store,
-                                         request.query_params.get("id", ""), db=db_shown, sqlite_path=sqlite_path))
+                                         request.query_params.get("id", ""), db=db_shown,
+                                         catalog=request.app.state.catalog))
 
     async def diff_api(request: Request) -> Response:
         params = request.query_params

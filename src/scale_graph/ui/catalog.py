@@ -94,6 +94,7 @@ class _Entry:
     threshold: float | None
     models: str
     fork_of: str | None
+    origin: dict[str, Any]  # the record's fork_of: parent, checkpoint, what the fork changes
     last: str | None = None  # its newest checkpoint
     core: State = "not started"  # its state apart from a live lease
 
@@ -148,6 +149,12 @@ class SqliteCatalog:
                  for thread, entry, status, state in rows[start:start + query.per_page]]
         return Page(shown, len(rows), counts)
 
+    def children(self, parent: str) -> list[tuple[str, dict[str, Any]]]:
+        """(thread id, fork origin) of every run forked from run ``parent``."""
+        with self.lock:
+            self._refresh()
+            return [(thread, entry.origin) for thread, entry in self.entries.items() if entry.fork_of == parent]
+
     def _refresh(self) -> None:
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version == self.data_version:
@@ -180,7 +187,8 @@ def _entry(thread: str, record: dict[str, Any], version: tuple[Any, ...]) -> _En
     params = record.get("params") or {}
     problem = str(record.get("problem") or "")
     return _Entry(version, float(record.get("created") or 0), problem, f"{thread}\n{problem}".lower(),
-                  params.get("threshold"), _models(params), (record.get("fork_of") or {}).get("thread_id"))
+                  params.get("threshold"), _models(params), (record.get("fork_of") or {}).get("thread_id"),
+                  record.get("fork_of") or {})
 
 
 def _models(params: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ Nothing here writes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -32,7 +33,7 @@ from scale_graph import leases
 from scale_graph.runner import config_for, validate_thread_id
 from scale_graph.runs import PAGE, diff_runs, show_run, status_of
 from scale_graph.state import total_usage
-from scale_graph.ui.catalog import state_of
+from scale_graph.ui.catalog import SqliteCatalog, state_of
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s\"']+:)[^@/\s\"']+@")
 #: Forks of one run listed on its page; more are counted, not listed.
@@ -88,7 +89,7 @@ def failure(snapshot: StateSnapshot) -> str | None:
 
 
 async def run_view(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, db: str | None,
-                   sqlite_path: Path | None) -> dict[str, Any]:
+                   catalog: SqliteCatalog | None) -> dict[str, Any]:
     """``scale runs show --json`` of one run, plus its state, forks, parameter origins and CLI commands."""
     thread_id = checked_id(thread_id)
     try:
@@ -97,7 +98,7 @@ async def run_view(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
         raise NotFound(str(exc)) from None
     shown["error"] = failure(await graph.aget_state(config_for(thread_id)))
     shown["state"] = state_of(shown["status"], bool(shown["error"]))
-    shown["children"] = await children(store, thread_id, sqlite_path)
+    shown["children"] = await children(store, thread_id, catalog)
     shown["parameters"] = parameter_rows(shown.get("params") or {})
     shown["commands"] = commands(thread_id, db, shown)
     return shown
@@ -123,28 +124,20 @@ def commands(thread_id: str, db: str | None, shown: dict[str, Any]) -> dict[str,
     return found
 
 
-async def children(store: BaseStore, thread_id: str, sqlite_path: Path | None) -> list[dict[str, Any]]:
+async def children(store: BaseStore, thread_id: str, catalog: SqliteCatalog | None) -> list[dict[str, Any]]:
     """The forks made from run ``thread_id``: id, where they fork and what they change."""
-    if sqlite_path is not None:
+    if catalog is not None:
         try:
-            return _sqlite_children(sqlite_path, thread_id)
+            found = await asyncio.to_thread(catalog.children, thread_id)
+            return [_child(key, origin) for key, origin in found][:CHILDREN_MAX]
         except sqlite3.Error:
-            pass  # another layout: ask the store
+            pass  # the store says it too, slower
     found, offset = [], 0
     while items := await store.asearch(RUNS_NAMESPACE, limit=PAGE, offset=offset):
         found += [_child(item.key, item.value.get("fork_of") or {}) for item in items
                   if (item.value.get("fork_of") or {}).get("thread_id") == thread_id]
         offset += len(items)
     return found[:CHILDREN_MAX]
-
-
-def _sqlite_children(path: Path, thread_id: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(path, timeout=10) as conn:
-        conn.execute("PRAGMA query_only = ON")
-        rows = conn.execute("SELECT key, json_extract(value, '$.fork_of') FROM store WHERE prefix = 'scale.runs' "
-                            "AND json_extract(value, '$.fork_of.thread_id') = ? LIMIT ?",
-                            (thread_id, CHILDREN_MAX)).fetchall()
-    return [_child(key, json.loads(origin)) for key, origin in rows]
 
 
 def _child(key: str, origin: dict[str, Any]) -> dict[str, Any]:
