@@ -246,7 +246,8 @@ def test_the_viewer_reads_a_postgresql_run_database_and_hides_its_password(pg_ur
                  "--db", pg_url).returncode == 0
     shown = scale_json("runs", "show", "pg-run", "--db", pg_url)
     listed = scale_json("runs", "list", "--db", pg_url)
-    with TestClient(create_app(db_path(pg_url), db_shown=pg_url), raise_server_exceptions=False) as ui:
+    with TestClient(create_app(db_path(pg_url), db_shown=pg_url), raise_server_exceptions=False,
+                    base_url="http://127.0.0.1:8300") as ui:
         page = ui.get("/api/runs", params={"state": "done", "sort": "thread_id", "order": "asc"})
         run = ui.get("/api/run", params={"id": "pg-run"})
         html = ui.get("/run", params={"id": "pg-run"})

@@ -61,7 +61,7 @@ def runs(fake_server, endpoint_env) -> Path:
 
 
 def client(db: Path, **kwargs: Any) -> TestClient:
-    return TestClient(create_app(db, **kwargs), raise_server_exceptions=False)
+    return TestClient(create_app(db, **kwargs), raise_server_exceptions=False, base_url="http://127.0.0.1:8300")
 
 
 def test_the_run_list_agrees_with_runs_list_and_pages_filters_and_sorts(runs):
@@ -147,6 +147,12 @@ def test_an_api_key_is_required_by_header_cookie_or_once_in_the_url(runs):
         first = ui.get("/runs?key=open-sesame&state=done", follow_redirects=False)
         assert first.status_code == 303 and first.headers["location"] == "/runs?state=done"
         assert ui.get("/api/runs").status_code == 200  # the cookie now
+
+
+def test_without_a_key_only_a_loopback_host_is_answered(runs):
+    with client(runs) as ui:
+        assert ui.get("/api/runs", headers={"Host": "localhost:8300"}).status_code == 200
+        assert ui.get("/api/runs", headers={"Host": "rebound.example.com:8300"}).status_code == 400
 
 
 def test_evaluations_show_the_numbers_of_scale_report(fake_server, endpoint_env):

@@ -6,7 +6,7 @@ Ids travel as query parameters because run ids hold ``/`` and ``#``. Every JSON 
 through :func:`scale_graph.ui.views.scrubbed` (no key or password leaves); an unknown or
 malformed id is a 404 page, any other failure one line on a 500 page — never a traceback.
 With an API key, every request needs it: ``Authorization: Bearer KEY``, or ``?key=KEY`` once in
-a browser (kept in an HttpOnly cookie).
+a browser (kept in an HttpOnly cookie); without one, only requests naming a loopback host are answered.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -38,6 +39,8 @@ from scale_graph.ui.views import NotFound
 
 STATIC = Path(__file__).parent / "static"
 KEY_COOKIE = "scale_ui_key"
+#: Host headers a viewer without an API key answers (a browser on this machine, an SSH tunnel).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 log = logging.getLogger("scale_graph.ui")
 
 
@@ -146,7 +149,10 @@ def create_app(db: Database, *, results: Any = None, api_key: str | None = None,
               Route("/api/runs", runs_api), Route("/api/run", run_api), Route("/api/diff", diff_api),
               Route("/api/evaluations", evaluations_api), Route("/api/evaluation", evaluation_api),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    middleware = [Middleware(KeyCheck, api_key=api_key)] if api_key else []
+    # without a key the viewer is for this machine alone: a page of another site that points its own
+    # name at 127.0.0.1 (DNS rebinding) must not read it, so the Host header must name loopback too
+    middleware = ([Middleware(KeyCheck, api_key=api_key)] if api_key else
+                  [Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))])
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                      exception_handlers={NotFound: not_found, 404: not_found, HTTPException: http_error,
                                          Exception: failure})
