@@ -26,7 +26,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.conftest import write_datasets
+from scale_graph.prompts import COT
+from tests.conftest import DATASETS
+from tests.fake_openai import answer_for
 from tests.pg_fixture import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -61,6 +63,15 @@ def scale_json(*args: str) -> Any:
     done = scale(*args, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def known_answers(folder: Path) -> None:
+    """The amc23 preset's problems with the fake server's CoT answers as gold: CoT is right, SCALE wrong
+    (charts and grid show both outcomes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{**row, "answer": str(answer_for([{"role": "user", "content": COT.format(problem=row["problem"])}]))}
+            for row in DATASETS["amc23"]]
+    (folder / "amc23.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
 def free_port() -> int:
@@ -118,15 +129,24 @@ def wait_for(driver: Any, css: str, timeout: float = 20) -> list[Any]:
 
 
 def texts(driver: Any, css: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, css)]
+    """The texts of every element matching ``css``, read in one step (a page polling a live run
+    re-draws itself between two WebDriver calls)."""
+    return driver.execute_script("return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)", css)
 
 
 def attributes(driver: Any, css: str, name: str) -> list[str]:
-    from selenium.webdriver.common.by import By
+    """Attribute ``name`` of every element matching ``css``, read in one step."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))", css, name)
 
-    return [element.get_attribute(name) for element in driver.find_elements(By.CSS_SELECTOR, css)]
+
+def text_now(driver: Any, css: str) -> str | None:
+    """The text of ``css`` read in one step (a live page re-draws itself between two WebDriver calls)."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.textContent", css)
+
+
+def count_now(driver: Any, css: str) -> int:
+    return driver.execute_script("return document.querySelectorAll(arguments[0]).length", css)
 
 
 def only_local_requests(driver: Any, base: str) -> list[str]:
@@ -142,8 +162,9 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
     fake_server.configure(difficulties=(0.1, 0.8, 0.3, 0.9), subproblem_count=4)
     assert scale("solve", PROBLEM, "-t", "0.5", "-k", "3", "--thread-id", "finished").returncode == 0
     assert scale("runs", "fork", "finished", "--at", "2", "--system", "1", "--thread-id", "forked").returncode == 0
-    write_datasets(Path("data"))
-    evaluated = scale("eval", "-d", "amc23", "--data-dir", "data", "-t", "0.2,0.5,0.9", "-k", "2", "-n", "2")
+    known_answers(Path("data"))
+    evaluated = scale("eval", "-d", "amc23", "--data-dir", "data", "-m", "scale,cot", "-t", "0.2,0.5,0.9", "-k", "2",
+                      "-n", "2")
     assert evaluated.returncode == 0, evaluated.stderr
 
     with serving() as base:
@@ -170,18 +191,17 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
             # a live run: the page updates itself (no reload) until the run is done
             browser.get(base + "/run?id=live")
             wait_for(browser, "#status .badge")
-            seen_running = "running" in browser.find_element("css selector", "#status").text
-            solved_at_first = len(browser.find_elements("css selector", "#timeline li.step:not(.pending)"))
+            seen_running = "running" in text_now(browser, "#status")
+            solved_at_first = count_now(browser, "#timeline li.step:not(.pending)")
             marker = browser.execute_script("window.notReloaded = true; return window.notReloaded")
             deadline = time.monotonic() + 90
-            while browser.find_element("css selector", "#status").text != "done":
+            while text_now(browser, "#status") != "done":
                 assert time.monotonic() < deadline, "the live run page never showed the run done"
                 time.sleep(0.3)
             assert live.wait(timeout=60) == 0, live.stderr.read() if live.stderr else ""
             assert seen_running and marker and browser.execute_script("return window.notReloaded") is True
             shown_live = scale_json("runs", "show", "live")
-            assert len(browser.find_elements("css selector", "#timeline li.step:not(.pending)")) == \
-                   len(shown_live["subproblems"]) > solved_at_first
+            assert count_now(browser, "#timeline li.step:not(.pending)") == len(shown_live["subproblems"]) > solved_at_first
         finally:
             if live.poll() is None:
                 live.kill()
@@ -203,10 +223,14 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
         browser.save_screenshot(str(shots / "run.png"))
         assert only_local_requests(browser, base) == []
 
-        # the fork against its parent: the first divergence of `scale runs diff`
+        # the fork against its parent, both ticked in the run list: the first divergence of `scale runs diff`
         expected = scale_json("runs", "diff", "finished", "forked")
-        browser.get(base + "/diff?a=finished&b=forked")
+        browser.get(base + "/runs")
+        for thread in ("finished", "forked"):
+            wait_for(browser, f'input.pick[data-thread="{thread}"]')[0].click()
+        browser.find_element("css selector", "#compare").click()
         wait_for(browser, "#divergence")
+        assert browser.current_url == base + "/diff?a=finished&b=forked"
         assert texts(browser, "#divergence") == [f"first divergence: sub-problem {expected['first_divergence']}"]
         assert attributes(browser, "#diff-table tr.first-divergence", "data-index") == [str(expected["first_divergence"])]
         changed = len(expected["subproblems"][expected["first_divergence"] - 1]["differs"])
@@ -217,7 +241,8 @@ def test_a_person_sees_runs_forks_evaluations_and_a_live_run(fake_server, endpoi
         browser.get(base + "/evaluations")
         wait_for(browser, 'svg.chart[data-chart="threshold"]')
         assert len(browser.find_elements("css selector", 'svg.chart[data-chart="threshold"] circle.point')) == 2 * 3
-        assert len(browser.find_elements("css selector", 'svg.chart[data-chart="tokens"] circle.point')) == 3
+        assert len(browser.find_elements("css selector", 'svg.chart[data-chart="tokens"] circle.point')) == 3 + 1
+        assert "100.00" in browser.find_element("css selector", "#report-1").text  # CoT's known answers, Table 1
         table2 = browser.find_element("css selector", "#report-2").text
         assert all(tau in table2 for tau in ("0.2", "0.5", "0.9"))
         browser.save_screenshot(str(shots / "evaluations.png"))

@@ -119,8 +119,8 @@ function chart({ name, title, xLabel, yLabel, series, logX = false, lines = true
       s("text", { x: left - 6, y: Y(tick) + 4, "text-anchor": "end", class: "tick" }, num(tick)));
   }
   const distinct = [...new Set(all.map((p) => p.x))].sort((a, b) => a - b);
-  // a sweep's own values are the ticks (τ 0.2, 0.5, 0.9); else six even steps
-  const xTicks = logX || distinct.length <= 8 ? distinct
+  // a sweep's own values are the ticks (τ 0.2, 0.5, 0.9); a scatter's may crowd: six even steps
+  const xTicks = logX || (lines && distinct.length <= 8) ? distinct
     : Array.from({ length: 6 }, (_, i) => (logX ? 2 ** (x0 + pad + ((x1 - x0 - 2 * pad) * i) / 5) : x0 + pad + ((x1 - x0 - 2 * pad) * i) / 5));
   for (const tick of xTicks) {
     svg.append(s("text", { x: X(tick), y: height - bottom + 16, "text-anchor": "middle", class: "tick" },
@@ -159,7 +159,18 @@ async function runsPage() {
   const counts = h("p", { id: "counts", class: "counts" });
   const table = h("table", { class: "runs", id: "runs-table" });
   const pager = h("nav", { class: "pager", id: "pager" });
-  main().replaceChildren(h("h1", {}, "Runs"), h("div", { class: "controls" }, search, states), counts, table, pager);
+  const picked = []; // run ids ticked for "compare": the two most recent ticks
+  const compare = h("button", { id: "compare", type: "button", disabled: true,
+    onclick: () => { location.href = `/diff?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`; } }, "compare 2 ticked runs");
+  function tick(id, on) {
+    const at = picked.indexOf(id);
+    if (at >= 0) picked.splice(at, 1);
+    if (on) picked.push(id);
+    while (picked.length > 2) picked.shift();
+    table.querySelectorAll("input.pick").forEach((box) => { box.checked = picked.includes(box.dataset.thread); });
+    compare.disabled = picked.length !== 2;
+  }
+  main().replaceChildren(h("h1", {}, "Runs"), h("div", { class: "controls" }, search, states, compare), counts, table, pager);
   const columns = [["thread_id", "run"], ["status", "status"], ["problem", "problem"], [null, "answer"], [null, "τ"],
     [null, "tokens"], [null, "model"], ["created", "started"], [null, "fork of"]];
   let timer = null;
@@ -173,17 +184,19 @@ async function runsPage() {
       ...Object.entries(data.counts).flatMap(([name, count], i) => [i ? " · " : "", h("span", { "data-count": name }, `${count} ${name}`)]));
     states.replaceChildren(h("option", { value: "" }, `every status (${total})`),
       ...Object.entries(data.counts).map(([name, count]) => h("option", { value: name, selected: state.state === name }, `${name} (${count})`)));
-    const head = h("tr", {}, columns.map(([key, label]) => h("th", key ? {
+    const head = h("tr", {}, h("th", {}, ""), columns.map(([key, label]) => h("th", key ? {
       class: "sortable" + (state.sort === key ? " sorted-" + state.order : ""), "data-sort": key,
       onclick: () => { state.order = state.sort === key && state.order === "desc" ? "asc" : "desc"; state.sort = key; state.page = 1; load(); },
     } : {}, label)));
     table.replaceChildren(h("thead", {}, head), h("tbody", {}, data.rows.map((row) => h("tr", { "data-thread": row.thread_id, "data-state": row.state },
+      h("td", {}, h("input", { type: "checkbox", class: "pick", "data-thread": row.thread_id, checked: picked.includes(row.thread_id),
+        title: "tick two runs to compare them", onchange: (event) => tick(row.thread_id, event.target.checked) })),
       h("td", {}, runLink(row.thread_id)), h("td", {}, badge(row.state, row.status)),
       h("td", { class: "problem", title: row.problem }, row.problem.length > 90 ? row.problem.slice(0, 90) + "…" : row.problem),
       h("td", { class: "answer" }, row.answer ?? "–"), h("td", {}, row.threshold ?? "–"), h("td", { class: "num" }, num(row.tokens)),
       h("td", {}, row.models || "–"), h("td", {}, when(row.created)),
       h("td", {}, row.fork_of ? runLink(row.fork_of) : "")))));
-    if (!data.rows.length) table.append(h("tbody", {}, h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, "no run matches"))));
+    if (!data.rows.length) table.append(h("tbody", {}, h("tr", {}, h("td", { colspan: columns.length + 1, class: "empty" }, "no run matches"))));
     pager.replaceChildren(
       h("button", { disabled: data.page <= 1, onclick: () => { state.page -= 1; load(); } }, "‹ newer"),
       h("span", { id: "page-of" }, ` page ${data.page} of ${data.pages} (${data.total} shown by the filter) `),
