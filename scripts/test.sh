@@ -20,5 +20,18 @@ fi
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then
     export SCALE_REQUIRE_POSTGRES=${SCALE_REQUIRE_POSTGRES:-1}  # present: a PostgreSQL test that cannot start fails
 fi
+# Headless Chromium for tests/integration/test_ui_browser.py (`scale ui` in a real browser), driven by
+# Selenium through Debian's chromedriver: no browser is downloaded when the tests run.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian's chromium and chromium-driver (the browser test of scale ui)"
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+    else
+        echo "chromium/chromedriver not found and not root: the browser test will skip (or fail with SCALE_REQUIRE_BROWSER)"
+    fi
+fi
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    export SCALE_REQUIRE_BROWSER=${SCALE_REQUIRE_BROWSER:-1}  # present: the browser test must run, not skip
+fi
 export SCALE_REQUIRE_VLLM=${SCALE_REQUIRE_VLLM:-1} SCALE_REQUIRE_RAY=${SCALE_REQUIRE_RAY:-1}  # installed above: their tests must run, not skip
 python -m pytest "$@"

@@ -329,6 +329,14 @@ def _register_whatif() -> None:
 
 _register_whatif()
 
+def _register_ui() -> None:
+    from scale_graph.ui.command import ui_command  # light: starlette and uvicorn load when it runs
+
+    app.command("ui", help="A local web viewer of runs, forks and evaluations (no internet needed).")(ui_command)
+
+
+_register_ui()
+
 
 def main() -> None:
     """Console entry point: usage errors (unknown option, wrong type) also get one error line."""
