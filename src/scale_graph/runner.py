@@ -16,6 +16,7 @@ from scale_graph import leases
 from scale_graph.context import Context
 from scale_graph.errors import InputError, UnknownRun
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
+from scale_graph.nodes.review import reviewed_subproblems
 from scale_graph.settings import resume_context
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -162,6 +163,12 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
             if review is None:
                 raise InputError(f"run {thread_id} is waiting for review of its decomposition: "
                                  f"resume with --accept or --subproblems-file FILE")
+            # checked before it is stored: LangGraph keeps a resume value for the interrupt, so a
+            # bad one would fail every later resume of the run, --accept included
+            try:
+                reviewed_subproblems(review, context)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
             inputs = Command(resume=review)
         if on_event is not None and snapshot.values:
             at = position(snapshot)
