@@ -46,3 +46,37 @@ def test_a_bad_review_edit_is_refused_before_it_is_stored_and_the_run_stays_resu
     done = cli("runs", "resume", "a", "--accept", "--json")
     assert done.exit_code == 0, done.output
     assert len(json.loads(done.stdout)["subproblems"]) == 3
+
+
+@pytest.mark.parametrize("command", [["eval", "--dataset", "aime25"], ["traces", "generate", "--dataset", "aime25",
+                                                                       "--out", "tr"]])
+@pytest.mark.parametrize("samples", ["1000000000", "1025", "0"])
+def test_samples_are_bounded_like_every_multiplier(endpoint_env, data_dir, fake_server, command, samples):
+    result = cli(*command, "--data-dir", str(data_dir), "--samples", samples)
+    one_error_line(result, 2, f"--samples must be 1 to 1,024, got {int(samples):,}")
+    assert fake_server.stats()["requests"] == 0
+    assert not Path("scale-results.db").exists() and not Path("scale.db").exists()  # nothing was created
+
+
+@pytest.mark.parametrize("seed", [str(10**30), str(2**63), "-1"])
+def test_a_seed_outside_64_bits_is_refused_up_front(endpoint_env, fake_server, seed):
+    result = cli("solve", "What is 1+1?", "--seed", seed, "--thread-id", "s")
+    line = one_error_line(result, 2, "seed must be within [0, 9223372036854775808)")
+    assert "resume" not in line and fake_server.stats()["requests"] == 0
+    assert not Path("scale.db").exists() or json.loads(cli("runs", "list", "--json").stdout) == []
+
+
+def test_a_seed_outside_64_bits_over_serve_is_a_400_without_a_thread(endpoint_env, fake_server, tmp_path):
+    import httpx
+
+    from scale_graph.serve import THREAD_HEADER
+    from tests.system.test_serve import Served
+
+    with Served(tmp_path / "serve.db") as served:
+        for seed in (10**30, -1):
+            response = httpx.post(f"{served.url}/v1/chat/completions", json={
+                "model": "scale", "messages": [{"role": "user", "content": "What is 1+1?"}], "scale": {"seed": seed}})
+            assert response.status_code == 400, response.text
+            assert "seed must be within" in response.json()["error"]["message"]
+            assert THREAD_HEADER not in response.headers
+    assert fake_server.stats()["requests"] == 0
