@@ -80,3 +80,38 @@ def test_a_seed_outside_64_bits_over_serve_is_a_400_without_a_thread(endpoint_en
             assert "seed must be within" in response.json()["error"]["message"]
             assert THREAD_HEADER not in response.headers
     assert fake_server.stats()["requests"] == 0
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("method", ["scale", "cot", "majority", "inftythink"])
+def test_every_method_refuses_a_problem_longer_than_max_problem_chars(endpoint_env, fake_server, tmp_path, method):
+    dataset = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "problem": "x" * 20_001, "answer": "1"},
+                                                  {"id": "short", "problem": "What is 1+1?", "answer": "2"}])
+    result = cli("eval", "--dataset", str(dataset), "--method", method, "--samples", "1", "--votes", "2")
+    assert result.exit_code == 1, result.output  # the long problem's sample failed; the short one ran
+    assert "max_problem_chars" in result.stderr.splitlines()[-1]
+    sent = [json.dumps(entry["body"]) for entry in fake_server.stats()["log"]]
+    assert sent and not any("x" * 20_001 in body for body in sent)  # never sent to the server
+
+
+def test_non_ascii_ids_reach_the_server_and_every_call_succeeds(endpoint_env, fake_server, tmp_path):
+    dataset = write_jsonl(tmp_path / "données.jsonl", [{"id": "问题-1", "problem": "What is 1+1?", "answer": "33"}])
+    result = cli("eval", "--dataset", str(dataset), "--method", "scale,cot", "--samples", "1", "--name", "évaluation")
+    assert result.exit_code == 0, result.output
+    solved = cli("solve", "What is 1+1?", "--thread-id", "exécution-ü", "--json")
+    assert solved.exit_code == 0, solved.output
+    assert json.loads(solved.stdout)["answer"] is not None
+    assert fake_server.stats()["requests"] > 0
+
+
+def test_a_deeply_nested_dataset_line_names_the_file_and_line(endpoint_env, fake_server, tmp_path):
+    dataset = tmp_path / "deep.jsonl"
+    dataset.write_text('{"id": "a", "problem": "What is 1+1?", "answer": "2"}\n' + "[" * 100_000 + "]" * 100_000
+                       + "\n", encoding="utf-8")
+    one_error_line(cli("eval", "--dataset", str(dataset), "--samples", "1"), 2,
+                   f"{dataset}, line 2: JSON nested too deeply")
+    assert fake_server.stats()["requests"] == 0

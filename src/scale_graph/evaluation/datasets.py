@@ -77,6 +77,8 @@ def read_jsonl(path: Path) -> list[Problem]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}, line {number}: JSON nested too deeply") from None
         records.append((f"{path}, line {number}", record))
     return normalise(records, str(path))
 
@@ -106,22 +108,30 @@ def normalise(records: Iterable[tuple[str, Any]], source: str) -> list[Problem]:
     for position, (where, record) in enumerate(records, 1):
         if not isinstance(record, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        problem = _text(_first(record, PROBLEM_FIELDS))
-        if not problem:
-            raise InputError(f"{where}: no problem text (expected one of: {', '.join(PROBLEM_FIELDS)})")
-        answer = _text(_first(record, ANSWER_FIELDS))
-        if not answer and (solution := _text(_first(record, SOLUTION_FIELDS))):
-            answer = last_boxed(solution) or solution
-        if not answer:
-            raise InputError(f"{where}: no answer (expected one of: {', '.join(ANSWER_FIELDS + SOLUTION_FIELDS)})")
-        identifier = _text(_first(record, ID_FIELDS)) or str(position)
-        if identifier in seen:
-            raise InputError(f"{where}: duplicate id {identifier!r}")
-        seen.add(identifier)
-        problems.append(Problem(identifier, problem, answer))
+        try:
+            problems.append(_problem(where, record, position, seen))
+        except RecursionError:  # a field nested too deeply to turn into text
+            raise InputError(f"{where}: a field is nested too deeply") from None
     if not problems:
         raise InputError(f"dataset {source} has no problems")
     return problems
+
+
+def _problem(where: str, record: dict[str, Any], position: int, seen: set[str]) -> Problem:
+    """One record as a problem (its id added to ``seen``); InputError naming ``where`` when unusable."""
+    problem = _text(_first(record, PROBLEM_FIELDS))
+    if not problem:
+        raise InputError(f"{where}: no problem text (expected one of: {', '.join(PROBLEM_FIELDS)})")
+    answer = _text(_first(record, ANSWER_FIELDS))
+    if not answer and (solution := _text(_first(record, SOLUTION_FIELDS))):
+        answer = last_boxed(solution) or solution
+    if not answer:
+        raise InputError(f"{where}: no answer (expected one of: {', '.join(ANSWER_FIELDS + SOLUTION_FIELDS)})")
+    identifier = _text(_first(record, ID_FIELDS)) or str(position)
+    if identifier in seen:
+        raise InputError(f"{where}: duplicate id {identifier!r}")
+    seen.add(identifier)
+    return Problem(identifier, problem, answer)
 
 
 def _first(record: dict[str, Any], names: tuple[str, ...]) -> Any:
