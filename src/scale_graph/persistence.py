@@ -26,6 +26,7 @@ from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
 from scale_graph import postgres
 from scale_graph.errors import DatabaseError  # noqa: F401  (re-exported: callers import it from here)
 from scale_graph.database import DEFAULT_DB, SCHEMA_VERSION, Database, db_path  # noqa: F401  (re-exported)
+from scale_graph.files import not_regular
 from scale_graph.leases import CREATE as CREATE_LEASES
 from scale_graph.postgres import PostgresUrl
 
@@ -107,6 +108,8 @@ def check_database(path: Database, *, must_exist: bool = False) -> None:
         return
     if path.is_dir():
         raise DatabaseError(f"database {path} is a directory")
+    if kind := not_regular(path):  # opening a FIFO would wait for a writer forever
+        raise DatabaseError(f"database {path} is {kind}, not a regular file")
     if not os.access(path, os.W_OK):
         raise DatabaseError(f"database {path} is read-only")
     try:

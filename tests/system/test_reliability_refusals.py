@@ -115,3 +115,24 @@ def test_a_deeply_nested_dataset_line_names_the_file_and_line(endpoint_env, fake
     one_error_line(cli("eval", "--dataset", str(dataset), "--samples", "1"), 2,
                    f"{dataset}, line 2: JSON nested too deeply")
     assert fake_server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["solve", "--problem-file", "fifo"], "problem file fifo is a FIFO, not a regular file"),
+    (["solve", "What is 1+1?", "--db", "fifo"], "database fifo is a FIFO, not a regular file"),
+    (["runs", "list", "--db", "fifo"], "database fifo is a FIFO, not a regular file"),
+    (["runs", "resume", "r", "--db", "fifo"], "database fifo is a FIFO, not a regular file"),
+    (["eval", "--dataset", "fifo", "--samples", "1"], "dataset fifo is a FIFO, not a regular file"),
+])
+def test_a_fifo_is_refused_instead_of_waiting_forever(endpoint_env, fake_server, tmp_path, args, message):
+    """In a real process: a hang shows as a timeout, not as a stuck test run."""
+    import os
+    import subprocess
+
+    from tests.reliability_helpers import CLI, assert_one_error_line
+
+    os.mkfifo(tmp_path / "fifo")
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "SCALE_DATA_DIR": str(tmp_path)})
+    assert_one_error_line(done, 2, message)
+    assert fake_server.stats()["requests"] == 0

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from scale_graph.parsing import last_boxed
 from scale_graph.errors import InputError
+from scale_graph.files import not_regular
 
 #: Preset → (Hugging Face dataset, preferred split).
 PRESETS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,8 @@ def load(source: str, data_dir: str | os.PathLike | None = None) -> Dataset:
             raise InputError(f"preset {source}: {path} does not exist (check --data-dir / SCALE_DATA_DIR)")
         return Dataset(source, read_jsonl(path))
     path = Path(source)
+    if kind := not_regular(path):
+        raise InputError(f"dataset {source} is {kind}, not a regular file")
     if not path.is_file():
         raise InputError(f"dataset {source!r} is neither a preset ({', '.join(PRESETS)}) nor an existing JSONL file")
     return Dataset(path.stem, read_jsonl(path))
@@ -63,6 +66,8 @@ def load(source: str, data_dir: str | os.PathLike | None = None) -> Dataset:
 
 def read_jsonl(path: Path) -> list[Problem]:
     """Problems of a JSONL file, one JSON object per non-empty line."""
+    if kind := not_regular(path):  # a FIFO would wait for a writer forever
+        raise InputError(f"dataset {path} is {kind}, not a regular file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
