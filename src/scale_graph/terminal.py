@@ -115,7 +115,7 @@ def read_problem(problem: Optional[str], problem_file: Optional[Path], max_chars
         if problem:
             raise InputError("give the problem either as an argument or with --problem-file, not both")
         if kind := not_regular(problem_file):  # a FIFO would wait for a writer forever
-            raise InputError(f"problem file {problem_file} is {kind}, not a regular file")
+            raise InputError(f"cannot read problem file {problem_file}: it is {kind}, not a regular file")
         try:
             with problem_file.open("rb") as handle:  # bounded: --problem-file /dev/zero must not fill memory
                 data = handle.read(4 * max_chars + 1)  # UTF-8 needs at most 4 bytes a character

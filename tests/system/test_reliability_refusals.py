@@ -118,7 +118,7 @@ def test_a_deeply_nested_dataset_line_names_the_file_and_line(endpoint_env, fake
 
 
 @pytest.mark.parametrize("args, message", [
-    (["solve", "--problem-file", "fifo"], "problem file fifo is a FIFO, not a regular file"),
+    (["solve", "--problem-file", "fifo"], "cannot read problem file fifo: it is a FIFO, not a regular file"),
     (["solve", "What is 1+1?", "--db", "fifo"], "database fifo is a FIFO, not a regular file"),
     (["runs", "list", "--db", "fifo"], "database fifo is a FIFO, not a regular file"),
     (["runs", "resume", "r", "--db", "fifo"], "database fifo is a FIFO, not a regular file"),
