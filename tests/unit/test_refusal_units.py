@@ -31,3 +31,30 @@ def test_a_record_nested_too_deeply_to_read_names_where():
         deep = [deep]
     with pytest.raises(InputError, match="^data.jsonl, line 3: a field is nested too deeply$"):
         normalise([("data.jsonl, line 3", {"problem": deep, "answer": "1"})], "data.jsonl")
+
+
+def _status_error(status: int, **headers: str):
+    import openai
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    response = httpx.Response(status, request=request, headers=headers, json={"error": {"message": "nope"}})
+    return openai.APIStatusError("nope", response=response, body=None)
+
+
+@pytest.mark.parametrize("status, headers, retried", [(403, {}, False), (422, {}, False), (413, {}, False),
+                                                       (503, {}, True), (429, {}, True), (409, {}, True),
+                                                       (500, {"x-should-retry": "false"}, False),
+                                                       (400 + 18, {"x-should-retry": "true"}, True)])
+def test_a_status_that_is_not_retried_never_says_it_was(status, headers, retried):
+    from scale_graph.servers.chat_errors import EndpointError, translated_errors
+    from scale_graph.servers.endpoints import Endpoint
+
+    with pytest.raises(EndpointError) as failed:
+        with translated_errors(Endpoint(2, "http://127.0.0.1:1/v1", "m", max_retries=1)):
+            raise _status_error(status, **headers)
+    message = str(failed.value)
+    assert "retries" not in message.replace("after 1 retry", "")  # never "after 1 retries"
+    if retried:
+        assert f"failed after 1 retry: HTTP {status}" in message, message
+    else:
+        assert f"failed (HTTP {status}, a status that is not retried)" in message and "retry:" not in message, message
