@@ -136,3 +136,24 @@ def test_a_fifo_is_refused_instead_of_waiting_forever(endpoint_env, fake_server,
                           env={**os.environ, "SCALE_DATA_DIR": str(tmp_path)})
     assert_one_error_line(done, 2, message)
     assert fake_server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("args", [["runs", "list"], ["solve", "What is 1+1?"], ["runs", "resume", "r"]])
+def test_an_unreachable_postgresql_is_one_line_naming_host_port_and_cause(endpoint_env, tmp_path, args):
+    """No server needed: a closed port on 127.0.0.1. Nothing but the one line on stderr (no pool warnings)."""
+    import os
+    import socket
+    import subprocess
+
+    from tests.reliability_helpers import CLI
+
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://scale:PLANTED-PW@127.0.0.1:{port}/scale"
+    done = subprocess.run([*CLI, *args, "--db", url], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=dict(os.environ))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"error: database postgresql://scale:***@127.0.0.1:{port}/scale: "
+                                        f"cannot connect to 127.0.0.1:{port}: connection refused"], done.stderr
+    assert "PLANTED-PW" not in done.stdout + done.stderr
