@@ -157,3 +157,30 @@ def test_an_unreachable_postgresql_is_one_line_naming_host_port_and_cause(endpoi
     assert done.stderr.splitlines() == [f"error: database postgresql://scale:***@127.0.0.1:{port}/scale: "
                                         f"cannot connect to 127.0.0.1:{port}: connection refused"], done.stderr
     assert "PLANTED-PW" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_deleted_mid_run_stops_it_with_one_line(endpoint_env, scripted, tmp_path, how):
+    """The open file stays writable after `rm`: without a check the run would end "done", saved nowhere."""
+    import shutil
+
+    from tests.conftest import default_respond
+
+    db = tmp_path / "runs.db"
+
+    def respond(call):
+        if call.key.startswith("assess/1") and db.exists():
+            if how == "deleted":
+                db.unlink()
+            else:
+                shutil.copy(db, tmp_path / "copy.db")
+                (tmp_path / "copy.db").replace(db)
+        return default_respond(call)
+
+    scripted(respond)
+    result = cli("solve", "What is a+b?", "--db", str(db), "--thread-id", "gone")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]  # progress lines, then the error
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]], lines
+    assert lines[-1].startswith(f"error: database {db} was deleted or replaced while this process was using it")
+    assert "resume" not in lines[-1] and "answer" not in result.stdout.lower()

@@ -166,7 +166,7 @@ class translated_errors:
 
 
 def _reason(endpoint: Endpoint, exc: BaseException) -> str | None:
-    retries = _after(endpoint.max_retries)
+    retries = f"after {endpoint.max_retries} retries"
     if isinstance(exc, openai.APIConnectionError) and (failure := _connection_failure(exc)):
         return f"is unreachable {retries}: {failure}"
     if isinstance(exc, openai.APITimeoutError):
@@ -182,10 +182,6 @@ def _reason(endpoint: Endpoint, exc: BaseException) -> str | None:
             return f"failed (HTTP {exc.status_code}, a status that is not retried): {error_message(exc)}"
         return f"failed {retries}: HTTP {exc.status_code} {error_message(exc)}"
     return None
-
-
-def _after(retries: int) -> str:
-    return "after 1 retry" if retries == 1 else f"after {retries} retries"
 
 
 def _retried(exc: openai.APIStatusError) -> bool:
