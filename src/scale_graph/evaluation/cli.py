@@ -82,8 +82,10 @@ async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], An
 
     if where.limit is not None and where.limit < 1:
         raise InputError(f"--limit must be at least 1, got {where.limit}")
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise InputError(f"--samples must be 1 to {MAX_SAMPLES:,}, got {samples:,}")
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if samples > MAX_SAMPLES:
+        raise InputError(f"--samples must be at most {MAX_SAMPLES:,}, got {samples:,}")
     checkpoint_db, executor, results = executor_for(where.ray, where.ray_workers, where.db, where.results_db)
 
     def load(source: str) -> datasets.Dataset:
