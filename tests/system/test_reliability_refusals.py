@@ -1,7 +1,8 @@
 """Refusals of issue 20: each command refuses what it cannot do safely with one `error:` line,
-exit 2, and changes nothing — a bad review edit, unbounded or out-of-range multipliers, ids a
-request header cannot carry, non-regular files, deeply nested dataset lines, an unreachable
-PostgreSQL. (Forks, deletes and calibrations have theirs beside their other tests.)"""
+exit 2, and changes nothing — a bad review edit, unbounded or out-of-range multipliers, a
+baseline's too-long problem, ids that are not ASCII (encoded, not refused), non-regular files,
+deeply nested dataset lines, an unreachable PostgreSQL, a database deleted mid-run.
+(Forks, deletes, lost leases and calibrations have theirs beside their other tests.)"""
 
 from __future__ import annotations
 
@@ -155,8 +156,9 @@ def test_an_unreachable_postgresql_is_one_line_naming_host_port_and_cause(endpoi
     done = subprocess.run([*CLI, *args, "--db", url], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env=dict(os.environ))
     assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [f"error: database postgresql://scale:***@127.0.0.1:{port}/scale: "
-                                        f"cannot connect to 127.0.0.1:{port}: connection refused"], done.stderr
+    wanted = (f"error: database postgresql://scale:***@127.0.0.1:{port}/scale: "
+              f"cannot connect to 127.0.0.1:{port}: connection refused")
+    assert done.stderr.splitlines() == [wanted], done.stderr
     assert "PLANTED-PW" not in done.stdout + done.stderr
 
 

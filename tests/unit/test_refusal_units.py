@@ -49,9 +49,9 @@ def test_a_status_that_is_not_retried_never_says_it_was(status, headers, retried
     from scale_graph.servers.chat_errors import EndpointError, translated_errors
     from scale_graph.servers.endpoints import Endpoint
 
-    with pytest.raises(EndpointError) as failed:
-        with translated_errors(Endpoint(2, "http://127.0.0.1:1/v1", "m", max_retries=1)):
-            raise _status_error(status, **headers)
+    with pytest.raises(EndpointError) as failed, translated_errors(Endpoint(2, "http://127.0.0.1:1/v1", "m",
+                                                                            max_retries=1)):
+        raise _status_error(status, **headers)
     message = str(failed.value)
     if retried:
         assert f"failed after 1 retries: HTTP {status}" in message, message
