@@ -128,9 +128,11 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
         graph = build_graph(saver, cstore)
         labels: list[Labelled] = []
         jobs: list[_Job] = []
+        found = 0
         for result in results:
             parent = thread_id(run.name, result.problem_id, result.sample)
             snapshot = await graph.aget_state(config_for(parent))
+            found += bool(snapshot.values)
             if not is_finished(snapshot):
                 counts["not_finished"] += 1
                 continue
@@ -141,6 +143,7 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
                 other: Literal[1, 2] = 2 if own.system == 1 else 1
                 jobs.append(_Job(label, parent, result.gold, other,
                                  fork_thread_id(parent, ForkSpec(at=label.index + 1, system=other))))
+        _refuse_nothing_to_fork(eval_run, checkpoint_db, len(results), found, labels)
         if options.sample is not None and options.sample < len(jobs):
             chosen = set(map(id, random.Random(options.seed).sample(jobs, options.sample)))
             jobs = [job for job in jobs if id(job) in chosen]
@@ -189,6 +192,19 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
     shown.update(eval_run=eval_run, counts=counts, generated_tokens=spent[0], errors=errors[:20])
     shown["written"] = [str(path) for path in write_outputs(shown, labels, out_dir)]
     return shown
+
+
+def _refuse_nothing_to_fork(eval_run: str, checkpoint_db: Path, samples: int, found: int,
+                            labels: list[Labelled]) -> None:
+    """InputError when there is no sub-problem to fork: a report of nothing would overwrite the
+    outputs of an earlier calibration with empty ones (the usual cause: another run database)."""
+    if labels:
+        return
+    if not found:
+        raise InputError(f"checkpoint database {checkpoint_db} holds none of the {samples} runs of evaluation "
+                         f"{eval_run!r}: give the run database `scale eval` used (--db); nothing written")
+    raise InputError(f"evaluation run {eval_run!r} has no finished run with a solved sub-problem in "
+                     f"{checkpoint_db}: nothing to calibrate; nothing written")
 
 
 async def _solutions(store: Any, thread: str, values: dict[str, Any]) -> list[str]:

@@ -82,7 +82,7 @@ class Context:
     inftythink_max_iterations: int = _param(50, "InftyThink baseline: most iterations per problem (official maximum 50; the paper's runs average about 6).", at_least=1, most=200)
     votes: int = _param(8, "Majority-voting baseline: CoT samples voted on per problem sample (k=8 in the paper).", at_least=1, most=64)
     context_window: int = _param(0, "Model context length in tokens. Each earlier solution is carried whole (Eq. 5) while the prompt fits this window with the call's own max_tokens reserved (estimated at 3 characters a token); only then do the oldest shrink to their boxed result, with a warning. 0 = read max_model_len from the server's /v1/models, else 40,960.", most=10_485_760)
-    seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed.")
+    seed: int = _param(0, "Base seed; each candidate and each retry gets its own derived seed. 0 ≤ seed < 2**63 (stored as a 64-bit integer).", within="[0, 9223372036854775808)")
     carry: Carry = _param("final", "What of each solved sub-problem is carried forward: 'final' text, or 'reasoning' too (fills the context window sooner).")
     max_problem_chars: int = _param(20000, "Longest accepted problem text.", at_least=1, most=1_000_000)
     parse_retries: int = _param(2, "Extra attempts (new seed) when an output cannot be parsed.", at_least=0, most=10)

@@ -40,7 +40,7 @@ from scale_graph.identity import latest_models
 from scale_graph.journal import RUNS_NAMESPACE, calls_namespace, new_run_id
 from scale_graph.nodes.review import reviewed_subproblems
 from scale_graph.nodes.route import system_for
-from scale_graph.runner import InputError, UnknownRun, config_for, holding
+from scale_graph.runner import InputError, RunExists, UnknownRun, config_for, holding
 
 SOLVE_NODES = ("solve_system1", "solve_system2")
 
@@ -89,7 +89,8 @@ async def fork(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, a
     """Create a fork of run ``thread_id`` (see the module doc) and return its thread id; it has not
     run yet — continue it with :func:`scale_graph.runner.resume` (``scale runs resume``).
 
-    With ``new_thread_id`` of a fork that exists already, that fork is returned as it is.
+    With ``new_thread_id`` of this very fork (same parent, same change) that exists already, that
+    fork is returned as it is; :class:`~scale_graph.runner.RunExists` when it names any other run.
     """
     spec = ForkSpec(at, system, difficulty, [s.strip() for s in subproblems if s.strip()] if subproblems else subproblems)
     spec.check()
@@ -100,10 +101,17 @@ async def fork(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, a
     if record is None:
         raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
     async with holding(graph, new_id):
-        if (await graph.aget_state(config_for(new_id))).values:
+        existing = await store.aget(RUNS_NAMESPACE, new_id)
+        has_state = bool((await graph.aget_state(config_for(new_id))).values)
+        if existing is not None or has_state:
             if new_thread_id is None:
                 raise InputError(f"run {new_id} already exists")
-            return new_id
+            # only this very fork may be found again: another run, or a fork of something else, is refused
+            if not _is_fork_of(existing.value if existing else None, thread_id, spec):
+                raise RunExists(f"run {new_id} already exists and is not this fork of run {thread_id}; "
+                                f"give the fork a thread id of its own")
+            if has_state:
+                return new_id
         base = await _base_checkpoint(graph, thread_id, spec)
         values, as_node = _forked_values(base.values, spec, Context.from_dict(record.value.get("params", {})), new_id)
         await _copy_journal(store, thread_id, new_id, _needed_keys(base.values, spec))
@@ -119,6 +127,13 @@ async def fork(graph: CompiledStateGraph, store: BaseStore, thread_id: str, *, a
         config = {**config_for(new_id), "metadata": {f"fork_of_{k}": v for k, v in origin.items() if k != "subproblems"}}
         await graph.aupdate_state(config, values, as_node=as_node)
     return new_id
+
+
+def _is_fork_of(record: dict[str, Any] | None, parent: str, spec: ForkSpec) -> bool:
+    """``record`` (a run record) is the fork ``spec`` of ``parent`` (its checkpoint aside)."""
+    origin = dict((record or {}).get("fork_of") or {})
+    origin.pop("checkpoint_id", None)
+    return origin == {"thread_id": parent, **{k: v for k, v in asdict(spec).items() if v is not None}}
 
 
 async def _base_checkpoint(graph: CompiledStateGraph, thread_id: str, spec: ForkSpec) -> StateSnapshot:

@@ -60,17 +60,28 @@ class Lease:
             return False
         return self.host != HOST or _process_exists(self.pid)
 
+    def mine(self) -> bool:
+        """Held by this very process (another worker of it, or this worker's own row)."""
+        return self.host == HOST and self.pid == os.getpid()
+
+    def holder_words(self) -> str:
+        """Who holds it, for a message: never this process named as "another process"."""
+        if self.mine():
+            return f"another worker of this process (pid {self.pid} on {self.host})"
+        return f"another process (pid {self.pid} on {self.host})"
+
     def describe(self) -> str:
         """The status of a run this lease holds: ``running (pid N)``, naming the host when it is another."""
         return f"running (pid {self.pid}" + ("" if self.host == HOST else f" on {self.host}") + ")"
 
 
 class LeaseHeld(Exception):
-    """Another live worker holds the run."""
+    """Another live worker holds the run; with ``lost``, this worker's lease was taken over, or
+    (``removed``) its row is gone: taken over and released since, or the run deleted under it."""
 
-    def __init__(self, lease: Lease, lost: bool = False) -> None:
+    def __init__(self, lease: Lease, lost: bool = False, removed: bool = False) -> None:
         super().__init__(f"run {lease.thread_id} is held by pid {lease.pid} on {lease.host}")
-        self.lease, self.lost = lease, lost
+        self.lease, self.lost, self.removed = lease, lost, removed
 
 
 def _process_exists(pid: int) -> bool:
@@ -260,7 +271,11 @@ async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
             except Exception:  # noqa: BLE001 - a busy database: the next renewal may succeed
                 continue
             if not kept:
-                lost.append((await current(backend)).get(thread_id) or lease)
+                try:
+                    taker = (await current(backend)).get(thread_id)
+                except Exception:  # noqa: BLE001 - who took it is only for the message
+                    taker = None
+                lost.append(taker or lease)
                 if task is not None:
                     task.cancel()
                 return
@@ -271,7 +286,7 @@ async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
     except asyncio.CancelledError:
         if lost and task is not None:
             task.uncancel()
-            raise LeaseHeld(lost[0], lost=True) from None
+            raise LeaseHeld(lost[0], lost=True, removed=lost[0].holder == lease.holder) from None
         raise
     finally:
         renewer.cancel()

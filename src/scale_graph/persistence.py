@@ -26,6 +26,7 @@ from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
 from scale_graph import postgres
 from scale_graph.errors import DatabaseError  # noqa: F401  (re-exported: callers import it from here)
 from scale_graph.database import DEFAULT_DB, SCHEMA_VERSION, Database, db_path  # noqa: F401  (re-exported)
+from scale_graph.files import not_regular
 from scale_graph.leases import CREATE as CREATE_LEASES
 from scale_graph.postgres import PostgresUrl
 
@@ -107,6 +108,8 @@ def check_database(path: Database, *, must_exist: bool = False) -> None:
         return
     if path.is_dir():
         raise DatabaseError(f"database {path} is a directory")
+    if kind := not_regular(path):  # opening a FIFO would wait for a writer forever
+        raise DatabaseError(f"database {path} is {kind}, not a regular file")
     if not os.access(path, os.W_OK):
         raise DatabaseError(f"database {path} is read-only")
     try:
@@ -174,6 +177,58 @@ async def _asetup_locked(path: Path) -> AsyncIterator[None]:
             os.close(fd)
 
 
+class _FileWatch:
+    """The database file a process opened, by (device, inode): :meth:`check` fails when its path
+    names it no more. A deleted (or replaced) file stays open and writable, so without this a run
+    would go on writing checkpoints nobody can ever read, and end as if saved."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.identity = self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError:  # unreadable metadata is no proof of deletion
+            return getattr(self, "identity", None)
+        return found.st_dev, found.st_ino
+
+    def check(self) -> None:
+        if self.identity is not None and self._identity() != self.identity:
+            raise DatabaseError(f"database {self.path} was deleted or replaced while this process was using it; "
+                                f"stopped, as nothing written from now on could be read again")
+
+
+class _WatchedSqliteSaver(SqliteSaver):
+    """SqliteSaver that checks its file is still there before each write (a ``stat``: cheap)."""
+
+    watch: _FileWatch
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self.watch.check()
+        return super().put(*args, **kwargs)
+
+    def put_writes(self, *args: Any, **kwargs: Any) -> None:
+        self.watch.check()
+        super().put_writes(*args, **kwargs)
+
+
+class _WatchedAsyncSqliteSaver(AsyncSqliteSaver):
+    """AsyncSqliteSaver that checks its file is still there before each write."""
+
+    watch: _FileWatch
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        self.watch.check()
+        return await super().aput(*args, **kwargs)
+
+    async def aput_writes(self, *args: Any, **kwargs: Any) -> None:
+        self.watch.check()
+        await super().aput_writes(*args, **kwargs)
+
+
 def _translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
     text = str(exc)
     if "readonly" in text or "read-only" in text:
@@ -197,9 +252,10 @@ def open_sync(path: str | os.PathLike | PostgresUrl | None = None) -> Iterator[t
             saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
             store_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             store_conn.executescript(PRAGMAS)
-            saver, store = SqliteSaver(saver_conn), _ImmediateSqliteStore(store_conn)
+            saver, store = _WatchedSqliteSaver(saver_conn), _ImmediateSqliteStore(store_conn)
             saver.setup()
             store.setup()
+            saver.watch = _FileWatch(path)
         yield saver, store
     except sqlite3.Error as exc:
         raise _translate(exc, path) from None
@@ -229,9 +285,10 @@ async def open_async(path: str | os.PathLike | PostgresUrl | None = None,
             async with _asetup_locked(path):
                 await saver_conn.executescript(PRAGMAS + MARK_SCHEMA)
                 await store_conn.executescript(PRAGMAS)
-                saver, store = AsyncSqliteSaver(saver_conn), _ImmediateAsyncSqliteStore(store_conn)
+                saver, store = _WatchedAsyncSqliteSaver(saver_conn), _ImmediateAsyncSqliteStore(store_conn)
                 await saver.setup()
                 await store.setup()
+                saver.watch = _FileWatch(path)
             yield saver, store
     except sqlite3.Error as exc:
         raise _translate(exc, path) from None

@@ -19,6 +19,7 @@ Needs the ``postgres`` extra: ``pip install 'scale-graph[postgres]'``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -114,6 +115,38 @@ def _error(url: PostgresUrl, exc: BaseException, what: str = "") -> Exception:
     from scale_graph.errors import DatabaseError
 
     return DatabaseError(f"database {url}: {what}{one_line(exc, url)}")
+
+
+def _unreachable(url: PostgresUrl, exc: BaseException) -> Exception:
+    """One line naming host:port and libpq's cause ("connection refused", an unknown host, a
+    refused password) instead of the pool's "initialization incomplete after 5 sec"."""
+    from scale_graph.errors import DatabaseError
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    cause = first.rsplit(" failed: ", 1)[-1].strip()  # 'connection to server at "h", port p failed: CAUSE'
+    if len(cause) > 1 and cause[0].isupper() and cause[1].islower():
+        cause = cause[0].lower() + cause[1:]
+    return DatabaseError(f"database {url}: cannot connect to {_address(url)}: {one_line(ValueError(cause), url)}")
+
+
+def _address(url: PostgresUrl) -> str:
+    """``host:port`` the URL points at, as libpq reads it (its defaults: the local socket, 5432)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url.url)
+    except Exception:  # noqa: BLE001 - an unparsable URL: its own message says so
+        return "the server"
+    host, port = str(info.get("host") or "localhost"), str(info.get("port") or "5432")
+    if host.startswith("/"):
+        return f"socket {host}/.s.PGSQL.{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _quiet_pool() -> None:
+    """The pool logs each failed connection attempt as a warning, which reaches stderr through
+    logging's last resort: a user would see it three times before the one line that says why."""
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
@@ -248,6 +281,7 @@ def _pool(pool_class: Any, url: PostgresUrl, pool_size: int) -> Any:
     before it is lent (a connection the server dropped is replaced, not handed out)."""
     from psycopg.rows import dict_row
 
+    _quiet_pool()
     return pool_class(url.url, min_size=POOL_MIN, max_size=max(2, pool_size), open=False, timeout=POOL_TIMEOUT_S,
                       check=pool_class.check_connection, kwargs={**_CONNECTION, "row_factory": dict_row})
 
@@ -269,6 +303,10 @@ async def open_async(url: PostgresUrl, schema_version: int, leases_sql: str,
     import psycopg
     from psycopg_pool import AsyncConnectionPool
 
+    try:  # one direct attempt first: its error names the cause (the pool's only says it timed out)
+        await (await psycopg.AsyncConnection.connect(url.url, **_CONNECTION)).close()
+    except (psycopg.Error, OSError) as exc:
+        raise _unreachable(url, exc) from None
     pool = _pool(AsyncConnectionPool, url, pool_size)
     try:
         await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -304,6 +342,10 @@ def open_sync(url: PostgresUrl, schema_version: int, leases_sql: str,
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    try:  # as in open_async: the direct attempt's error names the cause
+        psycopg.connect(url.url, **_CONNECTION).close()
+    except (psycopg.Error, OSError) as exc:
+        raise _unreachable(url, exc) from None
     pool = _pool(ConnectionPool, url, pool_size)
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -338,11 +380,15 @@ def check(url: PostgresUrl, schema_version: int) -> None:
         _classes()  # the one-line "needs the postgres extra"
         raise
     try:
-        with psycopg.connect(url.url, **_CONNECTION) as conn:
+        conn = psycopg.connect(url.url, **_CONNECTION)
+    except (psycopg.Error, OSError) as exc:
+        raise _unreachable(url, exc) from None
+    try:
+        with conn:
             exists = conn.execute("SELECT to_regclass('scale_meta') IS NOT NULL").fetchone()
             row = (conn.execute("SELECT value FROM scale_meta WHERE key = 'schema_version'").fetchone()
                    if exists and exists[0] else None)
     except psycopg.Error as exc:
-        raise _error(url, exc, "cannot connect: ") from None
+        raise _error(url, exc, "cannot read it: ") from None
     if row is not None:
         _check_version(url, row[0], schema_version)

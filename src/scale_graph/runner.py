@@ -18,6 +18,7 @@ from scale_graph.context import Context
 from scale_graph.errors import InputError, UnknownRun
 from scale_graph.identity import latest_models, refusal
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
+from scale_graph.nodes.review import reviewed_subproblems
 from scale_graph.servers import identity
 from scale_graph.settings import resume_context
 
@@ -31,11 +32,16 @@ class RunExists(InputError):
 class RunBusy(InputError):
     """Another live process works on this run (it holds the run's lease)."""
 
-    def __init__(self, lease: leases.Lease, lost: bool = False) -> None:
+    def __init__(self, lease: leases.Lease, lost: bool = False, removed: bool = False) -> None:
         wait = max(0, round(lease.expires - time.time()))
-        what = "was taken over by" if lost else "is being worked on by"
-        super().__init__(f"run {lease.thread_id} {what} another process (pid {lease.pid} on {lease.host}); "
-                         f"try again after it stops, or in {wait} s if that process died")
+        if removed:  # our own row vanished: nobody took it, so no taker is named
+            message = (f"run {lease.thread_id} lost its lease and stopped: another process took the run over "
+                       f"while this one stalled and has released it since, or the run was deleted")
+        else:
+            what = "was taken over by" if lost else "is being worked on by"
+            message = (f"run {lease.thread_id} {what} {lease.holder_words()}; "
+                       f"try again after it stops, or in {wait} s if that process died")
+        super().__init__(message)
         self.lease = lease
 
 
@@ -168,6 +174,12 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
             if review is None:
                 raise InputError(f"run {thread_id} is waiting for review of its decomposition: "
                                  f"resume with --accept or --subproblems-file FILE")
+            # checked before it is stored: LangGraph keeps a resume value for the interrupt, so a
+            # bad one would fail every later resume of the run, --accept included
+            try:
+                reviewed_subproblems(review, context)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
             inputs = Command(resume=review)
         if on_event is not None and snapshot.values:
             at = position(snapshot)
@@ -200,7 +212,7 @@ async def holding(graph: CompiledStateGraph, thread_id: str) -> AsyncIterator[le
         async with leases.held(leases.backend_for(graph.checkpointer), thread_id) as lease:
             yield lease
     except leases.LeaseHeld as exc:
-        raise RunBusy(exc.lease, exc.lost) from None
+        raise RunBusy(exc.lease, exc.lost, exc.removed) from None
 
 
 async def _drive(graph: CompiledStateGraph, inputs: dict | None, thread_id: str, context: Context,

@@ -12,7 +12,7 @@ from langgraph.types import StateSnapshot
 from scale_graph import leases
 from scale_graph.history import solution_texts
 from scale_graph.journal import RUNS_NAMESPACE, calls_namespace
-from scale_graph.runner import UnknownRun, config_for, is_finished, position
+from scale_graph.runner import RunBusy, UnknownRun, config_for, is_finished, position
 from scale_graph.servers.chat import ChatReply
 from scale_graph.state import total_usage
 
@@ -116,11 +116,24 @@ async def journal_calls(store: BaseStore, thread_id: str) -> list[dict[str, Any]
 
 
 async def delete_run(checkpointer: BaseCheckpointSaver, store: BaseStore, thread_id: str) -> int:
-    """Remove a run's checkpoints, call journal and record; returns the journal entries removed."""
+    """Remove a run's checkpoints, call journal and record; returns the journal entries removed.
+
+    Under the run's lease: a run a live worker holds is refused (:class:`RunBusy`) — deleted under
+    it, the worker would go on writing checkpoints of a run that no longer exists — and no worker
+    can start on it while it is being deleted.
+    """
     record = await store.aget(RUNS_NAMESPACE, thread_id)
     has_checkpoint = await checkpointer.aget_tuple(config_for(thread_id)) is not None
     if record is None and not has_checkpoint:
         raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
+    try:
+        async with leases.held(leases.backend_for(checkpointer), thread_id):
+            return await _delete_held(checkpointer, store, thread_id)
+    except leases.LeaseHeld as exc:
+        raise RunBusy(exc.lease, exc.lost, exc.removed) from None
+
+
+async def _delete_held(checkpointer: BaseCheckpointSaver, store: BaseStore, thread_id: str) -> int:
     namespace = calls_namespace(thread_id)
     removed = 0
     while items := await store.asearch(namespace, limit=PAGE):

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.markup import escape
 
 from scale_graph.errors import ConfigError, InputError, UnknownRun
+from scale_graph.files import not_regular
 
 # Not a terminal (a log file, a pipe): no wrapping at 80 columns, so lines and tables stay whole.
 out = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 1000)
@@ -119,6 +120,8 @@ def read_problem(problem: Optional[str], problem_file: Optional[Path], max_chars
     if problem_file is not None:
         if problem:
             raise InputError("give the problem either as an argument or with --problem-file, not both")
+        if kind := not_regular(problem_file):  # a FIFO would wait for a writer forever
+            raise InputError(f"cannot read problem file {problem_file}: it is {kind}, not a regular file")
         try:
             with problem_file.open("rb") as handle:  # bounded: --problem-file /dev/zero must not fill memory
                 data = handle.read(4 * max_chars + 1)  # UTF-8 needs at most 4 bytes a character

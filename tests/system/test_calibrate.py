@@ -135,3 +135,20 @@ def test_a_failed_fork_exits_non_zero_and_a_re_run_completes_it(evaluated):
     assert retried.exit_code == 0, retried.output
     counts = json.loads(retried.stdout)["counts"]
     assert (counts["made"], counts["reused"], counts["failed"]) == (1, 5, 0)
+
+
+def test_calibrate_against_another_run_database_is_refused_and_keeps_earlier_outputs(evaluated, tmp_path):
+    first = scale("calibrate", "tiny", "--out", "cal", "--sample", "1")
+    assert first.exit_code == 0, first.output
+    folder = tmp_path / "cal"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    other = scale("solve", "What is 1+1?", "-k", "2", "--db", "other.db", "--thread-id", "unrelated")
+    assert other.exit_code == 0, other.output
+    evaluated.reset()
+    result = scale("calibrate", "tiny", "--out", "cal", "--db", "other.db")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint database other.db holds none of the 2 runs "
+                                                   "of evaluation 'tiny'"), lines
+    assert evaluated.stats()["requests"] == 0
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

@@ -190,3 +190,30 @@ def test_runs_list_names_the_parent_of_a_fork(server):
     rows = {row["thread_id"]: row for row in json.loads(scale("runs", "list", "--json").stdout)}
     assert rows["child"]["fork_of"] == "parent" and rows["parent"]["fork_of"] is None
     assert rows["child"]["status"].startswith("stopped")  # `runs show` says where: before solve_system2
+
+
+def test_fork_under_the_id_of_an_unrelated_run_is_refused_and_changes_nothing(server):
+    parent_run()
+    parent_run("other")
+    before = json.loads(scale("runs", "show", "other", "--json").stdout)
+    server.reset()
+    result = scale("runs", "fork", "parent", "--at", "1", "--system", "2", "--thread-id", "other")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "not this fork of run parent" in errors[0]
+    assert requests(server) == []  # `other` was not resumed
+    after = json.loads(scale("runs", "show", "other", "--json").stdout)
+    assert after == before and after["fork_of"] is None
+
+
+def test_a_fork_id_reused_with_another_change_is_refused(server):
+    parent_run()
+    created = scale("runs", "fork", "parent", "--at", "1", "--system", "2", "--thread-id", "f", "--no-run")
+    assert created.exit_code == 0, created.output
+    for other in (["parent", "--at", "1", "--difficulty", "0.9"], ["parent", "--at", "2", "--system", "2"]):
+        result = scale("runs", "fork", *other, "--thread-id", "f", "--no-run")
+        assert result.exit_code == 2 and "not this fork of run parent" in result.stderr, result.output
+    record = json.loads(scale("runs", "show", "f", "--json").stdout)["fork_of"]
+    assert (record["at"], record["system"]) == (1, 2)  # still the first fork
+    same = scale("runs", "fork", "parent", "--at", "1", "--system", "2", "--thread-id", "f", "--no-run")
+    assert same.exit_code == 0, same.output  # the very same fork is found again

@@ -183,3 +183,54 @@ def test_an_evaluation_skips_a_sample_another_live_process_holds(scripted, tmp_p
             [("p1", "33"), ("p2", "33")]
     finally:
         results.close()
+
+
+def test_deleting_a_run_a_live_worker_holds_is_refused_and_keeps_it(scripted, tmp_path):
+    from typer.testing import CliRunner
+
+    from scale_graph.cli import app
+
+    db = tmp_path / "runs.db"
+    stopped_run(db, scripted)
+    put_lease(db, "t", host="elsewhere", pid=4242, expires_in=100)
+    refused = CliRunner().invoke(app, ["runs", "delete", "t", "--db", str(db)])
+    assert refused.exit_code == 2, refused.output
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: run t is being worked on by another process"), lines
+    with sqlite3.connect(db) as conn:  # the run and the worker's lease are untouched
+        assert conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = 't'").fetchone()[0] > 0
+        assert conn.execute("SELECT holder FROM scale_leases").fetchall() == [("other",)]
+    conn.close()
+    put_lease(db, "t", host="elsewhere", expires_in=-1)  # the worker died: the run can be deleted
+    deleted = CliRunner().invoke(app, ["runs", "delete", "t", "--db", str(db)])
+    assert deleted.exit_code == 0, deleted.output
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = 't'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM scale_leases").fetchone()[0] == 0
+    conn.close()
+
+
+@pytest.mark.parametrize("taker", ["gone", "same process"])
+def test_a_lost_lease_never_names_this_process_as_the_taker(tmp_path, taker):
+    """Taken over and released since (the row gone), or taken by another worker of this process."""
+
+    async def main():
+        async with open_async(tmp_path / "runs.db") as (saver, _):
+            backend = leases.backend_for(saver)
+            with pytest.raises(leases.LeaseHeld) as lost:
+                async with leases.held(backend, "t", ttl=30, renew_every=0.05):
+                    if taker == "gone":
+                        await backend.execute("DELETE FROM scale_leases", {})
+                    else:
+                        await backend.execute("UPDATE scale_leases SET holder = 'thief'", {})
+                    await asyncio.sleep(5)
+            return lost.value
+
+    held = asyncio.run(main())
+    message = str(RunBusy(held.lease, held.lost, held.removed))  # as runner.holding raises it
+    assert "by another process" not in message, message
+    if taker == "gone":
+        assert message == ("run t lost its lease and stopped: another process took the run over while this one "
+                           "stalled and has released it since, or the run was deleted")
+    else:
+        assert f"was taken over by another worker of this process (pid {os.getpid()} " in message

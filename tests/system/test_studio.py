@@ -188,7 +188,7 @@ def test_langgraph_dev_runs_land_in_the_scale_database(tmp_path):
 
             schemas, thread_id, parts, history, state = asyncio.run(drive())
             output = log.text()
-            assert "Using custom checkpointer: AsyncSqliteSaver" in output, output[-3000:]
+            assert "Using custom checkpointer" in output and "AsyncSqliteSaver" in output, output[-3000:]
             assert "Using custom store" in output and "AsyncSqliteStore" in output
 
             # the run context schema as Studio shows it: Context's fields with defaults and descriptions

@@ -40,12 +40,18 @@ def test_review_pauses_and_resumes(scripted, decision, expected, method):
     assert len(out["steps"]) == len(expected) and out["answer"]
 
 
-def test_bad_review_decision_is_rejected(scripted):
-    scripted()
+def test_bad_review_decision_is_asked_again_and_the_run_stays_resumable(scripted):
+    """LangGraph keeps every resume value: a bad one that raised would fail every later resume."""
+    fake = scripted()
     graph = build_graph(InMemorySaver())
     graph.invoke({"problem": "p"}, CONFIG, context=context(review=True))
-    with pytest.raises(ValueError, match="review: resume with"):
-        graph.invoke(Command(resume=[]), CONFIG, context=context(review=True))
+    for bad in ([], [f"step {i}" for i in range(100)], 42):
+        graph.invoke(Command(resume=bad), CONFIG, context=context(review=True))
+        snapshot = graph.get_state(CONFIG)
+        assert snapshot.next == ("review",) and fake.stage_calls("assess") == []
+        assert snapshot.interrupts[0].value["error"].startswith("review: resume with 'accept' or 1 to 12 sub-problem")
+    out = graph.invoke(Command(resume=["x", "y"]), CONFIG, context=context(review=True))
+    assert out["subproblems"] == ["x", "y"] and out["answer"] and out["selection"]["method"] == "human"
 
 
 def test_cli_review_then_accept_or_edit(endpoint_env, tmp_path):

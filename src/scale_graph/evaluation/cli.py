@@ -32,6 +32,9 @@ RayOption = typer.Option(None, "--ray", metavar="ADDRESS", help="Compute the pro
                          "ray://HOST:10001. Needs the run database on PostgreSQL (--db); results default to it too. "
                          "--concurrency is then per worker.")
 RayWorkersOption = typer.Option(None, "--ray-workers", help="With --ray: worker actors (default one per node with a CPU).")
+#: Most samples per problem (``--samples``): it multiplies every run's work, like ``context.MAXIMA``
+#: (the paper uses 8); a typo of a few zeros must not plan a billion samples.
+MAX_SAMPLES = 1024
 ConcurrencyOption = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", "-c", help="Problem samples in flight.")
 LimitOption = typer.Option(None, "--limit", help="Only the first N problems of each dataset.")
 ReplaceOption = typer.Option(False, "--replace", help="Discard the stored results and SCALE threads of the runs this "
@@ -82,6 +85,10 @@ async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], An
 
     if where.limit is not None and where.limit < 1:
         raise InputError(f"--limit must be at least 1, got {where.limit}")
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if samples > MAX_SAMPLES:
+        raise InputError(f"--samples must be at most {MAX_SAMPLES:,}, got {samples:,}")
     checkpoint_db, executor, results = executor_for(where.ray, where.ray_workers, where.db, where.results_db)
 
     def load(source: str) -> datasets.Dataset:

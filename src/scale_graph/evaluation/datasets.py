@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from scale_graph.parsing import last_boxed
 from scale_graph.errors import InputError
+from scale_graph.files import not_regular
 
 #: Preset → (Hugging Face dataset, preferred split).
 PRESETS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,8 @@ def load(source: str, data_dir: str | os.PathLike | None = None) -> Dataset:
             raise InputError(f"preset {source}: {path} does not exist (check --data-dir / SCALE_DATA_DIR)")
         return Dataset(source, read_jsonl(path))
     path = Path(source)
+    if kind := not_regular(path):
+        raise InputError(f"dataset {source} is {kind}, not a regular file")
     if not path.is_file():
         raise InputError(f"dataset {source!r} is neither a preset ({', '.join(PRESETS)}) nor an existing JSONL file")
     return Dataset(path.stem, read_jsonl(path))
@@ -63,6 +66,8 @@ def load(source: str, data_dir: str | os.PathLike | None = None) -> Dataset:
 
 def read_jsonl(path: Path) -> list[Problem]:
     """Problems of a JSONL file, one JSON object per non-empty line."""
+    if kind := not_regular(path):  # a FIFO would wait for a writer forever
+        raise InputError(f"dataset {path} is {kind}, not a regular file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -77,6 +82,8 @@ def read_jsonl(path: Path) -> list[Problem]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}, line {number}: JSON nested too deeply") from None
         records.append((f"{path}, line {number}", record))
     return normalise(records, str(path))
 
@@ -106,22 +113,30 @@ def normalise(records: Iterable[tuple[str, Any]], source: str) -> list[Problem]:
     for position, (where, record) in enumerate(records, 1):
         if not isinstance(record, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        problem = _text(_first(record, PROBLEM_FIELDS))
-        if not problem:
-            raise InputError(f"{where}: no problem text (expected one of: {', '.join(PROBLEM_FIELDS)})")
-        answer = _text(_first(record, ANSWER_FIELDS))
-        if not answer and (solution := _text(_first(record, SOLUTION_FIELDS))):
-            answer = last_boxed(solution) or solution
-        if not answer:
-            raise InputError(f"{where}: no answer (expected one of: {', '.join(ANSWER_FIELDS + SOLUTION_FIELDS)})")
-        identifier = _text(_first(record, ID_FIELDS)) or str(position)
-        if identifier in seen:
-            raise InputError(f"{where}: duplicate id {identifier!r}")
-        seen.add(identifier)
-        problems.append(Problem(identifier, problem, answer))
+        try:
+            problems.append(_problem(where, record, position, seen))
+        except RecursionError:  # a field nested too deeply to turn into text
+            raise InputError(f"{where}: a field is nested too deeply") from None
     if not problems:
         raise InputError(f"dataset {source} has no problems")
     return problems
+
+
+def _problem(where: str, record: dict[str, Any], position: int, seen: set[str]) -> Problem:
+    """One record as a problem (its id added to ``seen``); InputError naming ``where`` when unusable."""
+    problem = _text(_first(record, PROBLEM_FIELDS))
+    if not problem:
+        raise InputError(f"{where}: no problem text (expected one of: {', '.join(PROBLEM_FIELDS)})")
+    answer = _text(_first(record, ANSWER_FIELDS))
+    if not answer and (solution := _text(_first(record, SOLUTION_FIELDS))):
+        answer = last_boxed(solution) or solution
+    if not answer:
+        raise InputError(f"{where}: no answer (expected one of: {', '.join(ANSWER_FIELDS + SOLUTION_FIELDS)})")
+    identifier = _text(_first(record, ID_FIELDS)) or str(position)
+    if identifier in seen:
+        raise InputError(f"{where}: duplicate id {identifier!r}")
+    seen.add(identifier)
+    return Problem(identifier, problem, answer)
 
 
 def _first(record: dict[str, Any], names: tuple[str, ...]) -> Any:

@@ -149,6 +149,7 @@ async def solve(method: str, problem: Problem, sample: int, setup: Setup) -> Out
     """Run ``method`` on one sample, timed; a failure becomes the outcome's one-line error."""
     started = time.perf_counter()
     try:
+        runner.validate_problem(problem.problem, setup.context)  # every method, as SCALE's start does
         with session(thread_id(setup.run, problem.id, sample)):  # a router keeps a sample on one replica
             outcome = await METHODS[method](problem, sample, setup)
     except runner.RunBusy:  # another live process works on this sample and will store it

@@ -15,9 +15,17 @@ ACCEPT = ("accept", "yes", "ok", "")
 
 def review(state: State, context: Context) -> dict:
     """Pause after Eq. 2 with interrupt(); resume with "accept" or an edited list of sub-problems."""
-    decision = interrupt({"subproblems": state["subproblems"], "candidates": state.get("candidates", []),
-                          "resume_with": "'accept', or a list of sub-problem strings replacing D*"})
-    edited = reviewed_subproblems(decision, context)
+    question: dict[str, Any] = {"subproblems": state["subproblems"], "candidates": state.get("candidates", []),
+                                "resume_with": "'accept', or a list of sub-problem strings replacing D*"}
+    while True:
+        decision = interrupt(question)
+        try:
+            edited = reviewed_subproblems(decision, context)
+            break
+        except ValueError as exc:
+            # asked again rather than failed: LangGraph keeps each resume value, and this node
+            # replays them in order, so a raised error would recur on every later resume
+            question = {**question, "error": str(exc)}
     emit("reviewed", accepted=edited is None, subproblems=edited or state["subproblems"])
     if edited is None:
         return {}
@@ -32,11 +40,13 @@ def reviewed_subproblems(decision: Any, context: Context) -> list[str] | None:
         if decision.get("accept"):
             return None
         decision = decision.get("subproblems")
+    steps: list[str] = []
     if isinstance(decision, list):
         steps = [str(s).strip() for s in decision if str(s).strip()]
         if steps and len(steps) <= context.max_subproblems:
             return steps
-    raise ValueError(f"review: resume with 'accept' or 1 to {context.max_subproblems} sub-problem strings, got {decision!r}")
+    got = f"{len(steps)} sub-problems" if isinstance(decision, list) else repr(decision)[:100]
+    raise ValueError(f"review: resume with 'accept' or 1 to {context.max_subproblems} sub-problem strings, got {got}")
 
 
 def after_select(state: State) -> Literal["review", "assess"]:

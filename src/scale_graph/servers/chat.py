@@ -9,7 +9,7 @@ flight per endpoint, and turns transport failures and malformed replies (after b
 into :class:`EndpointError` (see :mod:`scale_graph.servers.chat_errors`).
 
 Every request made inside :func:`session` carries that session's key in the ``X-Session-ID``
-header: a router in front of several replicas (``scale servers up --replicas``) keeps all calls
+header (percent-encoded when it is not printable ASCII: :func:`session_header`): a router in front of several replicas (``scale servers up --replicas``) keeps all calls
 of one run on one replica, whose prefix cache holds the run's earlier prompts.
 """
 
@@ -22,6 +22,7 @@ import hashlib
 import json
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -62,6 +63,19 @@ __all__ = ["PREFIX_DEGRADED", "SESSION_HEADER", "ChatCall", "ChatReply", "Choice
 # body field would not do: the router finds `"user"` by text search and stops at `"role": "user"`.
 SESSION_HEADER = "X-Session-ID"
 _session: contextvars.ContextVar[str | None] = contextvars.ContextVar("scale_session", default=None)
+
+
+#: What a header value may hold as it is: printable ASCII, less "%" (the escape character).
+_HEADER_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "%")
+
+
+def session_header(key: str) -> str:
+    """``key`` as an ``X-Session-ID`` value: a run id, eval name or problem id may be any text, a
+    header only ASCII — anything else is percent-encoded (UTF-8), so every id reaches the router
+    as one stable value; printable ASCII ids are sent as they are."""
+    if key.isascii() and key.isprintable() and " " not in key:
+        return key
+    return urllib.parse.quote(key, safe=_HEADER_SAFE, errors="backslashreplace")
 
 
 @contextlib.contextmanager
@@ -411,7 +425,7 @@ class Systems:
         kwargs["extra_body"] = extra
         key = _session.get()
         if key:
-            kwargs["extra_headers"] = {SESSION_HEADER: key}
+            kwargs["extra_headers"] = {SESSION_HEADER: session_header(key)}
         return messages, kwargs
 
     def _request_sync(self, call: ChatCall, sample: int | None, refused: set[Feature],

@@ -182,8 +182,19 @@ def _reason(endpoint: Endpoint, exc: BaseException) -> str | None:
     if isinstance(exc, openai.NotFoundError):
         return "answered 404: check the base URL and model name"
     if isinstance(exc, openai.APIStatusError):
+        if not _retried(exc):
+            return f"failed (HTTP {exc.status_code}, a status that is not retried): {error_message(exc)}"
         return f"failed {retries}: HTTP {exc.status_code} {error_message(exc)}"
     return None
+
+
+def _retried(exc: openai.APIStatusError) -> bool:
+    """Whether the OpenAI client retried this answer, by its rule: the server's ``x-should-retry``
+    when given, else 408, 409, 429 and 5xx."""
+    header = exc.response.headers.get("x-should-retry")
+    if header in ("true", "false"):
+        return header == "true"
+    return exc.status_code in (408, 409, 429) or exc.status_code >= 500
 
 
 _CLOSED = ("ServerDisconnectedError", "RemoteProtocolError", "ReadError")
