@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Protocol
 
 TTL_S = 60.0
 RENEW_EVERY_S = TTL_S / 4  # three renewals may fail (a busy database) before the lease lapses
+RELEASE_ON_CANCEL_S = 5.0  # a cancelled acquisition waits this long at most to undo itself
 HOST = socket.gethostname()
 
 CREATE = ("CREATE TABLE IF NOT EXISTS scale_leases (thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
@@ -240,6 +241,25 @@ def _params(lease: Lease) -> dict[str, Any]:
             "expires": lease.expires}
 
 
+async def _acquire_or_leave_nothing(backend: Backend, thread_id: str, ttl: float) -> Lease:
+    """:func:`acquire`, cancellation-safe: a statement in flight when the caller is cancelled
+    still lands in the database (its thread or server finishes it), and a lease nobody releases
+    would refuse this very process's next attempt until it expires. So a cancelled caller waits
+    for the acquisition to end and releases what it took before the cancellation goes on."""
+    acquiring = asyncio.ensure_future(acquire(backend, thread_id, ttl))
+    try:
+        return await asyncio.shield(acquiring)
+    except asyncio.CancelledError:
+        with suppress(Exception):  # LeaseHeld, a failing database: nothing was taken
+            await asyncio.wait_for(asyncio.shield(_release_taken(backend, acquiring)), RELEASE_ON_CANCEL_S)
+        raise
+
+
+async def _release_taken(backend: Backend, acquiring: asyncio.Future[Lease]) -> None:
+    lease = await acquiring
+    await backend.execute(RELEASE, _params(lease))
+
+
 @asynccontextmanager
 async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
                renew_every: float | None = None) -> AsyncIterator[Lease]:
@@ -248,7 +268,7 @@ async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
     When a renewal finds the lease taken (this process stalled past the expiry and another took
     over), the body is cancelled and :class:`LeaseHeld` raised with ``lost=True``.
     """
-    lease = await acquire(backend, thread_id, ttl)
+    lease = await _acquire_or_leave_nothing(backend, thread_id, ttl)
     task = asyncio.current_task()
     lost: list[Lease] = []
 

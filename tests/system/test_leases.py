@@ -6,6 +6,7 @@ The two-process case (`scale runs resume` twice at once) is in test_reliability_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -183,3 +184,35 @@ def test_an_evaluation_skips_a_sample_another_live_process_holds(scripted, tmp_p
             [("p1", "33"), ("p2", "33")]
     finally:
         results.close()
+
+
+class _LandsAnyway(leases.MemoryBackend):
+    """A statement in flight lands even when its caller is cancelled (as aiosqlite's thread or
+    the PostgreSQL server finish it)."""
+
+    async def execute(self, sql, params):
+        return await asyncio.shield(self._land(sql, params))
+
+    async def _land(self, sql, params):
+        await asyncio.sleep(0.05)
+        return await leases.MemoryBackend.execute(self, sql, params)
+
+
+def test_a_claim_cancelled_while_its_lease_is_taken_leaves_no_lease_behind():
+    """Else this very process (alive, so its lease looks live) is refused the sample until the expiry."""
+    async def main():
+        backend = _LandsAnyway()
+
+        async def hold():
+            async with leases.held(backend, "eval/run/p1/0#00000000"):
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)  # the ACQUIRE is in flight
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+        return dict(backend.table)
+
+    assert asyncio.run(main()) == {}

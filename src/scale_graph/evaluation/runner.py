@@ -32,7 +32,8 @@ from scale_graph.context import ENDPOINT_FIELDS
 from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
-from scale_graph.evaluation.methods import METHODS, Outcome, Setup, solve
+from scale_graph.evaluation.claims import solve_claimed
+from scale_graph.evaluation.methods import METHODS, Outcome, Setup
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import Database, open_async
@@ -55,8 +56,12 @@ class RunPlan:
     setup: Setup
 
 
-#: Computes one sample of a run (``RunBusy`` when another live process holds it).
-Solve = Callable[[RunPlan, Problem, int], Awaitable[Outcome]]
+#: Whether a sample still needs computing: False once any worker stored its result.
+Pending = Callable[[], Awaitable[bool]]
+#: Computes one sample of a run once it has a slot, if ``Pending`` then says it is still needed
+#: (None when not: another worker of a shared evaluation stored it meanwhile); ``RunBusy`` when
+#: another live process holds it.
+Solve = Callable[[RunPlan, Problem, int, Pending], Awaitable["Outcome | None"]]
 #: Given the runs, their checkpoint database and ``concurrency``: a context that provides a :data:`Solve`.
 Executor = Callable[[Sequence[RunPlan], Database, int], AsyncContextManager[Solve]]
 
@@ -170,27 +175,34 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
 
 @asynccontextmanager
 async def local_solver(plans: Sequence[RunPlan], checkpoint_db: Database, concurrency: int) -> AsyncIterator[Solve]:
-    """Samples computed in this process, ``concurrency`` at a time, on one shared checkpoint database."""
+    """Samples computed in this process, ``concurrency`` at a time, on one shared checkpoint
+    database (SCALE's checkpoints, the samples' claims, shared calls)."""
     async with AsyncExitStack() as stack:
-        if any(run.method == "scale" or run.setup.context.reuse_group for run in plans):
-            saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
-            graph = build_graph(saver, checkpoint_store)
-            for run in plans:
-                run.setup.graph, run.setup.store = graph, checkpoint_store
+        saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
+        graph = build_graph(saver, checkpoint_store)
+        for run in plans:
+            run.setup.graph, run.setup.store = graph, checkpoint_store
         semaphore = asyncio.Semaphore(concurrency)
 
-        async def one(run: RunPlan, problem: Problem, sample: int) -> Outcome:
-            async with semaphore:
-                return await solve(run.method, problem, sample, run.setup)
+        async def one(run: RunPlan, problem: Problem, sample: int, pending: Pending) -> Outcome | None:
+            async with semaphore:  # checked once a slot is free: another worker may have stored it meanwhile
+                if not await pending():
+                    return None
+                return await solve_claimed(run.method, problem, sample, run.setup)
 
         yield one
 
 
 async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: ResultsStore,
                solver: Solve, progress: Progress, task: Any, tally: _Tally, totals: Totals) -> None:
+    async def pending() -> bool:
+        return not await asyncio.to_thread(store.is_stored, run_id, problem.id, sample)
+
     try:
-        outcome = await solver(run, problem, sample)
+        outcome = await solver(run, problem, sample, pending)
     except RunBusy:  # held by another live evaluation: left for it (or for a re-run), not stored as failed
+        outcome = None
+    if outcome is None:  # held or stored by another worker of a shared evaluation
         totals.skipped += 1
         return
     if outcome.error is None:

@@ -174,6 +174,17 @@ class ResultsStore:
                                    .where(Result.run_id == run_id, Result.error.is_not(None)))
             return {(problem_id, sample) for problem_id, sample in rows}
 
+    def is_stored(self, run_id: int, problem_id: str, sample: int) -> bool:
+        """Whether the sample's result is stored without an error (by any worker): one indexed read,
+        outside a transaction, what a worker of a shared evaluation asks before computing a sample."""
+        query = (select(Result.id).where(Result.run_id == run_id, Result.problem_id == problem_id,
+                                         Result.sample == sample, Result.error.is_(None)).limit(1))
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                return connection.execute(query).first() is not None
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
+
     def save(self, run_id: int, problem: Problem, sample: int, outcome: Outcome, grade: Grade,
              thinking_flag: bool | None = None) -> None:
         """Store (or replace, after a failure) the result of one problem sample."""

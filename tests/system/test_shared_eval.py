@@ -1,0 +1,47 @@
+"""Two identical `scale eval` processes (same --name, same databases) share the work: every
+problem sample is claimed by one of them, so each LLM call is made once (issue 20, item 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+from scale_graph.evaluation.store import ResultsStore
+from tests.conftest import write_datasets
+from tests.fake_openai import FakeOpenAIServer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def request_identity(body: dict) -> str:
+    """What makes two requests the same call: everything but the model routing details."""
+    return json.dumps({key: body.get(key) for key in ("messages", "n", "seed", "max_tokens", "temperature")},
+                      sort_keys=True)
+
+
+def test_two_identical_baseline_evaluations_make_each_call_once(isolated):
+    data = write_datasets(isolated / "data")
+    # slow enough that both processes are in flight together: every sample overlaps
+    with FakeOpenAIServer(latency=0.4) as server:
+        env = {**os.environ, "SCALE_SYSTEM1_BASE_URL": server.base_url, "SCALE_SYSTEM1_MODEL": "scale-system1",
+               "SCALE_SYSTEM2_BASE_URL": server.base_url, "SCALE_SYSTEM2_MODEL": "scale-system2",
+               "PYTHONPATH": os.pathsep.join(filter(None, [REPO + "/src", REPO, os.environ.get("PYTHONPATH")]))}
+        command = [sys.executable, "-m", "scale_graph.cli", "eval", "--dataset", str(data / "aime24.jsonl"),
+                   "--method", "cot,majority", "--votes", "2", "--samples", "2", "--name", "shared",
+                   "--db", str(isolated / "runs.db"), "--results-db", str(isolated / "results.db")]
+        workers = [subprocess.Popen(command, env=env, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True) for _ in range(2)]
+        outputs = [worker.communicate(timeout=180)[0] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0], outputs
+        log = server.stats()["log"]
+    calls = Counter(request_identity(entry["body"]) for entry in log)
+    repeated = {identity: count for identity, count in calls.items() if count > 1}
+    assert not repeated, f"{len(repeated)} call(s) made more than once by the two processes"
+    # 3 problems × 2 samples × (one CoT call + one majority request)
+    assert len(calls) == 12
+    with ResultsStore(str(isolated / "results.db")) as store:
+        results = [result for run in store.runs(["shared*"]) for result in run.results]
+    assert len(results) == 12 and all(result.error is None for result in results)
