@@ -3,8 +3,8 @@ processes on one PostgreSQL database, and one process on SQLite for reference.
 
 Every worker is a plain ``scale eval`` process (``python -m scale_graph.cli eval``). With
 ``--split shared`` (the default: real use) all of them run the SAME dataset under the SAME run
-name, started together (the first one creates the run, then the others start): what a user does
-to add workers by hand, and what the Ray workers do. The run leases share the samples: a process
+name, all started together (the first to get there creates the run): what a user does
+to add workers by hand, and what the Ray workers do; all start together (the first creates the run). The run leases share the samples: a process
 skips a sample another live process holds. With ``--split slices`` worker i gets every N-th
 problem as a run of its own (``--name`` per slice): no two processes ever touch one sample, so it
 measures the same work minus the contention between workers on one run.
@@ -233,22 +233,6 @@ def worker_command(args: argparse.Namespace, dataset: Path, name: str, db: str, 
             "--concurrency", str(args.concurrency), "--name", name, "--db", db, "--results-db", results_db]
 
 
-def wait_for_run(results_db: str, deadline: float) -> None:
-    """Until the first worker has created the evaluation run (two processes creating one run at
-    the same instant would race on its unique name; the lease-sharing is what is measured)."""
-    from scale_graph.evaluation.store import ResultsStore
-
-    # one store polled (schemas are set up before the workers start): a store per poll would be a
-    # server session and a schema check each, PostgreSQL CPU counted against the workers' calls
-    with ResultsStore(results_db) as store:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                if store.runs([RUN_NAME]):
-                    return
-            time.sleep(0.1)
-    raise RuntimeError("the first worker did not create the evaluation run in time")
-
-
 def set_up_schemas(db: str, results_db: str) -> None:
     """Create the run and results tables before the workers start: scaling out adds workers to a
     database that exists, and workers creating a fresh schema at one instant is a start-up matter
@@ -315,8 +299,6 @@ def run_config(args: argparse.Namespace, label: str, processes: int, problems: i
             log = open(log_path(index), "w")  # noqa: SIM115 - closed below
             files.append(log)
             workers.append(subprocess.Popen(commands[index], env=env, stdout=log, stderr=subprocess.STDOUT))
-            if index == 0 and processes > 1 and args.split == "shared":
-                wait_for_run(results_db, deadline)
         exits: dict[int, float] = {}
         while len(exits) < len(workers) and time.monotonic() < deadline:
             for index, worker in enumerate(workers):

@@ -147,10 +147,14 @@ class ResultsStore:
         with self._session() as session:
             run = session.scalar(select(Run).where(Run.name == name))
             if run is None:
-                run = Run(name=name, method=method, dataset=dataset, config=config)
-                session.add(run)
-                session.flush()
-                return run.id
+                # one statement: workers of a shared evaluation started together create it once
+                upsert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[self.engine.dialect.name]
+                created = session.scalar(upsert(Run).values(name=name, method=method, dataset=dataset, config=config,
+                                                            created=_now())
+                                         .on_conflict_do_nothing(index_elements=["name"]).returning(Run.id))
+                if created is not None:
+                    return created
+                run = session.scalar(select(Run).where(Run.name == name))  # the other worker's, just created
             differences = _differences({"method": run.method, "dataset": run.dataset, **run.config},
                                        {"method": method, "dataset": dataset, **config})
             if differences:
