@@ -4,8 +4,9 @@ processes on one PostgreSQL database, and one process on SQLite for reference.
 Every worker is a plain ``scale eval`` process (``python -m scale_graph.cli eval``). With
 ``--split shared`` (the default: real use) all of them run the SAME dataset under the SAME run
 name, all started together (the first to get there creates the run): what a user does
-to add workers by hand, and what the Ray workers do; all start together (the first creates the run). The run leases share the samples: a process
-skips a sample another live process holds. With ``--split slices`` worker i gets every N-th
+to add workers by hand, and what the Ray workers do. Each takes the samples in an order of its
+own; a sample another worker stored is skipped by one indexed read, one another live process
+holds is skipped at its claim (the lease). With ``--split slices`` worker i gets every N-th
 problem as a run of its own (``--name`` per slice): no two processes ever touch one sample, so it
 measures the same work minus the contention between workers on one run.
 

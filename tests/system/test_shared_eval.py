@@ -45,3 +45,35 @@ def test_two_identical_baseline_evaluations_make_each_call_once(isolated):
     with ResultsStore(str(isolated / "results.db")) as store:
         results = [result for run in store.runs(["shared*"]) for result in run.results]
     assert len(results) == 12 and all(result.error is None for result in results)
+
+
+def test_a_sample_another_worker_stored_meanwhile_is_skipped_without_a_call(scripted, isolated):
+    """Checked once a slot is free, not only when the command started: a worker of a shared
+    evaluation does not redo (nor re-grade and re-store) what another one finished meanwhile."""
+    import asyncio
+
+    from scale_graph.evaluation.datasets import Dataset, Problem
+    from scale_graph.evaluation.grading import Grade
+    from scale_graph.evaluation.methods import Outcome, Setup
+    from scale_graph.evaluation.runner import RunPlan, evaluate
+    from tests.conftest import context
+
+    problems = [Problem("p1", "What is 1+1?", "2"), Problem("p2", "What is 2+2?", "4")]
+    run = RunPlan("cot-shared", "cot", Dataset("handmade", problems), Setup("cot-shared", context()))
+    asked = []
+    with ResultsStore(str(isolated / "results.db")) as results:
+        run_id = results.open_run(run.name, "cot", "handmade", run.setup.config("cot"))
+
+        def respond(call):
+            asked.append(call)
+            if len(asked) == 1:  # meanwhile, another worker stores the other problem's sample
+                other = next(p for p in problems if p.problem not in call.messages[-1][1])
+                results.save(run_id, other, 0, Outcome(answer=other.answer), Grade(True, "ok"))
+            return "So the answer is \\boxed{2}."
+
+        scripted(respond)
+        totals = asyncio.run(evaluate([run], results, samples=1, checkpoint_db=isolated / "runs.db", concurrency=1))
+        stored = {result.problem_id: result.answer for result in results.runs(["cot-shared"])[0].results}
+    assert len(asked) == 1
+    assert (totals.done, totals.skipped) == (1, 1)
+    assert sorted(stored) == ["p1", "p2"]
