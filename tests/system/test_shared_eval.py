@@ -77,3 +77,31 @@ def test_a_sample_another_worker_stored_meanwhile_is_skipped_without_a_call(scri
     assert len(asked) == 1
     assert (totals.done, totals.skipped) == (1, 1)
     assert sorted(stored) == ["p1", "p2"]
+
+
+def test_a_results_table_created_by_another_process_meanwhile_is_no_error(isolated):
+    """Two identical evaluations started at once on a new SQLite results file: both find a table
+    missing, the later CREATE fails with "already exists" — the store looks again instead of failing."""
+    from sqlalchemy import create_engine, event
+
+    from scale_graph.evaluation.store import Result
+
+    path = isolated / "results.db"
+    other = create_engine(f"sqlite:///{path}")  # the other process
+
+    created: list[bool] = []
+
+    def meanwhile(table, connection, **_):
+        if not created:  # once: the other process creates it between this one's check and its CREATE
+            created.append(True)
+            table.create(other)
+
+    event.listen(Result.__table__, "before_create", meanwhile)
+    try:
+        with ResultsStore(str(path)) as store:
+            run_id = store.open_run("shared", "cot", "data", {"seed": 0})
+        assert run_id == 1
+        assert created
+    finally:
+        event.remove(Result.__table__, "before_create", meanwhile)
+        other.dispose()

@@ -29,7 +29,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, String, Text, Uniqu
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 from scale_graph.context import ENDPOINT_FIELDS
@@ -136,9 +136,7 @@ class ResultsStore:
                     while not lock.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY}).scalar():
                         time.sleep(LOCK_POLL_S)
                     stack.callback(lock.execute, text("SELECT pg_advisory_unlock(:key)"), {"key": SETUP_LOCK_KEY})
-                with self.engine.begin() as connection:
-                    Base.metadata.create_all(connection)
-                    _add_missing_columns(connection)
+                _create_schema(self.engine)
         except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
@@ -252,6 +250,21 @@ class ResultsStore:
                 yield session
         except SQLAlchemyError as exc:
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
+
+
+def _create_schema(engine: Any, attempts: int = 3) -> None:
+    """The tables, created when missing. Two processes starting on a new SQLite file at once can
+    both find a table missing; the later CREATE then fails with "already exists", and a second
+    look finds it (PostgreSQL's set-up runs under an advisory lock instead)."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as connection:
+                Base.metadata.create_all(connection)
+                _add_missing_columns(connection)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 #: Columns added after the first release: (name, SQL type, default for existing rows).
