@@ -3,9 +3,10 @@ processes on one PostgreSQL database, and one process on SQLite for reference.
 
 Every worker is a plain ``scale eval`` process (``python -m scale_graph.cli eval``). With
 ``--split shared`` (the default: real use) all of them run the SAME dataset under the SAME run
-name, started together (the first one creates the run, then the others start): what a user does
-to add workers by hand, and what the Ray workers do. The run leases share the samples: a process
-skips a sample another live process holds. With ``--split slices`` worker i gets every N-th
+name, all started together (the first to get there creates the run): what a user does
+to add workers by hand, and what the Ray workers do. Each takes the samples in an order of its
+own; a sample another worker stored is skipped by one indexed read, one another live process
+holds is skipped at its claim (the lease). With ``--split slices`` worker i gets every N-th
 problem as a run of its own (``--name`` per slice): no two processes ever touch one sample, so it
 measures the same work minus the contention between workers on one run.
 
@@ -115,16 +116,16 @@ def fake_server_pid() -> int | None:
     """The fake server that ``_common.fake_server`` started as this process's child."""
     for pid in _children_of(os.getpid()):
         with contextlib.suppress(OSError):
-            if b"scale_graph.testing.fake_openai" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"fake_openai" in Path(f"/proc/{pid}/cmdline").read_bytes():  # `-m tests.fake_openai`
                 return pid
     return None
 
 
 # ---- a throwaway PostgreSQL cluster -----------------------------------------------------
 @contextlib.contextmanager
-def postgres_cluster() -> Iterator[PostgresServer]:
+def postgres_cluster(statements: bool = False) -> Iterator[PostgresServer]:
     """A cluster as tests/pg_fixture.py makes it (as ``postgres`` when run as root, since initdb
-    refuses root), stopped and deleted on exit."""
+    refuses root), stopped and deleted on exit; ``statements``: with pg_stat_statements loaded."""
     bindir = _bindir()
     if bindir is None:
         raise SystemExit("scaleout: initdb/pg_ctl not found (/usr/lib/postgresql/*/bin or PATH)")
@@ -139,6 +140,9 @@ def postgres_cluster() -> Iterator[PostgresServer]:
         subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres",
                         "--pwfile", str(folder / "pw"), "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
                        check=True, capture_output=True, timeout=120)
+        if statements:  # the extension is loaded at start; created per database in new_database()
+            with open(folder / "data" / "postgresql.conf", "a") as conf:
+                conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n")
         server = PostgresServer(folder, _free_port(), bindir, as_user)
         server.start()
         yield server
@@ -151,6 +155,29 @@ def postgres_cluster() -> Iterator[PostgresServer]:
 
 def postmaster_pid(server: PostgresServer) -> int:
     return int((server.folder / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def statements_reset(server: PostgresServer) -> None:
+    server.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    server.sql("SELECT pg_stat_statements_reset()")
+
+
+def statements_report(server: PostgresServer, url: str, calls: int, top: int) -> str:
+    """The ``top`` statements of ``url``'s database by total execution time: executions and
+    milliseconds per LLM call (what the database is asked to do for each call)."""
+    database = url.rsplit("/", 1)[1]
+    rows = server.sql("SELECT calls, total_exec_time, rows, regexp_replace(query, '\\s+', ' ', 'g') "
+                      "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                      f"WHERE d.datname = '{database}' ORDER BY total_exec_time DESC")
+    per = max(calls, 1)
+    total_n, total_ms = sum(r[0] for r in rows), sum(r[1] for r in rows)
+    sessions, commits, rollbacks = server.sql("SELECT sessions, xact_commit, xact_rollback FROM pg_stat_database "
+                                              f"WHERE datname = '{database}'")[0]
+    lines = [f"      statements per LLM call {total_n / per:6.2f}, execution {total_ms / per:6.3f} ms per call; "
+             f"{sessions} sessions (connections), {(commits + rollbacks) / per:.2f} transactions per call; top {top}:"]
+    lines += [f"      {n / per:6.2f}/call {ms / per:7.3f} ms/call {rows_ / max(n, 1):7.1f} rows/exec  {query[:110]}"
+              for n, ms, rows_, query in rows[:top]]
+    return "\n".join(lines)
 
 
 # ---- one configuration ------------------------------------------------------------------
@@ -205,23 +232,6 @@ def worker_command(args: argparse.Namespace, dataset: Path, name: str, db: str, 
     return [sys.executable, "-m", "scale_graph.cli", "eval", "--dataset", str(dataset), "--method", "scale",
             "--samples", "1", "--candidates", str(args.candidates), "--threshold", str(args.threshold),
             "--concurrency", str(args.concurrency), "--name", name, "--db", db, "--results-db", results_db]
-
-
-def wait_for_run(results_db: str, deadline: float) -> None:
-    """Until the first worker has created the evaluation run (two processes creating one run at
-    the same instant would race on its unique name; the lease-sharing is what is measured)."""
-    from scale_graph.evaluation.store import ResultsStore
-
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            store = ResultsStore(results_db)
-            try:
-                if store.runs([RUN_NAME]):
-                    return
-            finally:
-                store.close()
-        time.sleep(0.1)
-    raise RuntimeError("the first worker did not create the evaluation run in time")
 
 
 def set_up_schemas(db: str, results_db: str) -> None:
@@ -290,8 +300,6 @@ def run_config(args: argparse.Namespace, label: str, processes: int, problems: i
             log = open(log_path(index), "w")  # noqa: SIM115 - closed below
             files.append(log)
             workers.append(subprocess.Popen(commands[index], env=env, stdout=log, stderr=subprocess.STDOUT))
-            if index == 0 and processes > 1 and args.split == "shared":
-                wait_for_run(results_db, deadline)
         exits: dict[int, float] = {}
         while len(exits) < len(workers) and time.monotonic() < deadline:
             for index, worker in enumerate(workers):
@@ -337,6 +345,8 @@ def main() -> None:
     parser.add_argument("--subproblems", type=int, default=3)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--reasoning-bytes", type=int, default=2000)
+    parser.add_argument("--statements", type=int, default=0, metavar="N",
+                        help="load pg_stat_statements and print each configuration's N costliest statements")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
     args = parser.parse_args()
     problems = 64 if args.quick else args.problems
@@ -362,7 +372,7 @@ def main() -> None:
         fake_pid = fake_server_pid()
         if fake_pid is None:
             raise SystemExit("scaleout: cannot find the fake server's process")
-        server = stack.enter_context(postgres_cluster())
+        server = stack.enter_context(postgres_cluster(statements=args.statements > 0))
         pg_pid = postmaster_pid(server)
         print(f"   PostgreSQL {server.sql('SHOW server_version')[0][0]} at 127.0.0.1:{server.port} "
               f"(fsync off, as the tests run it)\n")
@@ -370,10 +380,14 @@ def main() -> None:
         base_rate: float | None = None
         for count in counts:
             url = server.new_database()
+            if args.statements:
+                statements_reset(server)
             row = run_config(args, "postgresql", count, problems, url, url, fake, fake_pid, pg_pid, scratch)
             base_rate = base_rate or (row.problems / row.wall * 60 if count == 1 else None)
             rows.append(row)
             print(row.show(base_rate), flush=True)
+            if args.statements:
+                print(statements_report(server, url, row.calls, args.statements), flush=True)
         if not args.no_sqlite:
             row = run_config(args, "sqlite", 1, problems, str(scratch / "sqlite-runs.db"),
                              str(scratch / "sqlite-results.db"), fake, fake_pid, None, scratch)

@@ -27,7 +27,10 @@ from typing import Any, AsyncIterator, Protocol
 
 TTL_S = 60.0
 RENEW_EVERY_S = TTL_S / 4  # three renewals may fail (a busy database) before the lease lapses
+RELEASE_ON_CANCEL_S = 5.0  # a cancelled acquisition waits this long at most to undo itself
 HOST = socket.gethostname()
+#: Holders of the leases this process's workers hold now (:meth:`Lease.orphaned`).
+_HOLDING: set[str] = set()
 
 CREATE = ("CREATE TABLE IF NOT EXISTS scale_leases (thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, "
           "host TEXT NOT NULL, pid INTEGER NOT NULL, expires DOUBLE PRECISION NOT NULL)")
@@ -59,6 +62,12 @@ class Lease:
         if self.expires < (time.time() if now is None else now):
             return False
         return self.host != HOST or _process_exists(self.pid)
+
+    def orphaned(self) -> bool:
+        """Left by this very process, whose worker no longer holds it (a release that could not
+        land, e.g. on a database closed under a cancelled evaluation): this process may take it over
+        at once instead of refusing itself until the expiry."""
+        return self.mine() and self.holder not in _HOLDING
 
     def mine(self) -> bool:
         """Held by this very process (another worker of it, or this worker's own row)."""
@@ -230,25 +239,60 @@ async def current(backend: Backend) -> dict[str, Lease]:
 
 
 async def acquire(backend: Backend, thread_id: str, ttl: float = TTL_S) -> Lease:
-    """The lease of ``thread_id`` for this process; :class:`LeaseHeld` when a live worker has it."""
+    """The lease of ``thread_id`` for this process; :class:`LeaseHeld` when a live worker has it.
+    The holder counts as this process's until :func:`forget` (:func:`held` does it on release)."""
     now = time.time()
     mine = Lease(thread_id, uuid.uuid4().hex, HOST, os.getpid(), now + ttl)
     params = {**_params(mine), "now": now}
-    if await backend.execute(ACQUIRE, params):
-        return mine
-    held = (await current(backend)).get(thread_id)
-    if held is None:  # released in between: try once more
+    _HOLDING.add(mine.holder)  # before the statement: a row that lands is never this process's orphan
+    try:
         if await backend.execute(ACQUIRE, params):
             return mine
         held = (await current(backend)).get(thread_id)
-    if held is not None and not held.live(now) and await backend.execute(TAKE_OVER, {**params, "dead": held.holder}):
-        return mine
+        if held is None:  # released in between: try once more
+            if await backend.execute(ACQUIRE, params):
+                return mine
+            held = (await current(backend)).get(thread_id)
+        if (held is not None and (not held.live(now) or held.orphaned())
+                and await backend.execute(TAKE_OVER, {**params, "dead": held.holder})):
+            return mine
+    except BaseException:
+        forget(mine)
+        raise
+    forget(mine)
     raise LeaseHeld(held or mine)
+
+
+def forget(lease: Lease) -> None:
+    """``lease`` is no longer held by a worker of this process (released, or given up)."""
+    _HOLDING.discard(lease.holder)
 
 
 def _params(lease: Lease) -> dict[str, Any]:
     return {"thread_id": lease.thread_id, "holder": lease.holder, "host": lease.host, "pid": lease.pid,
             "expires": lease.expires}
+
+
+async def _acquire_or_leave_nothing(backend: Backend, thread_id: str, ttl: float) -> Lease:
+    """:func:`acquire`, cancellation-safe: a statement in flight when the caller is cancelled
+    still lands in the database (its thread or server finishes it), and a lease nobody releases
+    would refuse this very process's next attempt until it expires. So a cancelled caller waits
+    for the acquisition to end and releases what it took before the cancellation goes on."""
+    acquiring = asyncio.ensure_future(acquire(backend, thread_id, ttl))
+    try:
+        return await asyncio.shield(acquiring)
+    except asyncio.CancelledError:
+        with suppress(Exception):  # LeaseHeld, a failing database: nothing was taken
+            await asyncio.wait_for(asyncio.shield(_release_taken(backend, acquiring)), RELEASE_ON_CANCEL_S)
+        raise
+
+
+async def _release_taken(backend: Backend, acquiring: asyncio.Future[Lease]) -> None:
+    lease = await acquiring
+    try:
+        await backend.execute(RELEASE, _params(lease))
+    finally:
+        forget(lease)
 
 
 @asynccontextmanager
@@ -259,7 +303,7 @@ async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
     When a renewal finds the lease taken (this process stalled past the expiry and another took
     over), the body is cancelled and :class:`LeaseHeld` raised with ``lost=True``.
     """
-    lease = await acquire(backend, thread_id, ttl)
+    lease = await _acquire_or_leave_nothing(backend, thread_id, ttl)
     task = asyncio.current_task()
     lost: list[Lease] = []
 
@@ -293,5 +337,6 @@ async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
         with suppress(asyncio.CancelledError, Exception):
             await renewer
         if not lost:
-            with suppress(Exception):  # unreleased, it expires (or its dead pid frees it) anyway
+            with suppress(Exception):  # unreleased, it expires (or its dead pid frees it, or this process takes it back) anyway
                 await backend.execute(RELEASE, _params(lease))
+        forget(lease)

@@ -235,12 +235,17 @@ def test_pool_hands_a_dead_workers_items_to_the_others_and_waits_out_a_busy_leas
     problem = Problem("p1", "What is 1+1?", "2")
 
     async def main() -> list[Outcome]:
-        return await asyncio.gather(*(pool.solve(_plan(), problem, sample) for sample in range(4)))
+        return await asyncio.gather(*(pool.solve(_plan(), problem, sample, _pending) for sample in range(4)))
 
     outcomes = asyncio.run(main())
     assert [o.answer for o in outcomes] == [f"p1/{s}" for s in range(4)]
     assert victim.solve.items and fake.killed == [victim]  # it had items; they went to the survivor
     assert sorted(i.sample for i in survivor.solve.items) == [0, 1, 2, 2, 3]  # sample 2 again after its lease
+
+
+async def _pending() -> bool:
+    """No other evaluation stored the sample: the pool computes it."""
+    return True
 
 
 def test_pool_with_every_worker_dead_stores_the_samples_as_failed() -> None:
@@ -253,7 +258,7 @@ def test_pool_with_every_worker_dead_stores_the_samples_as_failed() -> None:
     pool = distributed._Pool(_FakeRay(), [_Actor(dead), _Actor(dead)], per_worker=1)
 
     async def main() -> list[Any]:
-        return await asyncio.gather(*(pool.solve(_plan(), Problem("p", "q", "1"), s) for s in range(5)))
+        return await asyncio.gather(*(pool.solve(_plan(), Problem("p", "q", "1"), s, _pending) for s in range(5)))
 
     outcomes = asyncio.run(asyncio.wait_for(main(), timeout=10))
     assert all(o.error == "every Ray worker died before this sample was computed" for o in outcomes)

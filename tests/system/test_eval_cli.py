@@ -187,7 +187,9 @@ def test_interrupted_evaluation_recomputes_no_finished_result(endpoint_env, fake
     time.sleep(0.3)  # requests cancelled client-side still finish (and count) at the server
     fake_server.reset()
     assert asyncio.run(run(stop_after=None)) == 8
-    assert fake_server.stats()["requests"] == 8 - finished
+    # nothing finished is recomputed; a sample whose outcome was kept for other workers
+    # (evaluation/claims.py) but not yet stored when the stop came (at most the 2 in flight) needs no call either
+    assert 8 - finished - 2 <= fake_server.stats()["requests"] <= 8 - finished
 
 
 def test_concurrent_scale_problems(endpoint_env, fake_server):
@@ -244,17 +246,18 @@ def test_failed_samples_count_in_acc_and_are_retried_first(endpoint_env, fake_se
     path.write_text("".join(json.dumps({"id": str(i), "problem": q, "answer": str(cot_answer(q))}) + "\n"
                             for i, q in enumerate(problems)))
     args = ("--dataset", str(path), "--method", "cot", "--concurrency", "1")
-    fake_server.inject("500", times=1)  # the first problem's sample fails
+    fake_server.inject("500", times=1)  # the first sample computed fails (each invocation has an order of its own)
     first = scale("eval", *args, "--samples", "1")
     assert first.exit_code == 1 and "50.00 ± 50.00 (1 failed)" in first.stdout  # failures beside Acc
-    shown, _ = metrics("cot-known")
+    shown, results = metrics("cot-known")
     assert (shown.samples, shown.failed, shown.accuracy) == (2, 1, 50.0)
+    failed = problems[int(next(result.problem_id for result in results if result.error is not None))]
     # a longer run of the same problems: the failed sample goes before the new ones
     fake_server.reset()
     again = evaluate_ok(*args, "--samples", "2")
     assert "1 retried after an earlier failure" in again.stderr
     first_prompt = fake_server.stats()["log"][0]["body"]["messages"][-1]["content"]
-    assert first_prompt == COT.format(problem=problems[0])
+    assert first_prompt == COT.format(problem=failed)
     assert metrics("cot-known")[0].accuracy == 100.0
 
 

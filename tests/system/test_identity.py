@@ -178,3 +178,23 @@ def test_replace_never_discards_threads_a_live_process_is_computing(server):
     assert refused.exit_code == 2, refused.output
     assert "being computed by another process" in refused.stderr
     assert scale("runs", "show", thread).exit_code == 0  # still there
+
+
+def test_a_baselines_kept_sample_under_a_reused_name_is_refused_with_another_budget(server):
+    """A baseline sample's outcome kept for other workers (evaluation/claims.py) carries the identity
+    too: a fresh results database beside the same run database never returns it for another budget."""
+    first = scale("eval", *SMALL, "-m", "cot", "--name", "cA", "--system2-max-tokens", "300")
+    assert first.exit_code == 0, first.output
+    made = server.stats()["requests"]
+    assert made > 0
+    server.reset()
+    refused = scale("eval", *SMALL, "-m", "cot", "--name", "cA", "--system2-max-tokens", "400",
+                    "--results-db", "other.db")
+    assert refused.exit_code == 2, refused.output
+    assert error_lines(refused) == ["error: evaluation 'cA' was run with system2_max_tokens=300, not 400: use a new "
+                                    "--name, or --replace to discard its results and threads"]
+    assert server.stats()["requests"] == 0
+    replaced = scale("eval", *SMALL, "-m", "cot", "--name", "cA", "--system2-max-tokens", "400",
+                     "--results-db", "other.db", "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    assert server.stats()["requests"] > 0  # computed anew, not the kept 300-token outcome

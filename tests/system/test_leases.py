@@ -6,6 +6,7 @@ The two-process case (`scale runs resume` twice at once) is in test_reliability_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -234,3 +235,67 @@ def test_a_lost_lease_never_names_this_process_as_the_taker(tmp_path, taker):
                            "stalled and has released it since, or the run was deleted")
     else:
         assert f"was taken over by another worker of this process (pid {os.getpid()} " in message
+
+
+class _LandsAnyway(leases.MemoryBackend):
+    """A statement in flight lands even when its caller is cancelled (as aiosqlite's thread or
+    the PostgreSQL server finish it)."""
+
+    async def execute(self, sql, params):
+        return await asyncio.shield(self._land(sql, params))
+
+    async def _land(self, sql, params):
+        await asyncio.sleep(0.05)
+        return await leases.MemoryBackend.execute(self, sql, params)
+
+
+def test_a_claim_cancelled_while_its_lease_is_taken_leaves_no_lease_behind():
+    """Else this very process (alive, so its lease looks live) is refused the sample until the expiry."""
+    async def main():
+        backend = _LandsAnyway()
+
+        async def hold():
+            async with leases.held(backend, "eval/run/p1/0#00000000"):
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)  # the ACQUIRE is in flight
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+        return dict(backend.table)
+
+    assert asyncio.run(main()) == {}
+
+
+def test_a_lease_this_process_could_not_release_is_taken_back_at_once_by_it():
+    """A release that cannot land (the database closed under a cancelled evaluation) leaves a row
+    naming this live process: before, this process then refused itself the sample until the
+    expiry, so an evaluation re-run in the same process (serve, a test, a notebook) skipped it."""
+    class _ReleaseFails(leases.MemoryBackend):
+        async def execute(self, sql, params):
+            if sql == leases.RELEASE:
+                raise RuntimeError("no active connection")
+            return await leases.MemoryBackend.execute(self, sql, params)
+
+    async def main():
+        backend = _ReleaseFails()
+        async with leases.held(backend, "eval/run/p1/0#00000000"):
+            pass
+        left = dict(backend.table)
+        async with leases.held(backend, "eval/run/p1/0#00000000") as again:
+            return left, again
+
+    left, again = asyncio.run(main())
+    assert list(left) == ["eval/run/p1/0#00000000"]  # the row stayed, naming this process
+    assert again.pid == os.getpid()
+
+    async def other_worker_holds():  # a lease another worker of this process holds is still refused
+        backend = leases.MemoryBackend()
+        async with leases.held(backend, "t"):
+            with pytest.raises(leases.LeaseHeld):
+                async with leases.held(backend, "t"):
+                    pass
+
+    asyncio.run(other_worker_holds())

@@ -262,7 +262,8 @@ def generated(tmp_path_factory):
         store = ResultsStore()
         try:
             with Session(store.engine) as session, session.begin():
-                rows = session.scalars(sql_select(Result).where(Result.problem_id == FIRST)).all()
+                rows = session.scalars(sql_select(Result).where(Result.problem_id == FIRST)
+                                       .order_by(Result.sample)).all()  # stored in no fixed order
                 assert len(rows) == 2 and all(row.answer for row in rows)
                 for row in rows:  # sample 0's answer becomes the reference of the first problem
                     row.gold = rows[0].answer

@@ -22,6 +22,7 @@ from langgraph.store.base import BaseStore, GetOp
 
 from scale_graph import leases
 from scale_graph.errors import InputError, UnknownRun
+from scale_graph.evaluation.claims import SAMPLES_NAMESPACE
 from scale_graph.evaluation.methods import Setup, thread_id
 from scale_graph.evaluation.store import WAYS_ON, ResultsStore
 from scale_graph.identity import differences, latest_models, refusal
@@ -56,14 +57,13 @@ async def bind(plans: Sequence[Planned], store: ResultsStore, checkpoint_db: Dat
                                   run.setup.models)
         if found:
             stale[run.name] = found
-    threaded = [run for run in plans if run.method == "scale"]
-    if threaded and (replace or len(stale) < len(plans)):
+    if replace or len(stale) < len(plans):
         async with open_async(checkpoint_db) as (saver, checkpoints):
             if replace:
-                for run in threaded:
+                for run in plans:
                     await _discard_threads(saver, checkpoints, run, samples)
             else:
-                for run in threaded:
+                for run in plans:
                     if run.name not in stale and (found := await _thread_differences(checkpoints, store, run, samples)):
                         stale[run.name] = found
     if replace:
@@ -87,24 +87,34 @@ def sample_differences(record: Mapping[str, Any], setup: Setup) -> list[str]:
 
 
 async def _thread_differences(checkpoints: BaseStore, store: ResultsStore, run: Planned, samples: int) -> list[str]:
-    """The differences of the first thread, among the samples still to compute, stored with another identity."""
+    """The differences of the first sample still to compute whose thread (SCALE) or kept outcome
+    (a baseline, :mod:`scale_graph.evaluation.claims`) was stored with another identity."""
     finished = store.finished_by_name(run.name)
     todo = [(problem.id, sample) for problem in run.dataset.problems for sample in range(samples)
             if (problem.id, sample) not in finished]
+    space = RUNS_NAMESPACE if run.method == "scale" else SAMPLES_NAMESPACE
     for start in range(0, len(todo), _PAGE):
         page = todo[start:start + _PAGE]
-        records = await checkpoints.abatch([GetOp(RUNS_NAMESPACE, thread_id(run.name, *key)) for key in page])
+        records = await checkpoints.abatch([GetOp(space, thread_id(run.name, *key)) for key in page])
         for record in records:
-            if record is not None and (found := sample_differences(record.value, run.setup)):
+            if record is not None and (found := _record_differences(run, record.value)):
                 return found
     return []
 
 
+def _record_differences(run: Planned, value: Mapping[str, Any]) -> list[str]:
+    if run.method == "scale":
+        return sample_differences(value, run.setup)
+    kept = value.get("identity") or {}
+    return differences(kept.get("params") or {}, kept.get("models"), run.setup.config(run.method), run.setup.models)
+
+
 async def _discard_threads(saver: BaseCheckpointSaver, checkpoints: BaseStore, run: Planned, samples: int) -> None:
-    """Delete the run's SCALE threads: those its records name, and (recorded before they named it) those of its grid."""
+    """Delete the run's SCALE threads: those its records name, and (recorded before they named it) those of its
+    grid; a baseline's kept outcomes (:mod:`scale_graph.evaluation.claims`) go with them."""
     threads = {thread_id(run.name, problem.id, sample) for problem in run.dataset.problems for sample in range(samples)}
     offset = 0
-    while items := await checkpoints.asearch(RUNS_NAMESPACE, limit=_PAGE, offset=offset):
+    while run.method == "scale" and (items := await checkpoints.asearch(RUNS_NAMESPACE, limit=_PAGE, offset=offset)):
         threads |= {item.key for item in items if (item.value.get("evaluation") or {}).get("run") == run.name}
         offset += len(items)
     held = await leases.current(leases.backend_for(saver))
@@ -113,6 +123,9 @@ async def _discard_threads(saver: BaseCheckpointSaver, checkpoints: BaseStore, r
         raise InputError(f"--replace: evaluation {run.name!r} is being computed by another process (thread {busy[0]} "
                          f"{held[busy[0]].describe()}); try again after it stops")
     for thread in sorted(threads):
+        if run.method != "scale":
+            await checkpoints.adelete(SAMPLES_NAMESPACE, thread)
+            continue
         try:
             await delete_run(saver, checkpoints, thread)
         except UnknownRun:  # never started

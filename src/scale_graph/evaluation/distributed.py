@@ -43,8 +43,9 @@ from scale_graph import leases
 from scale_graph.context import Context
 from scale_graph.errors import ConfigError
 from scale_graph.evaluation.datasets import Problem
-from scale_graph.evaluation.methods import Outcome, Setup, solve
-from scale_graph.evaluation.runner import Executor, RunPlan, Solve
+from scale_graph.evaluation.claims import solve_claimed
+from scale_graph.evaluation.methods import Outcome, Setup
+from scale_graph.evaluation.runner import Executor, Pending, RunPlan, Solve
 from scale_graph.persistence import Database, check_database, open_async
 from scale_graph.postgres import PostgresUrl, mask_url
 from scale_graph.redact import redact
@@ -118,7 +119,7 @@ class Worker:
         graph, store = await self._database()
         setup = Setup(item.run, Context.from_dict(item.context), graph, store, item.models)
         try:
-            return await solve(item.method, item.problem, item.sample, setup)
+            return await solve_claimed(item.method, item.problem, item.sample, setup)
         except RunBusy as exc:
             return Busy(exc.lease.expires)
 
@@ -212,12 +213,15 @@ class _Pool:
         errors = ray.exceptions
         self._lost_errors = (errors.RayActorError, errors.ObjectLostError)
 
-    async def solve(self, run: RunPlan, problem: Problem, sample: int) -> Outcome:
+    async def solve(self, run: RunPlan, problem: Problem, sample: int, pending: Pending) -> Outcome | None:
         item = Item(run.name, run.method, run.setup.context.to_dict(), problem, sample, run.setup.models)
         while True:
             index = await self._take()
             if index is None:
                 return Outcome(error="every Ray worker died before this sample was computed")
+            if not await pending():  # another evaluation of the same run stored it meanwhile
+                self._slots.put_nowait(index)
+                return None
             self._in_flight[index] += 1
             try:
                 result = await self._actors[index].solve.remote(item)

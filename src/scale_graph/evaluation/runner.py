@@ -26,6 +26,7 @@ completion tokens of the samples computed now and the part of them generated now
 from __future__ import annotations
 
 import asyncio
+import random
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence
@@ -39,7 +40,8 @@ from scale_graph.evaluation import DEFAULT_CONCURRENCY, grading
 from scale_graph.evaluation.binding import bind
 from scale_graph.evaluation.datasets import Dataset, Problem
 from scale_graph.evaluation.grading import Grade
-from scale_graph.evaluation.methods import METHODS, Outcome, Setup, problem_samples, solve
+from scale_graph.evaluation.claims import solve_claimed
+from scale_graph.evaluation.methods import METHODS, Outcome, Setup, problem_samples
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import Database, open_async
@@ -63,8 +65,12 @@ class RunPlan:
     setup: Setup
 
 
-#: Computes one sample of a run (``RunBusy`` when another live process holds it).
-Solve = Callable[[RunPlan, Problem, int], Awaitable[Outcome]]
+#: Whether a sample still needs computing: False once any worker stored its result.
+Pending = Callable[[], Awaitable[bool]]
+#: Computes one sample of a run once it has a slot, if ``Pending`` then says it is still needed
+#: (None when not: another worker of a shared evaluation stored it meanwhile); ``RunBusy`` when
+#: another live process holds it.
+Solve = Callable[[RunPlan, Problem, int, Pending], Awaitable["Outcome | None"]]
 #: Given the runs, their checkpoint database and ``concurrency``: a context that provides a :data:`Solve`.
 Executor = Callable[[Sequence[RunPlan], Database, int], AsyncContextManager[Solve]]
 
@@ -184,34 +190,56 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
                       _one(run, run_id, problem, sample, store, solver, progress, task, tally, totals))
                      for problem, sample in todo]
         # samples that failed before, of every run, go first (the semaphore serves in order): a
-        # re-run's first job is to complete every accuracy's denominator
-        await asyncio.gather(*(job for _, job in sorted(jobs, key=lambda item: item[0])))
+        # re-run's first job is to complete every accuracy's denominator. Within that, an order of
+        # this invocation's own: workers of a shared evaluation (same runs, same databases) then
+        # seldom reach one sample together (the later one would pay a claim attempt and a
+        # checkpoint read for nothing); one another worker stored costs one indexed read
+        shuffle = random.Random()
+        ordered = sorted(((first, shuffle.random(), job) for first, job in jobs), key=lambda item: item[:2])
+        tasks = [asyncio.ensure_future(job) for _, _, job in ordered]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # stopped (Ctrl-C, an error): every sample ends, releasing its claim, before the database closes
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
     return totals
 
 
 @asynccontextmanager
 async def local_solver(plans: Sequence[RunPlan], checkpoint_db: Database, concurrency: int) -> AsyncIterator[Solve]:
-    """Samples computed in this process, ``concurrency`` at a time, on one shared checkpoint database."""
+    """Samples computed in this process, ``concurrency`` at a time, on one shared checkpoint
+    database (SCALE's checkpoints, the samples' claims, shared calls)."""
     async with AsyncExitStack() as stack:
-        if any(run.method == "scale" or run.setup.context.reuse_group for run in plans):
-            saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
-            graph = build_graph(saver, checkpoint_store)
-            for run in plans:
-                run.setup.graph, run.setup.store = graph, checkpoint_store
+        saver, checkpoint_store = await stack.enter_async_context(open_async(checkpoint_db))
+        graph = build_graph(saver, checkpoint_store)
+        for run in plans:
+            run.setup.graph, run.setup.store = graph, checkpoint_store
         semaphore = asyncio.Semaphore(concurrency)
 
-        async def one(run: RunPlan, problem: Problem, sample: int) -> Outcome:
-            async with semaphore:
-                return await solve(run.method, problem, sample, run.setup)
+        async def one(run: RunPlan, problem: Problem, sample: int, pending: Pending) -> Outcome | None:
+            async with semaphore:  # checked once a slot is free: another worker may have stored it meanwhile
+                if not await pending():
+                    return None
+                return await solve_claimed(run.method, problem, sample, run.setup)
 
         yield one
 
 
 async def _one(run: RunPlan, run_id: int, problem: Problem, sample: int, store: ResultsStore,
                solver: Solve, progress: Progress, task: Any, tally: _Tally, totals: Totals) -> None:
+    async def pending() -> bool:
+        # in the loop, like store.save: one short indexed read on the store's pooled connection
+        # (from threads, concurrent reads would open and close overflow connections: a server
+        # session each)
+        return not store.is_stored(run_id, problem.id, sample)
+
     try:
-        outcome = await solver(run, problem, sample)
+        outcome = await solver(run, problem, sample, pending)
     except RunBusy:  # held by another live evaluation: left for it (or for a re-run), not stored as failed
+        outcome = None
+    if outcome is None:  # held or stored by another worker of a shared evaluation
         totals.skipped += 1
         return
     if outcome.error is None:

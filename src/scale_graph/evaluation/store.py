@@ -29,7 +29,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, String, Text, Uniqu
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 from scale_graph.evaluation.datasets import Problem
@@ -140,9 +140,7 @@ class ResultsStore:
                     while not lock.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY}).scalar():
                         time.sleep(LOCK_POLL_S)
                     stack.callback(lock.execute, text("SELECT pg_advisory_unlock(:key)"), {"key": SETUP_LOCK_KEY})
-                with self.engine.begin() as connection:
-                    Base.metadata.create_all(connection)
-                    _add_missing_columns(connection)
+                _create_schema(self.engine)
         except (SQLAlchemyError, ImportError) as exc:  # bad driver/URL, unreachable, unwritable
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
@@ -154,10 +152,14 @@ class ResultsStore:
         with self._session() as session:
             run = session.scalar(select(Run).where(Run.name == name))
             if run is None:
-                run = Run(name=name, method=method, dataset=dataset, config=config, models=models)
-                session.add(run)
-                session.flush()
-                return run.id
+                # one statement: workers of a shared evaluation started together create it once
+                upsert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[self.engine.dialect.name]
+                created = session.scalar(upsert(Run).values(name=name, method=method, dataset=dataset, config=config,
+                                                            models=models, created=_now())
+                                         .on_conflict_do_nothing(index_elements=["name"]).returning(Run.id))
+                if created is not None:
+                    return created
+                run = session.scalar(select(Run).where(Run.name == name))  # the other worker's, just created
             found = _identity_differences(run, method, dataset, config, models)
             if found:
                 raise InputError(refusal(f"evaluation {name!r}", found, WAYS_ON))
@@ -202,6 +204,17 @@ class ResultsStore:
             rows = session.execute(select(Result.problem_id, Result.sample)
                                    .where(Result.run_id == run_id, Result.error.is_not(None)))
             return {(problem_id, sample) for problem_id, sample in rows}
+
+    def is_stored(self, run_id: int, problem_id: str, sample: int) -> bool:
+        """Whether the sample's result is stored without an error (by any worker): one indexed read,
+        outside a transaction, what a worker of a shared evaluation asks before computing a sample."""
+        query = (select(Result.id).where(Result.run_id == run_id, Result.problem_id == problem_id,
+                                         Result.sample == sample, Result.error.is_(None)).limit(1))
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                return connection.execute(query).first() is not None
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
 
     def save(self, run_id: int, problem: Problem, sample: int, outcome: Outcome, grade: Grade,
              thinking_flag: bool | None = None) -> None:
@@ -267,6 +280,21 @@ class ResultsStore:
                 yield session
         except SQLAlchemyError as exc:
             raise DatabaseError(f"results database {self.shown}: {_one_line(exc)}") from None
+
+
+def _create_schema(engine: Any, attempts: int = 3) -> None:
+    """The tables, created when missing. Two processes starting on a new SQLite file at once can
+    both find a table missing; the later CREATE then fails with "already exists", and a second
+    look finds it (PostgreSQL's set-up runs under an advisory lock instead)."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as connection:
+                Base.metadata.create_all(connection)
+                _add_missing_columns(connection)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 #: Columns added after the first release, by table: (name, SQL type, default for existing rows).
