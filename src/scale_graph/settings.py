@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -77,7 +77,7 @@ def read_config() -> dict[str, Any]:
     for section in ("system1", "system2", "run"):
         if section in data and not isinstance(data[section], dict):
             raise ConfigError(f"config file {path}: [{section}] must be a table")
-    unknown = set(data.get("run", {})) - {f.name for f in fields(Context)}
+    unknown = set(data.get("run", {})) - set(Context.model_fields)
     if unknown:
         raise ConfigError(f"config file {path}: unknown run parameter(s) {', '.join(sorted(unknown))}")
     return data
@@ -130,7 +130,7 @@ def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True,
     ``servers=False`` ignores the servers record (tests, and callers that must not see it);
     ``only`` takes just those fields from the layers (the rest keep their defaults).
     """
-    known = {f.name for f in fields(Context)}
+    known = set(Context.model_fields)
     explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
     unknown = set(explicit) - known
     if unknown:
@@ -169,7 +169,7 @@ def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True,
 def resume_context(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Context:
     """A saved run's parameters exactly, except where its endpoints are (re-resolved now, so a
     run can be resumed against servers that moved) and ``overrides``."""
-    known = {f.name for f in fields(Context)}
+    known = set(Context.model_fields)
     values = {k: v for k, v in saved.items() if k in known}
     current = resolve(only=ENDPOINT_FIELDS).context  # a bad unrelated variable must not block a resume
     for name in ENDPOINT_FIELDS:

@@ -196,11 +196,9 @@ def test_local_max_model_len_sets_the_batch_budget(tmp_path):
 
 
 def test_local_run_defaults_are_context_fields():
-    from dataclasses import fields
-
     from scale_graph.context import Context
 
-    names = {f.name for f in fields(Context)}
+    names = set(Context.model_fields)
     assert set(launch.LOCAL_RUN_DEFAULTS) <= names
 
 

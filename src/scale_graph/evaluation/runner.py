@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence
 
 from rich.console import Console
@@ -154,7 +154,7 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
         where = tuple(getattr(context, name) for name in ENDPOINT_FIELDS)
         if where not in windows:  # the servers' context windows and models, asked once per invocation
             windows[where] = with_context_window(context).context_window
-        run.setup.context = replace(context, context_window=context.context_window or windows[where])
+        run.setup.context = context.replace(context_window=context.context_window or windows[where])
         run.setup.models = identity.models(context)  # as just probed: no request
     await bind(plans, store, checkpoint_db, samples, replace_runs)
     grading.warm_up()

@@ -6,7 +6,7 @@ part of the run parameters, so they cannot reach checkpoints, logs or results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from scale_graph.context import DEFAULT_CONTEXT_WINDOW, Context
 from scale_graph.servers import identity
@@ -53,4 +53,4 @@ def with_context_window(context: Context, timeout: float = 5.0) -> Context:
     if context.context_window:
         return context
     windows = [found.max_model_len for found in probed.values() if found.max_model_len is not None]
-    return replace(context, context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)
+    return context.replace(context_window=min(windows) if windows else DEFAULT_CONTEXT_WINDOW)
