@@ -293,7 +293,9 @@ def db_copy(
     from scale_graph.dbcopy import copy
 
     if results is None:
-        candidate = os.environ.get("SCALE_RESULTS_DB") or "scale-results.db"
+        from scale_graph.database import results_db
+
+        candidate = results_db(None, src)
         results = candidate if "://" not in candidate and Path(candidate).is_file() else None
     copied = run_guarded(lambda: copy(src, dst, results, results_to))
     out.print(f"copied {copied.runs} run(s) ({copied.checkpoints} checkpoints, {copied.items} stored items)"

@@ -225,7 +225,9 @@ def executor_for(ray: str | None, workers: int | None, db: Path | None,
     if ray is None:
         if workers is not None:
             raise InputError("--ray-workers needs --ray ADDRESS")
-        return checkpoint_db, None, results_db
+        from scale_graph.database import results_db as results_rule
+
+        return checkpoint_db, None, results_rule(results_db, checkpoint_db)
     if not ray.strip():
         raise InputError("--ray: the address is empty (use auto for the cluster this machine belongs to)")
     from scale_graph.evaluation.distributed import ray_executor, results_for_ray
