@@ -20,7 +20,6 @@ from scale_graph.errors import ConfigError
 from scale_graph.terminal import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, fail, out, print_progress,
                                   print_summary, read_problem, require_database, run_guarded, say_error)
 from scale_graph.servers.cli import app as servers_app
-from scale_graph.settings import resolve
 
 # Heavy modules (LangGraph, the chat layer, the evaluation harness) are imported inside the
 # commands that need them, so `scale --help`, `runs list` and usage errors answer at once.
@@ -64,7 +63,9 @@ def solve(
     async def work() -> dict[str, Any]:
         if start_servers:
             _ensure_local_servers()
-        resolved = resolve(explicit)
+        from scale_graph.setup import build
+
+        resolved = build(explicit, db=path)  # the run's parameters, keys and databases, settled once
         text = read_problem(problem, problem_file, resolved.context.max_problem_chars)
         from scale_graph.servers.endpoints import endpoints, with_context_window
 
@@ -110,7 +111,7 @@ def _ask_review(subproblems: list[str], thread: str) -> Any:
 
 def _ensure_local_servers() -> None:
     from scale_graph.servers import manager
-    from scale_graph.settings import running_servers
+    from scale_graph.setup import running_servers
 
     if running_servers() is None and not os.environ.get("SCALE_SYSTEM1_BASE_URL"):
         err.print("[dim]starting the local CPU vLLM servers (scale servers up)…[/]")
@@ -208,13 +209,13 @@ def runs_resume(
     from scale_graph.runner import resume
     from scale_graph.runs import summary
     from scale_graph.servers import identity
-    from scale_graph.settings import resume_context
+    from scale_graph.setup import build
 
     path = db_path(db)
 
     async def work() -> dict[str, Any]:
         require_database(path)
-        current = resume_context({})  # where the endpoints are now: their models are read once, here
+        current = build(saved={}).context  # where the endpoints are now: their models are read once, here
         if current.has_endpoints():
             await asyncio.to_thread(identity.probe, current)
         decision: Any = "accept" if accept else None
@@ -267,7 +268,9 @@ def serve_command(
         api_key = os.environ["SCALE_SERVE_API_KEY"]
     try:
         check_database(path)
-        endpoints(resolve().context)  # fail now, not on the first request, when no System 1/2 is configured
+        from scale_graph.setup import build
+
+        endpoints(build(db=path).context)  # fail now, not on the first request, when no System 1/2 is configured
         app = create_app(path, api_key=api_key)
     except (ConfigError, DatabaseError, APIError) as exc:
         fail(str(getattr(exc, "message", exc)), 2)

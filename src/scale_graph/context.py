@@ -4,7 +4,7 @@ Every value the paper parameterises has a documented default here, with its vali
 beside it (``Field`` bounds; the upper bounds of the parameters that multiply work make
 ``MAXIMA``). ``Context`` is plain data: it reads no environment and no file. Where a run's values
 come from (default < servers record < config file < environment < explicit) is decided once per
-run by :func:`scale_graph.settings.resolve`. API keys are not run parameters: they never enter the
+run by :func:`scale_graph.setup.build`. API keys are not run parameters: they never enter the
 context (which Studio shows and runs persist); see :mod:`scale_graph.servers.endpoints`.
 """
 

@@ -21,7 +21,7 @@ from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.servers.chat import ChatCall
-from scale_graph.settings import resolve
+from scale_graph.setup import resolve
 from tests import fake_openai
 from tests.conftest import DATASETS, write_datasets
 

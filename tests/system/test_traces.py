@@ -368,7 +368,7 @@ def test_dedup_of_identical_checkpointed_runs(isolated, endpoint_env, fake_serve
     from scale_graph.persistence import open_async
     from scale_graph.runner import start
     from scale_graph.runs import summary
-    from scale_graph.settings import resolve
+    from scale_graph.setup import resolve
 
     fake_server.configure(difficulties=[0.8])  # every sub-problem on System 2, whatever the order
     problem = Problem("1", "What is 6 times 7?", "42")

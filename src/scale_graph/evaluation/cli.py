@@ -90,6 +90,9 @@ async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], An
     if samples > MAX_SAMPLES:
         raise InputError(f"--samples must be at most {MAX_SAMPLES:,}, got {samples:,}")
     checkpoint_db, executor, results = executor_for(where.ray, where.ray_workers, where.db, where.results_db)
+    from scale_graph.servers.endpoints import install_keys, read_keys
+
+    install_keys(read_keys())  # the entry point reads the API keys once, not each LLM call
 
     def load(source: str) -> datasets.Dataset:
         loaded = datasets.load(source, where.data_dir)

@@ -46,7 +46,8 @@ from scale_graph.persistence import Database, open_async
 from scale_graph.runner import InputError, RunBusy
 from scale_graph.servers import identity
 from scale_graph.servers.endpoints import endpoints, with_context_window
-from scale_graph.settings import ConfigError, resolve
+from scale_graph.settings import ConfigError
+from scale_graph.setup import resolve
 from scale_graph.state import total_usage
 
 #: Seconds between progress lines when stderr is not a terminal.
