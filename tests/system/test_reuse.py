@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from scale_graph import journal, reuse, runner
-from scale_graph.evaluation.cli import eval_command, report_command
+from scale_graph.cli.evaluate import eval_command, report_command
 from scale_graph.evaluation.methods import thread_id
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph

@@ -22,7 +22,7 @@ from scale_graph.evaluation.grading import Grade, grade
 from scale_graph.evaluation.methods import Outcome, thread_id
 from scale_graph.evaluation.store import Result, ResultsStore
 from scale_graph.parsing import last_boxed
-from scale_graph.traces.cli import traces_app
+from scale_graph.cli.traces import traces_app
 from scale_graph.traces.export import ExportOptions, natural_key, select, stats_path_for, statistics
 from scale_graph.traces.render import FORMATS, SubproblemTrace, Trace, record, render
 from scale_graph.traces.validate import assistant_text, check_record, survives_chat_template, user_text, validate_file, validate_lines

@@ -22,7 +22,7 @@ def clean_environment(monkeypatch):
 
 def test_eval_with_a_postgres_db_option_alone_writes_results_to_that_server():
     """`scale eval --db postgresql://…` wrote its results to ./scale-results.db (the README says: the same server)."""
-    from scale_graph.evaluation.cli import executor_for
+    from scale_graph.cli.evaluate import executor_for
 
     _, executor, results = executor_for(None, None, Path(PG), None)
     assert executor is None
@@ -44,7 +44,7 @@ def test_the_rule_in_its_order(option, environment, run_db, expected, monkeypatc
 
 
 def test_ui_shows_the_results_beside_a_postgres_run_database(monkeypatch):
-    from scale_graph.ui import command
+    from scale_graph.cli import ui as command
 
     opened = []
     monkeypatch.setattr("scale_graph.evaluation.store.ResultsStore",

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scale_graph.servers import launch, local_model, manager, processes
-from scale_graph.servers.cli import app, export_lines
+from scale_graph.cli.servers import app, export_lines
 from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.state import default_state_dir
 from scale_graph.servers.vllm import ServerSpec

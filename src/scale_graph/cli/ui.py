@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from scale_graph.terminal import DbOption, err, fail
+from scale_graph.cli.common import DbOption, err, fail
 
 DEFAULT_PORT = 8300
 

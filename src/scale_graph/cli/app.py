@@ -17,9 +17,9 @@ except ImportError:  # pragma: no cover - older typer on real click
 from rich.table import Table
 
 from scale_graph.errors import ConfigError
-from scale_graph.terminal import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, fail, out, print_progress,
+from scale_graph.cli.common import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, fail, out, print_progress,
                                   print_summary, read_problem, require_database, run_guarded, say_error)
-from scale_graph.servers.cli import app as servers_app
+from scale_graph.cli.servers import app as servers_app
 
 # Heavy modules (LangGraph, the chat layer, the evaluation harness) are imported inside the
 # commands that need them, so `scale --help`, `runs list` and usage errors answer at once.
@@ -310,12 +310,12 @@ def db_copy(
 
 def _register_evaluation() -> None:
     # Imported here: the evaluation commands reuse this module's error handling.
-    from scale_graph.evaluation.cli import eval_command, report_command
+    from scale_graph.cli.evaluate import eval_command, report_command
 
     app.command("eval", help="Evaluate SCALE and the baselines on a problem set (paper Tables 1-2, Figure 2).")(eval_command)
     app.command("report", help="Tables and plots from stored evaluation runs.")(report_command)
 
-    from scale_graph.traces.cli import traces_app
+    from scale_graph.cli.traces import traces_app
 
     app.add_typer(traces_app, name="traces", help="Generate SCALE traces and export them as fine-tuning data.")
 
@@ -324,7 +324,7 @@ _register_evaluation()
 
 
 def _register_whatif() -> None:
-    from scale_graph.whatif_cli import calibrate_command, runs_diff, runs_fork
+    from scale_graph.cli.whatif import calibrate_command, runs_diff, runs_fork
 
     runs_app.command("fork")(runs_fork)
     runs_app.command("diff")(runs_diff)
@@ -335,7 +335,7 @@ def _register_whatif() -> None:
 _register_whatif()
 
 def _register_ui() -> None:
-    from scale_graph.ui.command import ui_command  # light: starlette and uvicorn load when it runs
+    from scale_graph.cli.ui import ui_command  # light: starlette and uvicorn load when it runs
 
     app.command("ui", help="A local web viewer of runs, forks and evaluations (no internet needed).")(ui_command)
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from scale_graph.errors import InputError
 from scale_graph.evaluation import DEFAULT_CONCURRENCY
-from scale_graph.terminal import DbOption
+from scale_graph.cli.common import DbOption
 
 # The harness (LangGraph, the chat layer, SQLAlchemy, matplotlib) is imported by the commands
 # themselves: `scale --help` must not pay for it.
@@ -241,7 +241,7 @@ def executor_for(ray: str | None, workers: int | None, db: Path | None,
 
 def _run(work: Callable[[], Any]) -> Any:
     """The main CLI's runner: expected failures become one red line and an exit code."""
-    from scale_graph.terminal import run_guarded
+    from scale_graph.cli.common import run_guarded
 
     return run_guarded(work)
 
