@@ -14,7 +14,7 @@ import sys
 import time
 
 from scale_graph import build_graph
-from scale_graph.settings import resolve
+from scale_graph.setup import resolve
 from scale_graph.persistence import open_async
 from scale_graph.runner import start
 

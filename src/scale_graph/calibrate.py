@@ -112,7 +112,7 @@ async def calibrate(eval_run: str, options: CalibrationOptions, *, checkpoint_db
     from scale_graph.persistence import open_async
 
     options.check()
-    with ResultsStore(results_db, must_exist=True) as store:
+    with ResultsStore(results_db, must_exist=True, run_db=checkpoint_db) as store:
         run = store.runs([eval_run])[0]
     if run.method != "scale":
         raise InputError(f"evaluation run {eval_run!r} is a {run.method} run; calibration forks SCALE runs")

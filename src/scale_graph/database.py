@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from scale_graph.postgres import PostgresUrl
 
 DEFAULT_DB = "scale.db"
+#: The results database when neither an option, ``SCALE_RESULTS_DB`` nor a PostgreSQL run database says.
+DEFAULT_RESULTS_DB = "scale-results.db"
 #: The layout of SCALE-Graph's own use of the database (its ``scale_meta`` table).
 SCHEMA_VERSION = 1
 
@@ -32,3 +34,15 @@ def db_path(explicit: str | os.PathLike | PostgresUrl | None = None) -> Database
 
         return postgres.parse(value)
     return Path(value)
+
+
+def results_db(explicit: str | None = None, run_db: str | os.PathLike | PostgresUrl | None = None) -> str:
+    """The one results-database rule: ``--results-db``, else ``SCALE_RESULTS_DB``, else the run
+    database (``--db``, else ``SCALE_DB``) when it is on a PostgreSQL server, else
+    ``./scale-results.db`` — a path or a URL, as given."""
+    if explicit:
+        return explicit
+    if os.environ.get("SCALE_RESULTS_DB"):
+        return os.environ["SCALE_RESULTS_DB"]
+    run = db_path(run_db)
+    return DEFAULT_RESULTS_DB if isinstance(run, Path) else run.url

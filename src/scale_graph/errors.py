@@ -1,6 +1,6 @@
 """The errors a user can see, in one place; each message is one line meant for the user.
 
-Exit codes (see :mod:`scale_graph.terminal`): bad input → 2, a failed run → 1 (it stays
+Exit codes (see :mod:`scale_graph.cli.common`): bad input → 2, a failed run → 1 (it stays
 resumable). Errors of one component that carry its own details live beside it and derive from
 these: ``servers.chat_errors.EndpointError`` (and ``ContextLengthError``), ``runner.RunBusy``
 (an :class:`InputError`).

@@ -226,9 +226,9 @@ def run_context() -> Context:
     context = runtime.context if runtime is not None else None
     if isinstance(context, Context) and context.has_endpoints():
         return context
-    from scale_graph.settings import resolve  # lazy: settings reach the servers record
+    from scale_graph.setup import complete  # lazy: the entry-point builder reaches the servers record
 
-    return resolve(context.given() if isinstance(context, Context) else dict(context or {})).context
+    return complete(context)
 
 
 def _runtime() -> tuple[Context, BaseStore]:

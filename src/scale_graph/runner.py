@@ -20,7 +20,7 @@ from scale_graph.identity import latest_models, refusal
 from scale_graph.journal import RUNS_NAMESPACE, asave_run
 from scale_graph.nodes.review import reviewed_subproblems
 from scale_graph.servers import identity
-from scale_graph.settings import resume_context
+from scale_graph.setup import build
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -160,7 +160,7 @@ async def resume(graph: CompiledStateGraph, store: BaseStore, thread_id: str,
     snapshot = await graph.aget_state(config_for(thread_id))
     if record is None and not snapshot.values:
         raise UnknownRun(f"no run {thread_id!r} in this database (see `scale runs list`)")
-    context = resume_context(record.value["params"] if record else {}, overrides)
+    context = build(saved=record.value["params"] if record else {}, request=overrides).context
     if is_finished(snapshot) and not snapshot.tasks:
         return snapshot.values  # finished and fully checkpointed: nothing to do, no lease needed
     async with holding(graph, thread_id):

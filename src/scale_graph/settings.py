@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from scale_graph.context import ENDPOINT_FIELDS, Context, coerce
+from scale_graph.context import Context, coerce
 from scale_graph.errors import ConfigError
 
 DEFAULT = "default"
@@ -77,20 +77,10 @@ def read_config() -> dict[str, Any]:
     for section in ("system1", "system2", "run"):
         if section in data and not isinstance(data[section], dict):
             raise ConfigError(f"config file {path}: [{section}] must be a table")
-    unknown = set(data.get("run", {})) - {f.name for f in fields(Context)}
+    unknown = set(data.get("run", {})) - set(Context.model_fields)
     if unknown:
         raise ConfigError(f"config file {path}: unknown run parameter(s) {', '.join(sorted(unknown))}")
     return data
-
-
-def running_servers() -> dict[str, Any] | None:
-    """Endpoints recorded by ``scale servers up`` if its processes are alive."""
-    from scale_graph.servers.manager import running_endpoints  # lazy: process tooling, not needed otherwise
-
-    try:
-        return running_endpoints()
-    except (OSError, ValueError):
-        return None
 
 
 def api_key(system: int) -> str | None:
@@ -122,15 +112,15 @@ def _endpoint_layer(section: Mapping[str, Any], system: int) -> dict[str, Any]:
     return {f"system{system}_{key}": section[key] for key in ("base_url", "model") if section.get(key)}
 
 
-def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True,
-            only: Iterable[str] | None = None) -> Resolved:
-    """Merge default < servers record < config file < environment < ``explicit``, once.
+def resolve_layers(explicit: Mapping[str, Any] | None = None, *, record: Mapping[str, Any] | None = None,
+                   only: Iterable[str] | None = None) -> Resolved:
+    """Merge default < servers ``record`` < config file < environment < ``explicit``, once.
 
     Values are converted to each field's type with a one-line ConfigError naming the source.
-    ``servers=False`` ignores the servers record (tests, and callers that must not see it);
-    ``only`` takes just those fields from the layers (the rest keep their defaults).
+    ``record`` is the servers record as the entry point read it (:func:`scale_graph.setup.running_servers`;
+    None: none); ``only`` takes just those fields from the layers (the rest keep their defaults).
     """
-    known = {f.name for f in fields(Context)}
+    known = set(Context.model_fields)
     explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
     unknown = set(explicit) - known
     if unknown:
@@ -138,7 +128,6 @@ def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True,
     config = read_config()
     where = f"config file {config_path()}"
     layers: list[tuple[str, dict[str, Any]]] = []
-    record = running_servers() if servers else None
     if record:
         layers.append((SERVERS, {**_endpoint_layer(record.get("system1") or {}, 1),
                                  **_endpoint_layer(record.get("system2") or {}, 2)}))
@@ -166,19 +155,6 @@ def resolve(explicit: Mapping[str, Any] | None = None, *, servers: bool = True,
     return Resolved(context, {name: sources[name] for name in context.non_defaults() if name in sources})
 
 
-def resume_context(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Context:
-    """A saved run's parameters exactly, except where its endpoints are (re-resolved now, so a
-    run can be resumed against servers that moved) and ``overrides``."""
-    known = {f.name for f in fields(Context)}
-    values = {k: v for k, v in saved.items() if k in known}
-    current = resolve(only=ENDPOINT_FIELDS).context  # a bad unrelated variable must not block a resume
-    for name in ENDPOINT_FIELDS:
-        if getattr(current, name):
-            values[name] = getattr(current, name)
-    values.update(overrides or {})
-    return Context(**values)
-
-
 def _converted(name: str, value: Any, source: str) -> Any:
     try:
         return coerce(name, value)
@@ -187,5 +163,4 @@ def _converted(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
 
 
-__all__ = ["ConfigError", "Resolved", "api_key", "config_path", "read_config", "resolve", "resume_context",
-           "running_servers"]
+__all__ = ["ConfigError", "Resolved", "api_key", "config_path", "read_config", "resolve_layers"]

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from scale_graph.servers import launch, manager
 from scale_graph.servers.chat import SESSION_HEADER, ChatCall, Systems, session
-from scale_graph.servers.cli import app
+from scale_graph.cli.servers import app
 from scale_graph.servers.endpoints import Endpoint
 from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.probe import port_in_use

@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from scale_graph.evaluation import datasets
-from scale_graph.evaluation.cli import eval_command, report_command
+from scale_graph.cli.evaluate import eval_command, report_command
 from scale_graph.evaluation.metrics import run_metrics
 from scale_graph.evaluation.runner import evaluate, plan
 from scale_graph.evaluation.store import ResultsStore

@@ -19,7 +19,7 @@ from scale_graph.graph import build_graph
 from scale_graph.journal import RUNS_NAMESPACE
 from scale_graph.persistence import open_async
 from scale_graph.runs import show_run
-from scale_graph.settings import resolve
+from scale_graph.setup import resolve
 
 #: Difficulty by sub-problem number; with τ = 0.5 the parent routes 1, 2, 1, 2.
 DIFFICULTY = {1: 0.1, 2: 0.6, 3: 0.1, 4: 0.9}

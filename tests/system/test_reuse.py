@@ -15,13 +15,13 @@ import typer
 from typer.testing import CliRunner
 
 from scale_graph import journal, reuse, runner
-from scale_graph.evaluation.cli import eval_command, report_command
+from scale_graph.cli.evaluate import eval_command, report_command
 from scale_graph.evaluation.methods import thread_id
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.servers.chat import ChatCall
-from scale_graph.settings import resolve
+from scale_graph.setup import resolve
 from tests import fake_openai
 from tests.conftest import DATASETS, write_datasets
 

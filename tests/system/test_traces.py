@@ -22,7 +22,7 @@ from scale_graph.evaluation.grading import Grade, grade
 from scale_graph.evaluation.methods import Outcome, thread_id
 from scale_graph.evaluation.store import Result, ResultsStore
 from scale_graph.parsing import last_boxed
-from scale_graph.traces.cli import traces_app
+from scale_graph.cli.traces import traces_app
 from scale_graph.traces.export import ExportOptions, natural_key, select, stats_path_for, statistics
 from scale_graph.traces.render import FORMATS, SubproblemTrace, Trace, record, render
 from scale_graph.traces.validate import assistant_text, check_record, survives_chat_template, user_text, validate_file, validate_lines
@@ -369,7 +369,7 @@ def test_dedup_of_identical_checkpointed_runs(isolated, endpoint_env, fake_serve
     from scale_graph.persistence import open_async
     from scale_graph.runner import start
     from scale_graph.runs import summary
-    from scale_graph.settings import resolve
+    from scale_graph.setup import resolve
 
     fake_server.configure(difficulties=[0.8])  # every sub-problem on System 2, whatever the order
     problem = Problem("1", "What is 6 times 7?", "42")

@@ -19,9 +19,9 @@ from scale_graph.cli import app as cli_app
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
-from scale_graph.settings import resolve
+from scale_graph.setup import resolve
 from scale_graph.ui.app import create_app
-from scale_graph.ui.command import is_loopback
+from scale_graph.cli.ui import is_loopback
 from tests.conftest import write_datasets
 
 cli = CliRunner()

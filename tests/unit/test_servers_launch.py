@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scale_graph.servers import launch, local_model, manager, processes
-from scale_graph.servers.cli import app, export_lines
+from scale_graph.cli.servers import app, export_lines
 from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.state import default_state_dir
 from scale_graph.servers.vllm import ServerSpec
@@ -196,11 +196,9 @@ def test_local_max_model_len_sets_the_batch_budget(tmp_path):
 
 
 def test_local_run_defaults_are_context_fields():
-    from dataclasses import fields
-
     from scale_graph.context import Context
 
-    names = {f.name for f in fields(Context)}
+    names = set(Context.model_fields)
     assert set(launch.LOCAL_RUN_DEFAULTS) <= names
 
 

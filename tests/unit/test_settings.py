@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import fields
-
+from types import SimpleNamespace
 import pytest
 
 from scale_graph import settings
+from scale_graph import setup as run_setup
 from scale_graph.context import ENDPOINT_FIELDS, Context
 from scale_graph.errors import ConfigError
 
-FIELDS = [f for f in fields(Context)]
+FIELDS = [SimpleNamespace(name=name, default=info.default) for name, info in Context.model_fields.items()]
 ENDPOINTS = {"system1_base_url": "http://record/v1", "system1_model": "rec1",
              "system2_base_url": "http://record/v1", "system2_model": "rec2"}
 
 
 def two_values(field) -> tuple[object, object]:
     """Two valid values of a field, the second one its default (an explicit default must still win)."""
-    hint = typing.get_type_hints(Context)[field.name]
+    hint = Context.model_fields[field.name].annotation
     default = field.default
     if typing.get_origin(hint) is typing.Literal:
         other = next(choice for choice in typing.get_args(hint) if choice != default)
@@ -57,14 +57,14 @@ def write_config(tmp_path, name: str, value: object) -> None:
 
 @pytest.fixture
 def no_servers(monkeypatch):
-    monkeypatch.setattr(settings, "running_servers", lambda: None)
+    monkeypatch.setattr(run_setup, "running_servers", lambda: None)
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.name)
 def test_explicit_beats_environment_even_at_the_default(field, monkeypatch, no_servers):
     other, default = two_values(field)
     monkeypatch.setenv(f"SCALE_{field.name.upper()}", as_text(other))
-    resolved = settings.resolve({field.name: default})
+    resolved = run_setup.resolve({field.name: default})
     assert getattr(resolved.context, field.name) == default
 
 
@@ -73,11 +73,11 @@ def test_environment_beats_config_file(field, tmp_path, monkeypatch, no_servers)
     other, default = two_values(field)
     write_config(tmp_path, field.name, other)
     monkeypatch.setenv(f"SCALE_{field.name.upper()}", as_text(default))
-    resolved = settings.resolve()
+    resolved = run_setup.resolve()
     assert getattr(resolved.context, field.name) == default
     write_config(tmp_path, field.name, other)
     monkeypatch.delenv(f"SCALE_{field.name.upper()}")
-    resolved = settings.resolve()
+    resolved = run_setup.resolve()
     assert getattr(resolved.context, field.name) == other
     assert resolved.sources[field.name].startswith("config file")
 
@@ -86,33 +86,33 @@ def test_environment_beats_config_file(field, tmp_path, monkeypatch, no_servers)
 def test_config_file_beats_servers_record(field, tmp_path, monkeypatch):
     other, default = two_values(field)
     if field.name in ENDPOINT_FIELDS:
-        monkeypatch.setattr(settings, "running_servers", lambda: record())
+        monkeypatch.setattr(run_setup, "running_servers", lambda: record())
         write_config(tmp_path, field.name, other)
-        assert getattr(settings.resolve().context, field.name) == other
+        assert getattr(run_setup.resolve().context, field.name) == other
         return
-    monkeypatch.setattr(settings, "running_servers", lambda: record({field.name: other}))
-    resolved = settings.resolve()
+    monkeypatch.setattr(run_setup, "running_servers", lambda: record({field.name: other}))
+    resolved = run_setup.resolve()
     assert getattr(resolved.context, field.name) == other
     assert resolved.sources[field.name] == settings.SERVERS
     write_config(tmp_path, field.name, default)
-    assert getattr(settings.resolve().context, field.name) == default
+    assert getattr(run_setup.resolve().context, field.name) == default
 
 
 @pytest.mark.parametrize("field", [f for f in FIELDS if f.name not in ENDPOINT_FIELDS], ids=lambda f: f.name)
 def test_servers_record_beats_default(field, monkeypatch):
     other, _ = two_values(field)
-    monkeypatch.setattr(settings, "running_servers", lambda: record({field.name: other}))
-    assert getattr(settings.resolve().context, field.name) == other
+    monkeypatch.setattr(run_setup, "running_servers", lambda: record({field.name: other}))
+    assert getattr(run_setup.resolve().context, field.name) == other
 
 
 def test_record_run_defaults_apply_only_to_its_own_endpoints(monkeypatch):
     """Issue 15.2: after `scale servers up`, runs against other servers keep the documented defaults."""
-    monkeypatch.setattr(settings, "running_servers", lambda: record({"system2_max_tokens": 192, "candidates": 2}))
-    local = settings.resolve().context
+    monkeypatch.setattr(run_setup, "running_servers", lambda: record({"system2_max_tokens": 192, "candidates": 2}))
+    local = run_setup.resolve().context
     assert (local.system2_max_tokens, local.candidates) == (192, 2)
     monkeypatch.setenv("SCALE_SYSTEM1_BASE_URL", "http://gpu/v1")
     monkeypatch.setenv("SCALE_SYSTEM2_BASE_URL", "http://gpu/v1")
-    elsewhere = settings.resolve()
+    elsewhere = run_setup.resolve()
     assert (elsewhere.context.system2_max_tokens, elsewhere.context.candidates) == (32768, 8)  # the documented defaults
     assert "system2_max_tokens" not in elsewhere.sources
 
@@ -120,7 +120,7 @@ def test_record_run_defaults_apply_only_to_its_own_endpoints(monkeypatch):
 def test_describe_names_each_source(tmp_path, monkeypatch, no_servers):
     (tmp_path / "scale.toml").write_text("[run]\ncandidates = 4\n")
     monkeypatch.setenv("SCALE_SEED", "7")
-    line = settings.resolve({"threshold": 0.5}).describe()
+    line = run_setup.resolve({"threshold": 0.5}).describe()
     assert "threshold=0.5 (option)" in line and "seed=7 (environment)" in line
     assert "candidates=4 (config file scale.toml)" in line
 
@@ -130,20 +130,20 @@ def test_non_finite_or_non_positive_timeouts_are_refused(value, monkeypatch, no_
     """Issue 12.7: SCALE_REQUEST_TIMEOUT=inf crashed with OverflowError, nan timed out every request."""
     monkeypatch.setenv("SCALE_REQUEST_TIMEOUT", value)
     with pytest.raises(ConfigError, match="request_timeout"):
-        settings.resolve()
+        run_setup.resolve()
 
 
 def test_unusable_environment_value_names_the_variable(monkeypatch, no_servers):
     monkeypatch.setenv("SCALE_CANDIDATES", "many")
     with pytest.raises(ConfigError, match="SCALE_CANDIDATES"):
-        settings.resolve()
+        run_setup.resolve()
 
 
 @pytest.mark.parametrize("name", ["candidates", "votes", "max_in_flight", "system2_max_tokens"])
 def test_work_multipliers_are_bounded(name, no_servers):
     """Issue 12.3: -k 1000000000 was sent as n=1000000000."""
     with pytest.raises(ConfigError, match=f"{name} must be at most"):
-        settings.resolve({name: 1_000_000_000})
+        run_setup.resolve({name: 1_000_000_000})
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -155,15 +155,14 @@ def test_work_multipliers_are_bounded(name, no_servers):
 ])
 def test_each_field_is_checked_against_the_range_declared_beside_it(name, value, message, no_servers):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        settings.resolve({name: value})
+        run_setup.resolve({name: value})
 
 
 def test_every_number_declares_its_valid_values():
     """A new numeric parameter cannot arrive without bounds (seed is any integer; request_timeout,
     any positive number of seconds, is checked in ``validate`` with a message in seconds)."""
-    unbounded = [f.name for f in fields(Context) if f.type in ("int", "float")
-                 and f.name not in ("seed", "request_timeout")
-                 and not {"at_least", "most", "within"} & set(f.metadata)]
+    unbounded = [name for name, info in Context.model_fields.items() if info.annotation in (int, float)
+                 and name != "request_timeout" and not info.metadata]
     assert unbounded == []
 
 
@@ -174,7 +173,7 @@ def test_config_file_is_parsed_once_per_change(tmp_path, monkeypatch, no_servers
     monkeypatch.setattr(settings.tomllib, "loads", lambda text: reads.append(1) or original(text))
     settings._parsed.clear()
     for _ in range(5):
-        settings.resolve()
+        run_setup.resolve()
         settings.api_key(1)
     assert len(reads) == 1
 
@@ -183,7 +182,7 @@ def test_resume_keeps_saved_parameters_but_current_endpoints(monkeypatch, no_ser
     saved = {**Context(threshold=0.9, system1_base_url="http://old/v1", system1_model="m").to_dict(), "gone": 1}
     monkeypatch.setenv("SCALE_SYSTEM1_BASE_URL", "http://new/v1")
     monkeypatch.setenv("SCALE_THRESHOLD", "0.3")
-    context = settings.resume_context(saved)
+    context = run_setup.build(saved=saved).context
     assert (context.threshold, context.system1_base_url) == (0.9, "http://new/v1")
 
 

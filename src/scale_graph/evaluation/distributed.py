@@ -141,8 +141,10 @@ def check_database_for_ray(checkpoint_db: Database) -> PostgresUrl:
 
 
 def results_for_ray(results_db: str | None, checkpoint_db: PostgresUrl) -> str:
-    """The results database of a distributed evaluation: as given, else beside the checkpoints."""
-    return results_db or os.environ.get("SCALE_RESULTS_DB") or checkpoint_db.url
+    """The results database of a distributed evaluation: the one rule (as given, else beside the checkpoints)."""
+    from scale_graph.database import results_db as chosen
+
+    return chosen(results_db, checkpoint_db)
 
 
 def ray_executor(address: str, checkpoint_db: Database, workers: int | None = None,

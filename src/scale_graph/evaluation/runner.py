@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence
 
 from rich.console import Console
@@ -48,7 +48,8 @@ from scale_graph.persistence import Database, open_async
 from scale_graph.runner import InputError, RunBusy
 from scale_graph.servers import identity
 from scale_graph.servers.endpoints import endpoints, with_context_window
-from scale_graph.settings import ConfigError, resolve
+from scale_graph.settings import ConfigError
+from scale_graph.setup import resolve
 from scale_graph.state import total_usage
 
 #: Seconds between progress lines when stderr is not a terminal.
@@ -160,7 +161,7 @@ async def evaluate(plans: Sequence[RunPlan], store: ResultsStore, *, samples: in
         where = tuple(getattr(context, name) for name in ENDPOINT_FIELDS)
         if where not in windows:  # the servers' context windows and models, asked once per invocation
             windows[where] = with_context_window(context).context_window
-        run.setup.context = replace(context, context_window=context.context_window or windows[where])
+        run.setup.context = context.replace(context_window=context.context_window or windows[where])
         run.setup.models = identity.models(context)  # as just probed: no request
     await bind(plans, store, checkpoint_db, samples, replace_runs)
     grading.warm_up()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,10 +37,10 @@ from scale_graph.evaluation.methods import Outcome
 from scale_graph.persistence import BUSY_TIMEOUT_S, DatabaseError
 from scale_graph.errors import InputError
 from scale_graph.identity import differences, refusal
+from scale_graph.database import results_db
 from scale_graph.postgres import LOCK_POLL_S, SETUP_LOCK_KEY, is_postgres, parse
 from scale_graph.state import total_usage
 
-DEFAULT_RESULTS_DB = "scale-results.db"
 #: The two ways on from a refused evaluation name.
 WAYS_ON = "use a new --name, or --replace to discard its results and threads"
 
@@ -101,14 +100,14 @@ class Result(Base):
     run: Mapped[Run] = relationship(back_populates="results")
 
 
-def results_url(value: str | None = None) -> str:
-    """``--results-db``, else ``SCALE_RESULTS_DB``, else the PostgreSQL ``SCALE_DB``, else ``scale-results.db``.
+def results_url(value: str | None = None, run_db: Any = None) -> str:
+    """The results database as a SQLAlchemy URL, chosen by :func:`scale_graph.database.results_db`
+    (``value`` is ``--results-db``, ``run_db`` the run database ``--db``).
 
     A path becomes a SQLite URL; ``postgresql://`` gets the psycopg 3 driver (SQLAlchemy's
     default for that scheme is psycopg2, which the ``postgres`` extra does not install).
     """
-    run_db = os.environ.get("SCALE_DB") or ""
-    value = value or os.environ.get("SCALE_RESULTS_DB") or (run_db if is_postgres(run_db) else DEFAULT_RESULTS_DB)
+    value = results_db(value, run_db)
     if is_postgres(value):
         return parse(value).sqlalchemy_url
     return value if "://" in value else f"sqlite:///{value}"
@@ -117,8 +116,8 @@ def results_url(value: str | None = None) -> str:
 class ResultsStore:
     """Runs and results in one database; every failure is a one-line DatabaseError."""
 
-    def __init__(self, url: str | None = None, *, must_exist: bool = False) -> None:
-        self.url = results_url(url)
+    def __init__(self, url: str | None = None, *, must_exist: bool = False, run_db: Any = None) -> None:
+        self.url = results_url(url, run_db)
         try:
             parsed = make_url(self.url)
         except ArgumentError:

@@ -35,7 +35,8 @@ from scale_graph.serve.render import (completion, envelope, openai_usage, render
                                       run_failure, shutting_down, sse)
 from scale_graph.servers.chat import ChatReply
 from scale_graph.servers.endpoints import with_context_window
-from scale_graph.settings import ConfigError, resolve
+from scale_graph.settings import ConfigError
+from scale_graph.setup import build
 
 KEEPALIVE_S = 15.0  # an SSE comment while a long System 2 call runs, so proxies keep the stream
 
@@ -102,7 +103,7 @@ def create_app(db_path: str | os.PathLike | None = None, api_key: str | None = N
     defaults = dict(default_params or {})
     check_params(defaults, server=True)  # bad server defaults fail here (APIError), not on the first request
     try:
-        base: Context = with_context_window(resolve(defaults).context)
+        base: Context = with_context_window(build(defaults, db=db_path).context)
     except ConfigError as exc:
         raise bad_request(f"invalid run parameters: {exc}", "scale") from None
 

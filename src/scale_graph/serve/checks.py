@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from starlette.requests import ClientDisconnect, Request
@@ -31,8 +31,7 @@ BODY_TIMEOUT_S = 30.0  # the whole body, once the headers are in (a trickled bod
 #: server's) and the human review pause (nobody answers it over this API).
 FORBIDDEN_PARAMS = frozenset(ENDPOINT_FIELDS) | {"review"}
 
-_HINTS = typing.get_type_hints(Context)
-PARAMS = {f.name: _HINTS[f.name] for f in fields(Context) if f.name not in FORBIDDEN_PARAMS}
+PARAMS = {name: info.annotation for name, info in Context.model_fields.items() if name not in FORBIDDEN_PARAMS}
 
 
 class APIError(Exception):

@@ -200,7 +200,7 @@ def stats_path_for(path: Path) -> Path:
 async def export(run_name: str, out: Path, options: ExportOptions, *, results_db: str | None = None,
                  checkpoint_db: str | os.PathLike | None = None) -> Exported:
     """Export ``run_name``'s traces to ``out`` (see the module doc); InputError/DatabaseError when unusable."""
-    with ResultsStore(results_db, must_exist=True) as store:
+    with ResultsStore(results_db, must_exist=True, run_db=checkpoint_db) as store:
         stored = store.runs()
     run = next((run for run in stored if run.name == run_name), None)
     if run is None:

@@ -106,7 +106,7 @@ async def run_view(graph: CompiledStateGraph, store: BaseStore, thread_id: str, 
 
 def parameter_rows(params: dict[str, Any]) -> list[dict[str, Any]]:
     """Each stored parameter with its documented default and whether the run changed it."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Context)}
+    defaults = {name: info.default for name, info in Context.model_fields.items()}
     return [{"name": name, "value": value, "default": defaults.get(name),
              "origin": "default" if name in defaults and defaults[name] == value else "set for this run"}
             for name, value in params.items()]

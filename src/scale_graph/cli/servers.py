@@ -1,4 +1,4 @@
-"""``scale servers up|status|down`` (also runnable as ``python -m scale_graph.servers.cli``)."""
+"""``scale servers up|status|down`` (also runnable as ``python -m scale_graph.cli.servers``)."""
 
 from __future__ import annotations
 

@@ -8,14 +8,13 @@ or results database that cannot be opened, a port that is taken.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from scale_graph.terminal import DbOption, err, fail
+from scale_graph.cli.common import DbOption, err, fail
 
 DEFAULT_PORT = 8300
 
@@ -61,7 +60,7 @@ def ui_command(
     path = db_path(db)
     try:
         check_database(path, must_exist=True)
-        results = _results(results_db)
+        results = _results(results_db, path)
     except (DatabaseError, ConfigError) as exc:
         fail(str(exc), 2)
     _check_port(host, port)
@@ -76,14 +75,14 @@ def ui_command(
             results.close()
 
 
-def _results(explicit: str | None) -> Any:
-    """The results database to show: the one named (it must open), else ./scale-results.db when it exists."""
-    from scale_graph.evaluation.store import DEFAULT_RESULTS_DB, ResultsStore
-    from scale_graph.postgres import is_postgres
+def _results(explicit: str | None, run_db: Any) -> Any:
+    """The results database to show (:func:`scale_graph.database.results_db`): the one named (it
+    must open), else ./scale-results.db when it exists."""
+    from scale_graph.database import DEFAULT_RESULTS_DB, results_db
+    from scale_graph.evaluation.store import ResultsStore
 
-    named = explicit or os.environ.get("SCALE_RESULTS_DB") or (
-        os.environ["SCALE_DB"] if is_postgres(os.environ.get("SCALE_DB") or "") else None)
-    if named is None and not Path(DEFAULT_RESULTS_DB).is_file():
+    named = results_db(explicit, run_db)
+    if named == DEFAULT_RESULTS_DB and not Path(DEFAULT_RESULTS_DB).is_file():
         return None
     return ResultsStore(named, must_exist=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from scale_graph.terminal import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, out, print_progress,
+from scale_graph.cli.common import (DbOption, JsonOption, SUBPROBLEMS_FILE_MAX_CHARS, emit, err, out, print_progress,
                                   read_problem, require_database, run_guarded, say_error)
 
 

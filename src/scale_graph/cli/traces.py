@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from scale_graph.errors import InputError
-from scale_graph.evaluation.cli import (ConcurrencyOption, ReplaceOption, ResultsDbOption, Where, _run,
+from scale_graph.cli.evaluate import (ConcurrencyOption, ReplaceOption, ResultsDbOption, Where, _run,
                                         exit_if_failed, run_evaluation, with_where)
-from scale_graph.terminal import DbOption
+from scale_graph.cli.common import DbOption
 from scale_graph.traces.render import FORMATS
 
 out = Console()

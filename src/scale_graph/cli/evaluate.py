@@ -17,7 +17,7 @@ from rich.console import Console
 
 from scale_graph.errors import InputError
 from scale_graph.evaluation import DEFAULT_CONCURRENCY
-from scale_graph.terminal import DbOption
+from scale_graph.cli.common import DbOption
 
 # The harness (LangGraph, the chat layer, SQLAlchemy, matplotlib) is imported by the commands
 # themselves: `scale --help` must not pay for it.
@@ -90,6 +90,9 @@ async def run_evaluation(where: Where, build_plans: Callable[[Callable[[str], An
     if samples > MAX_SAMPLES:
         raise InputError(f"--samples must be at most {MAX_SAMPLES:,}, got {samples:,}")
     checkpoint_db, executor, results = executor_for(where.ray, where.ray_workers, where.db, where.results_db)
+    from scale_graph.servers.endpoints import install_keys, read_keys
+
+    install_keys(read_keys())  # the entry point reads the API keys once, not each LLM call
 
     def load(source: str) -> datasets.Dataset:
         loaded = datasets.load(source, where.data_dir)
@@ -225,7 +228,9 @@ def executor_for(ray: str | None, workers: int | None, db: Path | None,
     if ray is None:
         if workers is not None:
             raise InputError("--ray-workers needs --ray ADDRESS")
-        return checkpoint_db, None, results_db
+        from scale_graph.database import results_db as results_rule
+
+        return checkpoint_db, None, results_rule(results_db, checkpoint_db)
     if not ray.strip():
         raise InputError("--ray: the address is empty (use auto for the cluster this machine belongs to)")
     from scale_graph.evaluation.distributed import ray_executor, results_for_ray
@@ -236,7 +241,7 @@ def executor_for(ray: str | None, workers: int | None, db: Path | None,
 
 def _run(work: Callable[[], Any]) -> Any:
     """The main CLI's runner: expected failures become one red line and an exit code."""
-    from scale_graph.terminal import run_guarded
+    from scale_graph.cli.common import run_guarded
 
     return run_guarded(work)
 
