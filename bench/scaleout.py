@@ -59,7 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 sys.path.insert(0, str(common.REPO))
-from tests.pg_fixture import PASSWORD, PostgresServer, _bindir, _free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.postgres import PASSWORD, PostgresServer, _bindir  # noqa: E402
 
 RUN_NAME = "scaleout"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -123,7 +124,7 @@ def fake_server_pid() -> int | None:
 # ---- a throwaway PostgreSQL cluster -----------------------------------------------------
 @contextlib.contextmanager
 def postgres_cluster() -> Iterator[PostgresServer]:
-    """A cluster as tests/pg_fixture.py makes it (as ``postgres`` when run as root, since initdb
+    """A cluster as tests/support/postgres.py makes it (as ``postgres`` when run as root, since initdb
     refuses root), stopped and deleted on exit."""
     bindir = _bindir()
     if bindir is None:
@@ -139,7 +140,7 @@ def postgres_cluster() -> Iterator[PostgresServer]:
         subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres",
                         "--pwfile", str(folder / "pw"), "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
                        check=True, capture_output=True, timeout=120)
-        server = PostgresServer(folder, _free_port(), bindir, as_user)
+        server = PostgresServer(folder, free_port(), bindir, as_user)
         server.start()
         yield server
     finally:

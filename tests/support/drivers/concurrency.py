@@ -1,6 +1,6 @@
 """Driver of the concurrency test: one process, N problems in flight at once on one database.
 
-    python tests/reliability_concurrency_driver.py DB PREFIX COUNT
+    python tests/support/drivers/concurrency.py DB PREFIX COUNT
 
 Endpoints come from the environment (SCALE_SYSTEM{1,2}_*). Prints one JSON line:
 ``{"done": [...thread ids...], "failures": ["Type: message", ...], "seconds": …}``.
@@ -14,9 +14,9 @@ import sys
 import time
 
 from scale_graph import build_graph
-from scale_graph.settings import resolve
 from scale_graph.persistence import open_async
 from scale_graph.runner import start
+from scale_graph.settings import resolve
 
 
 async def main(db: str, prefix: str, count: int) -> dict:
