@@ -116,7 +116,7 @@ def fake_server_pid() -> int | None:
     """The fake server that ``_common.fake_server`` started as this process's child."""
     for pid in _children_of(os.getpid()):
         with contextlib.suppress(OSError):
-            if b"scale_graph.testing.fake_openai" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"tests.support.fake_openai" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
     return None
 
