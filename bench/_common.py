@@ -85,7 +85,7 @@ def _cli_args(config: dict[str, Any]) -> list[str]:
     return args
 
 
-#: The repository: the fake server lives in its tests package (``tests.fake_openai``).
+#: The repository: the fake server lives in its tests package (``tests.support.fake_openai``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -96,14 +96,14 @@ def fake_server(kind: str = "process", **config: Any) -> Iterator[Fake]:
     """The fake server as a separate process (its event loop does not compete with the client
     for the GIL) or in this process (its own thread, same GIL)."""
     if kind == "inprocess":
-        from tests.fake_openai import FakeOpenAIServer
+        from tests.support.fake_openai import FakeOpenAIServer
 
         with FakeOpenAIServer(**config) as server:
             yield Fake(server.base_url, kind, server.stats, server.configure, server.reset)
         return
     if kind != "process":
         raise ValueError(f"unknown server kind {kind!r}")
-    command = [sys.executable, "-m", "tests.fake_openai", "--port", "0", *_cli_args(config)]
+    command = [sys.executable, "-m", "tests.support.fake_openai", "--port", "0", *_cli_args(config)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
         line = process.stdout.readline() if process.stdout else ""

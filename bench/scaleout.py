@@ -60,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 sys.path.insert(0, str(common.REPO))
-from tests.pg_fixture import PASSWORD, PostgresServer, _bindir, _free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.postgres import PASSWORD, PostgresServer, _bindir  # noqa: E402
 
 RUN_NAME = "scaleout"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -116,7 +117,7 @@ def fake_server_pid() -> int | None:
     """The fake server that ``_common.fake_server`` started as this process's child."""
     for pid in _children_of(os.getpid()):
         with contextlib.suppress(OSError):
-            if b"fake_openai" in Path(f"/proc/{pid}/cmdline").read_bytes():  # `-m tests.fake_openai`
+            if b"tests.support.fake_openai" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
     return None
 
@@ -124,7 +125,7 @@ def fake_server_pid() -> int | None:
 # ---- a throwaway PostgreSQL cluster -----------------------------------------------------
 @contextlib.contextmanager
 def postgres_cluster(statements: bool = False) -> Iterator[PostgresServer]:
-    """A cluster as tests/pg_fixture.py makes it (as ``postgres`` when run as root, since initdb
+    """A cluster as tests/support/postgres.py makes it (as ``postgres`` when run as root, since initdb
     refuses root), stopped and deleted on exit; ``statements``: with pg_stat_statements loaded."""
     bindir = _bindir()
     if bindir is None:
@@ -143,7 +144,7 @@ def postgres_cluster(statements: bool = False) -> Iterator[PostgresServer]:
         if statements:  # the extension is loaded at start; created per database in new_database()
             with open(folder / "data" / "postgresql.conf", "a") as conf:
                 conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n")
-        server = PostgresServer(folder, _free_port(), bindir, as_user)
+        server = PostgresServer(folder, free_port(), bindir, as_user)
         server.start()
         yield server
     finally:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from scale_graph import journal
 from scale_graph.servers import capabilities
-from scale_graph.servers.chat import ChatCall, ChatReply, Choice, EndpointError
-from tests.fake_openai import FakeOpenAIServer
-from tests.vllm_fixture import vllm_server  # noqa: F401  (session fixture: one real local vLLM server)
-
+from tests.support.chat import Responder, ScriptedSystems, default_respond
+from tests.support.datasets import write_datasets
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.vllm import vllm_server  # noqa: F401  (session fixture: one real local vLLM server)
 
 TIERS = ("unit", "system", "integration")
 
@@ -65,52 +62,22 @@ def endpoint_env(fake_server, monkeypatch):
     return env
 
 
-Responder = Callable[[ChatCall], "ChatReply | str | Exception"]
+@pytest.fixture
+def scripted():
+    """A ScriptedSystems maker (default responder: ``default_respond``): hand the fake to
+    ``build_graph(chat=fake)``, the one way a test fakes the chat layer of a graph it builds."""
 
+    def make(respond: Responder = default_respond) -> ScriptedSystems:
+        return ScriptedSystems(respond)
 
-@dataclass
-class ScriptedSystems:
-    """A fake chat layer: answers each ChatCall from ``respond`` and records every call."""
-
-    respond: Responder
-    calls: list[ChatCall] = field(default_factory=list)
-
-    def _answer(self, call: ChatCall) -> ChatReply:
-        self.calls.append(call)
-        answer = self.respond(call)
-        if isinstance(answer, Exception):
-            raise answer
-        if isinstance(answer, str):
-            answer = ChatReply(choices=[Choice(content=answer, reasoning="", finish_reason="stop")] * call.n,
-                               prompt_tokens=10, completion_tokens=5)
-        return answer
-
-    def call(self, call: ChatCall) -> ChatReply:
-        return self._answer(call)
-
-    async def acall(self, call: ChatCall) -> ChatReply:
-        return self._answer(call)
-
-    def stage_calls(self, stage: str) -> list[ChatCall]:
-        return [c for c in self.calls if c.key.startswith(stage)]
-
-
-def default_respond(call: ChatCall) -> str:
-    """Three sub-problems, choice 1, difficulty 0.5, solutions boxing their step number."""
-    stage = call.key.split("/")[0]
-    if stage == "decompose":
-        return '{"subproblems": ["find a", "find b", "find a+b"]}'
-    if stage == "select":
-        return '{"choice": 1}'
-    if stage == "assess":
-        return '{"difficulty": 0.5}'
-    index = int(call.key.split("/")[1])
-    return f"solution of step {index + 1}: \\boxed{{{(index + 1) * 11}}}"
+    return make
 
 
 @pytest.fixture
-def scripted(monkeypatch):
-    """Install a ScriptedSystems; call it with a responder (default: ``default_respond``)."""
+def scripted_endpoints(monkeypatch):
+    """For code that builds its own graph or calls the journal itself (evaluation methods, the
+    CLI), where no ``chat`` can be handed over: every run context's endpoints answered by the
+    ScriptedSystems this installs (default responder: ``default_respond``)."""
 
     def install(respond: Responder = default_respond) -> ScriptedSystems:
         fake = ScriptedSystems(respond)
@@ -120,50 +87,7 @@ def scripted(monkeypatch):
     return install
 
 
-#: Small stand-ins of the presets, written by the tests themselves (no folder outside the repository).
-DATASETS: dict[str, list[dict[str, str]]] = {
-    "aime24": [
-        {"id": "aime24-1", "problem": "Aya walks 9 km at s km/h in 4 hours including t minutes at a cafe, and at "
-                                      "s+2 km/h in 2 hours 24 minutes. How many minutes does the walk take at "
-                                      "s+1/2 km/h?", "answer": "204"},
-        {"id": "aime24-2", "problem": "What is the square of the number of sides of a regular pentagon?",
-         "answer": "25"},
-        {"id": "aime24-3", "problem": "A fair coin is tossed once. What is the probability of heads?",
-         "answer": "\\frac{1}{2}"},
-    ],
-    "aime25": [
-        {"id": "aime25-1", "problem": "Find the sum of all integer bases b > 9 for which 17_b divides 97_b.",
-         "answer": "70"},
-        {"id": "aime25-2", "problem": "What is 12 squared minus 119?", "answer": "25"},
-    ],
-    "amc23": [
-        {"id": "amc23-1", "problem": "What is half of 408?", "answer": "204"},
-        {"id": "amc23-2", "problem": "What is the probability that a fair die shows an even number?",
-         "answer": "\\frac{1}{2}"},
-    ],
-}
-
-
-def write_datasets(folder: Path) -> Path:
-    """``<folder>/<preset>.jsonl`` for every preset of :data:`DATASETS` (``{"id","problem","answer"}``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in DATASETS.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return folder
-
-
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     """A folder of small preset files (:data:`DATASETS`), for ``--data-dir``."""
     return write_datasets(tmp_path / "data")
-
-
-def context(**overrides):
-    from scale_graph import Context
-
-    base = {"system1_base_url": "http://fake/v1", "system1_model": "s1",
-            "system2_base_url": "http://fake/v1", "system2_model": "s2", "candidates": 3}
-    return Context(**{**base, **overrides})
-
-
-__all__ = ["ScriptedSystems", "default_respond", "context", "EndpointError", "DATASETS", "write_datasets"]

@@ -35,7 +35,7 @@ sys.path.insert(0, str(PROJECT / "bench"))
 sys.path.insert(0, str(PROJECT))
 
 try:
-    import pytest  # noqa: F401  (tests/pg_fixture.py imports it; the target image has it)
+    import pytest  # noqa: F401  (tests/support/postgres.py imports it; the target image has it)
 except ImportError:  # a stand-in for the decorators pg_fixture.py applies at import
     stub = types.ModuleType("pytest")
 
@@ -50,7 +50,7 @@ except ImportError:  # a stand-in for the decorators pg_fixture.py applies at im
 
 import _common as common  # noqa: E402
 import scaleout  # noqa: E402
-from tests.pg_fixture import PASSWORD, PostgresServer  # noqa: E402
+from tests.support.postgres import PASSWORD, PostgresServer  # noqa: E402
 
 T0 = time.monotonic()
 PORT_BASE = int(os.environ.get("DEVBENCH_PORT_BASE", "18400"))  # listening ports: PORT_BASE … PORT_BASE+49

@@ -3,7 +3,8 @@
 Importing LangGraph costs seconds; listing needs only a few values per run. They are read from
 the tables the SQLite saver and store keep: the run records (store, JSON), the channels
 ``finished``/``answer``/``solved`` as the nodes wrote them (``writes``, msgpack scalars), the
-call journal's token counts (store, JSON) and the leases. That answers for runs that are done, running or not started;
+token usage of each run's latest checkpoint (what ``runs show`` counts: a fork's includes what it
+inherited from its parent), the call journal's solved sub-problems (store, JSON) and the leases. That answers for runs that are done, running or not started;
 when any run stopped half-way (only LangGraph can say before which node), or the database does
 not look exactly as expected (another layout, an older run without the ``finished`` channel, a
 value that is not a plain scalar), :func:`quick_list` returns None and the caller takes the full
@@ -25,7 +26,9 @@ from scale_graph.leases import Lease
 
 _WRITES = ("SELECT thread_id, channel, type, value FROM writes WHERE checkpoint_ns = '' AND channel IN "
            "('finished', 'answer', 'solved') ORDER BY thread_id, checkpoint_id, idx")
-_TOKENS = ("SELECT prefix, SUM(json_extract(value, '$.completion_tokens')), "
+_LATEST = ("SELECT thread_id, type, checkpoint FROM checkpoints AS c WHERE checkpoint_ns = '' AND checkpoint_id = "
+           "(SELECT MAX(checkpoint_id) FROM checkpoints WHERE thread_id = c.thread_id AND checkpoint_ns = '')")
+_SOLVED = ("SELECT prefix, "
            "COUNT(DISTINCT CASE WHEN key LIKE 'solve/%' THEN substr(key, 7, instr(substr(key, 7), '/') - 1) END) "
            "FROM store WHERE prefix LIKE 'scale.%.calls' GROUP BY prefix")
 
@@ -54,8 +57,8 @@ def quick_list(path: Path) -> list[dict[str, Any]] | None:
             channels: dict[str, dict[str, Any]] = {}
             for thread, channel, kind, value in conn.execute(_WRITES):
                 channels.setdefault(thread, {})[channel] = _decoded(kind, value)
-            tokens = {prefix[len("scale."):-len(".calls")]: (total or 0, solved)
-                      for prefix, total, solved in conn.execute(_TOKENS)}
+            solved_calls = {prefix[len("scale."):-len(".calls")]: solved for prefix, solved in conn.execute(_SOLVED)}
+            tokens = {thread: _completion_tokens(kind, blob) for thread, kind, blob in conn.execute(_LATEST)}
             checkpointed = {row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
             leases = {row[0]: Lease(*row) for row in
                       conn.execute("SELECT thread_id, holder, host, pid, expires FROM scale_leases")}
@@ -77,10 +80,10 @@ def quick_list(path: Path) -> list[dict[str, Any]] | None:
             return None  # stopped: only LangGraph can say where (before which node, awaiting review)
         else:
             status = "not started"
-        total, solved = tokens.get(thread, (0, 0))
         rows.append({"thread_id": thread, "created": record.get("created"), "status": status,
                      "problem": record.get("problem", ""), "answer": written.get("answer"),
-                     "subproblems": written.get("solved", solved), "tokens": total,
+                     "subproblems": written.get("solved", solved_calls.get(thread, 0)),
+                     "tokens": tokens.get(thread, 0),
                      "fork_of": (record.get("fork_of") or {}).get("thread_id")})
     return sorted(rows, key=lambda row: row["created"] or 0, reverse=True)
 
@@ -96,3 +99,21 @@ def _decoded(kind: str | None, value: bytes | None) -> Any:
     if not isinstance(decoded, (str, int, float, bool)) and decoded is not None:
         raise _NotPlain(type(decoded).__name__)
     return decoded
+
+
+def _completion_tokens(kind: str | None, blob: bytes | None) -> int:
+    """The completion tokens of a checkpoint's ``usage`` channel (per stage, summed), as LangGraph
+    reads it: values that are not LangGraph's plain msgpack are left to LangGraph."""
+    if kind != "msgpack" or blob is None:
+        raise _NotPlain(kind)
+    import ormsgpack
+
+    # other channels may hold LangGraph's own types (msgpack extensions): only `usage` is read
+    checkpoint = ormsgpack.unpackb(blob, ext_hook=lambda code, data: _NotPlain)
+    usage = checkpoint.get("channel_values", {}).get("usage", {}) if isinstance(checkpoint, dict) else None
+    if not isinstance(usage, dict) or not all(isinstance(stage, dict) for stage in usage.values()):
+        raise _NotPlain("usage")
+    counts = [stage.get("completion_tokens", 0) for stage in usage.values()]
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
+        raise _NotPlain("usage")
+    return sum(counts)

@@ -11,7 +11,7 @@ from langgraph.store.memory import InMemoryStore
 
 from scale_graph import Context, build_graph
 from scale_graph.journal import calls_namespace
-from tests.vllm_fixture import vllm_server  # noqa: F401  (shared with conftest through a refcount)
+from tests.support.vllm import vllm_server  # noqa: F401  (shared with conftest through a refcount)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 

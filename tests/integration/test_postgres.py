@@ -1,4 +1,4 @@
-"""The run database on a real PostgreSQL server (tests/pg_fixture.py), and the same CLI on SQLite.
+"""The run database on a real PostgreSQL server (tests/support/postgres.py), and the same CLI on SQLite.
 
 Storage-touching commands run on both backends; PostgreSQL-only: several processes setting up
 one new database at once, a killed run resumed by another process, `scale db copy` from SQLite,
@@ -19,18 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from scale_graph.cli import app
-from tests.conftest import write_datasets
-from tests.pg_fixture import PASSWORD, PostgresServer, pg_url, postgres_server  # noqa: F401  (fixtures)
+from tests.support.cli import scale as scale_in_process
+from tests.support.datasets import write_datasets
+from tests.support.postgres import PASSWORD, PostgresServer, pg_url, postgres_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
-runner = CliRunner()
 
 
 def scale(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
+    result = scale_in_process(*args)
     assert PASSWORD not in result.output + (result.stderr if result.stderr_bytes is not None else "")
     return result
 
@@ -260,7 +258,7 @@ def test_connection_killed_mid_run_is_retried(pg_url, postgres_server, endpoint_
 
 def test_server_gone_mid_run_gives_one_line_then_resumes(pg_url, postgres_server, endpoint_env, fake_server):
     """Through a TCP proxy that goes down: bounded retries, one clear line, non-zero exit, then resume."""
-    from tests.tcp_proxy import RecordingProxy
+    from tests.support.tcp_proxy import RecordingProxy
 
     port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
     proxy = RecordingProxy("127.0.0.1", port).start()
@@ -301,13 +299,13 @@ def test_unreachable_server_is_one_line_without_password(endpoint_env):
     assert result.exit_code == 2 and "cannot connect" in result.output and "me:***@" in result.output
 
 
-def test_studio_factories_honour_a_postgres_url(pg_url, scripted, monkeypatch):
+def test_studio_factories_honour_a_postgres_url(pg_url, scripted_endpoints, monkeypatch):
     import scale_graph.studio
     from scale_graph import build_graph
     from scale_graph.runner import start
-    from tests.conftest import context
+    from tests.support.run_context import context
 
-    scripted()
+    scripted_endpoints()
     monkeypatch.setenv("SCALE_DB", pg_url)
 
     async def main():

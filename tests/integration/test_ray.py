@@ -21,8 +21,14 @@ from typing import Any, Iterator
 import pytest
 
 from scale_graph.evaluation.store import ResultsStore
-from tests.pg_fixture import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
-from tests.reliability_helpers import ServerProcess, assert_one_error_line, endpoint_env, request_bodies, scale
+from tests.support.cli import scale_process
+from tests.support.postgres import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
+from tests.support.reliability import (
+    ServerProcess,
+    assert_one_error_line,
+    endpoint_env,
+    request_bodies,
+)
 
 PROBLEMS = 4
 SAMPLES = 2
@@ -108,7 +114,7 @@ def test_node_killed_mid_evaluation_loses_nothing_and_repeats_no_finished_call(
         env = endpoint_env(server.base_url, system1_api_key=API_KEY, system2_api_key=API_KEY)
         env.pop("SCALE_DB", None)
         local_db = postgres_server.new_database()
-        single = scale(*common, "--db", local_db, "--results-db", local_db, "--concurrency", "4", env=env,
+        single = scale_process(*common, "--db", local_db, "--results-db", local_db, "--concurrency", "4", env=env,
                        timeout=180)
         assert single.returncode == 0, single.stderr
         expected_bodies = Counter(request_bodies(server.stats()["log"]))
@@ -118,7 +124,7 @@ def test_node_killed_mid_evaluation_loses_nothing_and_repeats_no_finished_call(
         victim = worker_nodes[0]
         watcher = _kill_when(server, sum(expected_bodies.values()) // 3,
                              lambda: cluster.remove_node(victim, allow_graceful=False))
-        distributed = scale(*common, "--db", pg_url, "--concurrency", "2", "--ray", cluster.address, env=env,
+        distributed = scale_process(*common, "--db", pg_url, "--concurrency", "2", "--ray", cluster.address, env=env,
                             timeout=180)
         watcher.join(timeout=5)
         assert distributed.returncode == 0, distributed.stderr
@@ -143,7 +149,7 @@ def test_node_killed_mid_evaluation_loses_nothing_and_repeats_no_finished_call(
 def test_ray_with_a_sqlite_database_is_one_clear_line(tmp_path: Path) -> None:
     dataset = _dataset(tmp_path)
     for command in (["eval", "--dataset", str(dataset)], ["traces", "generate", "--dataset", str(dataset), "--out", "t"]):
-        result = scale(*command, "--db", str(tmp_path / "runs.db"), "--ray", "auto", env=endpoint_env("http://127.0.0.1:9/v1"))
+        result = scale_process(*command, "--db", str(tmp_path / "runs.db"), "--ray", "auto", env=endpoint_env("http://127.0.0.1:9/v1"))
         assert_one_error_line(result, code=2, contains="--ray needs the run database on PostgreSQL")
         assert not (tmp_path / "runs.db").exists()
 
@@ -266,7 +272,7 @@ def test_pool_with_every_worker_dead_stores_the_samples_as_failed() -> None:
 
 def test_traces_generate_next_hint_masks_the_database_password(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
     with ServerProcess() as server:
-        result = scale("traces", "generate", "--dataset", str(_dataset(tmp_path)), "--out", "t", "--limit", "1",
+        result = scale_process("traces", "generate", "--dataset", str(_dataset(tmp_path)), "--out", "t", "--limit", "1",
                        "--db", pg_url, env=endpoint_env(server.base_url), timeout=120)
     assert result.returncode == 0, result.stderr
     assert "next: scale traces export t" in result.stderr
@@ -276,8 +282,8 @@ def test_traces_generate_next_hint_masks_the_database_password(pg_url: str, tmp_
 def test_ray_options_checked_before_any_work(tmp_path: Path) -> None:
     dataset = str(_dataset(tmp_path))
     env = endpoint_env("http://127.0.0.1:9/v1")
-    assert_one_error_line(scale("eval", "--dataset", dataset, "--ray-workers", "2", env=env), code=2,
+    assert_one_error_line(scale_process("eval", "--dataset", dataset, "--ray-workers", "2", env=env), code=2,
                           contains="--ray-workers needs --ray ADDRESS")
-    assert_one_error_line(scale("eval", "--dataset", dataset, "--ray", " ", env=env), code=2,
+    assert_one_error_line(scale_process("eval", "--dataset", dataset, "--ray", " ", env=env), code=2,
                           contains="--ray: the address is empty")
     assert not (tmp_path / "scale-results.db").exists()

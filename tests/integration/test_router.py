@@ -27,8 +27,8 @@ from scale_graph.servers.launch import LaunchError, ProfileOptions
 from scale_graph.servers.probe import port_in_use
 from scale_graph.servers.router import ROUTER_MODULE
 from scale_graph.servers.vllm import ServerSpec
-from tests.fake_openai import FakeOpenAIServer
-from tests.tcp_proxy import RecordingProxy
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.tcp_proxy import RecordingProxy
 
 PROBLEM = "A rectangle has perimeter 20 and area 21. What is the length of its longer side?"
 
@@ -127,7 +127,7 @@ def _free_block(size: int) -> int:
 
 @pytest.mark.vllm
 def test_two_replicas_behind_the_router_keep_each_run_on_one_replica(tmp_path):
-    from tests.vllm_fixture import _missing
+    from tests.support.vllm import _missing
 
     missing = _missing()
     if importlib.util.find_spec("vllm_router") is None:

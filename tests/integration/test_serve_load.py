@@ -23,6 +23,7 @@ import openai
 import psutil
 import pytest
 
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,10 +35,6 @@ LOG_BOUND = 32 * 1024  # 50 access lines ≈ 4 KiB, drop summaries a line per 10
 PROBLEM = "What is 1+1?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Slowloris:

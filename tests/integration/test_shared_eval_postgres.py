@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from scale_graph.evaluation.store import ResultsStore
-from tests.pg_fixture import pg_url, postgres_server  # noqa: F401  (fixtures)
+from tests.support.postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
 

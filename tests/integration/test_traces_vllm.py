@@ -9,15 +9,10 @@ import pytest
 
 from scale_graph.traces.render import FORMATS
 from scale_graph.traces.validate import assistant_text, user_text, validate_file
-
-from tests.conftest import write_datasets
-from tests.system.test_traces import cli_app, runner
+from tests.support.datasets import write_datasets
+from tests.support.cli import scale
 
 pytestmark = pytest.mark.vllm
-
-
-def traces(*args: str):
-    return runner.invoke(cli_app(), ["traces", *map(str, args)], catch_exceptions=False)
 
 
 def test_generate_and_export_two_aime_problems(vllm_server, isolated, monkeypatch):
@@ -29,7 +24,7 @@ def test_generate_and_export_two_aime_problems(vllm_server, isolated, monkeypatc
     for name, value in params.items():
         monkeypatch.setenv(f"SCALE_{name.upper()}", str(value))
 
-    generated = traces("generate", "--dataset", data / "aime24.jsonl", "--limit", "2", "--out", "local",
+    generated = scale("traces", "generate", "--dataset", data / "aime24.jsonl", "--limit", "2", "--out", "local",
                        "--threshold", "0.3", "--concurrency", "2")
     assert generated.exit_code == 0, generated.output
     assert "traces run local (aime24)" in generated.stdout
@@ -37,7 +32,7 @@ def test_generate_and_export_two_aime_problems(vllm_server, isolated, monkeypatc
     problems = [json.loads(line) for line in (data / "aime24.jsonl").read_text().splitlines()[:2]]
     for fmt in FORMATS:
         out = isolated / f"local-{fmt}.jsonl"
-        exported = traces("export", "local", "--format", fmt, "--out", out, "--include-reasoning")
+        exported = scale("traces", "export", "local", "--format", fmt, "--out", out, "--include-reasoning")
         assert exported.exit_code == 0, exported.output
         assert validate_file(out, fmt) == []
         rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -54,6 +49,6 @@ def test_generate_and_export_two_aime_problems(vllm_server, isolated, monkeypatc
         assert stats["mean_completion_tokens"] > stats["mean_solve_tokens"] > 0
         assert stats["mean_assistant_chars"] == sum(len(assistant_text(r, fmt)) for r in rows) / 2
         assert 0.0 <= stats["system2_share"] <= 1.0 and 0.0 <= stats["answer_agreement"] <= 1.0
-        correct = traces("export", "local", "--format", fmt, "--out", isolated / "correct.jsonl", "--correct-only")
+        correct = scale("traces", "export", "local", "--format", fmt, "--out", isolated / "correct.jsonl", "--correct-only")
         assert correct.exit_code == 0, correct.output  # the tiny model is always wrong: an empty, valid file
         assert (isolated / "correct.jsonl").read_text() == "" and "no trace was kept" in correct.stderr

@@ -3,7 +3,7 @@ chromedriver (no browser download), on a database filled by the real CLI against
 server — a finished run, a fork of it, an evaluation with a τ sweep, and a run still in progress.
 It checks what a person sees against the CLI's JSON and saves screenshots.
 
-A second test reads a PostgreSQL run database (tests/pg_fixture.py) without a browser.
+A second test reads a PostgreSQL run database (tests/support/postgres.py) without a browser.
 
 The browser test skips when chromium, chromedriver or selenium is missing, unless ``SCALE_REQUIRE_BROWSER=1``
 (``scripts/test.sh`` sets it once it has installed them). ``SCALE_UI_SCREENSHOTS=DIR`` keeps the
@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,9 +26,10 @@ import httpx
 import pytest
 
 from scale_graph.prompts import COT
-from tests.conftest import DATASETS
-from tests.fake_openai import answer_for
-from tests.pg_fixture import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
+from tests.support.datasets import DATASETS
+from tests.support.fake_openai import answer_for
+from tests.support.ports import free_port
+from tests.support.postgres import PASSWORD, pg_url, postgres_server  # noqa: F401  (fixtures)
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 #: Read at import: the test's own environment is emptied of SCALE_* variables (tests/conftest.py).
@@ -74,10 +74,6 @@ def known_answers(folder: Path) -> None:
     (folder / "amc23.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -13,8 +13,7 @@ from urllib.parse import urlparse
 import pytest
 
 from scale_graph import Context, build_graph
-
-from tests.tcp_proxy import RecordingProxy
+from tests.support.tcp_proxy import RecordingProxy
 
 pytestmark = pytest.mark.vllm
 PROBLEM = "A rectangle has perimeter 20 and area 21. What is the length of its longer side?"

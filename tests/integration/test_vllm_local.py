@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from tests.vllm_fixture import vllm_server  # noqa: F401  (shared with conftest through a refcount)
+from tests.support.vllm import vllm_server  # noqa: F401  (shared with conftest through a refcount)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 

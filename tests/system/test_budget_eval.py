@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from scale_graph.cli import app
 from scale_graph.evaluation.frontier import FRONTIER_PLOT
 from scale_graph.evaluation.store import ResultsStore
-from tests.fake_openai import FakeOpenAIServer, _Reply
+from tests.support.fake_openai import FakeOpenAIServer, _Reply
 
 PROBLEMS = 40
 BUDGETS = (2000, 6000)

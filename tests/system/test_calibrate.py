@@ -9,13 +9,11 @@ import re
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from scale_graph.calibrate import Labelled, Side
 from scale_graph.calibrate_report import report
-from scale_graph.cli import app
+from tests.support.cli import scale
 
-cli = CliRunner()
 #: By sub-problem number: with τ = 0.5 the evaluation routes 1, 2, 1.
 DIFFICULTY = {1: 0.15, 2: 0.75, 3: 0.35}
 
@@ -23,10 +21,6 @@ DIFFICULTY = {1: 0.15, 2: 0.75, 3: 0.35}
 def difficulty_of(body: dict[str, Any]) -> float:
     number = re.search(r"difficulty of sub-problem (\d+)", str(body["messages"][-1]["content"]))
     return DIFFICULTY.get(int(number.group(1)) if number else 1, 0.5)
-
-
-def scale(*args: str) -> Any:
-    return cli.invoke(app, list(args))
 
 
 @pytest.fixture

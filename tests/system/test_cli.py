@@ -1,19 +1,11 @@
 """The scale CLI end to end against a real HTTP server (the fake OpenAI server), and its errors."""
 
 import json
-import socket
 
 import pytest
-from typer.testing import CliRunner
 
-from scale_graph.cli import app
-
-runner = CliRunner()
-
-
-def scale(*args, env=None):
-    result = runner.invoke(app, list(args), env=env, catch_exceptions=False)
-    return result
+from tests.support.cli import scale
+from tests.support.ports import free_port
 
 
 def test_solve_json_then_list_show_delete(endpoint_env, fake_server):
@@ -54,10 +46,6 @@ def test_problem_file(endpoint_env, tmp_path):
     assert json.loads(result.stdout)["problem"] == "What is 2+2?"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,13 +4,11 @@ every method, known answers, sweeps, resume after failures and after an interrup
 from __future__ import annotations
 
 import asyncio
-import time
 import json
+import time
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from scale_graph.evaluation import datasets
 from scale_graph.cli.evaluate import eval_command, report_command
@@ -18,33 +16,17 @@ from scale_graph.evaluation.metrics import run_metrics
 from scale_graph.evaluation.runner import evaluate, plan
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.prompts import COT
-from tests.fake_openai import answer_for
-from tests.conftest import write_datasets
+from tests.support.cli import scale
+from tests.support.datasets import write_datasets
+from tests.support.fake_openai import answer_for
 
 DATA = "data"  # written into each test's folder by the preset_files fixture
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
 def preset_files(isolated):
     """The small preset files of ``tests.conftest.DATASETS`` in ``./data`` of the test's folder."""
     return write_datasets(isolated / "data")
-
-
-def cli_app() -> typer.Typer:
-    """The main app when it registers `eval`, else a local app with the two commands."""
-    from scale_graph.cli import app
-
-    if any(command.name == "eval" for command in app.registered_commands):
-        return app
-    local = typer.Typer(pretty_exceptions_enable=False)
-    local.command("eval")(eval_command)
-    local.command("report")(report_command)
-    return local
-
-
-def scale(*args: str):
-    return runner.invoke(cli_app(), list(args), catch_exceptions=False)
 
 
 def evaluate_ok(*args: str):

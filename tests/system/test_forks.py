@@ -11,20 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from scale_graph import forks, runner
-from scale_graph.cli import app
 from scale_graph.graph import build_graph
 from scale_graph.journal import RUNS_NAMESPACE
 from scale_graph.persistence import open_async
 from scale_graph.runs import show_run
 from scale_graph.setup import resolve
+from tests.support.cli import scale
 
 #: Difficulty by sub-problem number; with τ = 0.5 the parent routes 1, 2, 1, 2.
 DIFFICULTY = {1: 0.1, 2: 0.6, 3: 0.1, 4: 0.9}
 PROBLEM = "What is 12 squared minus 119?"
-cli = CliRunner()
 
 
 def difficulty_of(body: dict[str, Any]) -> float:
@@ -56,10 +54,6 @@ async def _with_graph(work: Any) -> Any:
 def parent_run(thread: str = "parent") -> dict[str, Any]:
     context = resolve({"threshold": 0.5, "candidates": 2}).context
     return asyncio.run(_with_graph(lambda graph, store: runner.start(graph, store, PROBLEM, context, thread)))
-
-
-def scale(*args: str) -> Any:
-    return cli.invoke(app, list(args))
 
 
 def test_fork_at_subproblem_makes_no_call_before_it_and_diff_names_it(server):

@@ -9,20 +9,14 @@ import json
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from scale_graph.cli import app
 from scale_graph.evaluation.metrics import run_metrics
 from scale_graph.evaluation.store import ResultsStore
-from tests.conftest import write_datasets
+from tests.support.cli import scale
+from tests.support.datasets import write_datasets
 
-cli = CliRunner()
 #: One problem, one sample, two candidates: a SCALE run of 8 requests (3 sub-problems).
 SMALL = ["--dataset", "amc23", "--data-dir", "data", "--limit", "1", "--samples", "1", "-k", "2"]
-
-
-def scale(*args: str) -> Any:
-    return cli.invoke(app, list(args), catch_exceptions=False)
 
 
 def error_lines(result: Any) -> list[str]:

@@ -23,8 +23,7 @@ from scale_graph.evaluation.store import ResultsStore
 from scale_graph.persistence import open_async
 from scale_graph.runner import RunBusy, resume, start
 from scale_graph.runs import list_runs, show_run
-
-from tests.conftest import context
+from tests.support.run_context import context
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,13 +36,13 @@ def put_lease(db, thread: str, *, host: str = "elsewhere", pid: int = 4242, expi
     conn.close()
 
 
-def stopped_run(db, scripted) -> None:
+def stopped_run(db, scripted_endpoints) -> None:
     """Run "t" stopped before its first assess (the assess call fails)."""
     from scale_graph.servers.chat import EndpointError
-    from tests.conftest import default_respond
+    from tests.support.chat import default_respond
 
     down = {"on": True}
-    scripted(lambda call: EndpointError("down") if call.key.startswith("assess") and down["on"] else default_respond(call))
+    scripted_endpoints(lambda call: EndpointError("down") if call.key.startswith("assess") and down["on"] else default_respond(call))
 
     async def main():
         async with open_async(db) as (saver, store):
@@ -59,9 +58,9 @@ async def resumed(db, thread: str = "t"):
         return await resume(build_graph(saver, store), store, thread)
 
 
-def test_a_run_held_by_a_live_worker_is_refused_with_who_and_when(scripted, tmp_path):
+def test_a_run_held_by_a_live_worker_is_refused_with_who_and_when(scripted_endpoints, tmp_path):
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
+    stopped_run(db, scripted_endpoints)
     put_lease(db, "t", host="elsewhere", pid=4242, expires_in=100)
     with pytest.raises(RunBusy) as refused:
         asyncio.run(resumed(db))
@@ -72,9 +71,9 @@ def test_a_run_held_by_a_live_worker_is_refused_with_who_and_when(scripted, tmp_
     assert "\n" not in message
 
 
-def test_an_expired_lease_is_taken_over(scripted, tmp_path):
+def test_an_expired_lease_is_taken_over(scripted_endpoints, tmp_path):
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
+    stopped_run(db, scripted_endpoints)
     put_lease(db, "t", host="elsewhere", expires_in=-1)
     assert asyncio.run(resumed(db))["answer"] == "33"
     with sqlite3.connect(db) as conn:  # released at the end
@@ -82,20 +81,20 @@ def test_an_expired_lease_is_taken_over(scripted, tmp_path):
     conn.close()
 
 
-def test_a_dead_holder_on_this_host_is_taken_over_at_once(scripted, tmp_path):
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(scripted_endpoints, tmp_path):
     """A killed `scale solve` must be resumable right away, not after the expiry."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
+    stopped_run(db, scripted_endpoints)
     put_lease(db, "t", host=leases.HOST, pid=dead.pid, expires_in=100)
     assert asyncio.run(resumed(db))["answer"] == "33"
 
 
-def test_two_workers_in_one_process_one_runs_the_other_is_refused(scripted, tmp_path):
+def test_two_workers_in_one_process_one_runs_the_other_is_refused(scripted_endpoints, tmp_path):
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
-    fake = scripted()
+    stopped_run(db, scripted_endpoints)
+    fake = scripted_endpoints()
 
     async def main():
         async with open_async(db) as (saver, store):
@@ -109,9 +108,9 @@ def test_two_workers_in_one_process_one_runs_the_other_is_refused(scripted, tmp_
     assert len(keys) == len(set(keys)) == 6  # 3 × (assess, solve), each once
 
 
-def test_runs_list_tells_a_running_run_from_a_stopped_one(scripted, tmp_path):
+def test_runs_list_tells_a_running_run_from_a_stopped_one(scripted_endpoints, tmp_path):
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
+    stopped_run(db, scripted_endpoints)
 
     async def statuses():
         async with open_async(db) as (saver, store):
@@ -127,9 +126,9 @@ def test_runs_list_tells_a_running_run_from_a_stopped_one(scripted, tmp_path):
     assert asyncio.run(statuses())[0] == ["stopped before assess"]
 
 
-def test_resume_says_where_it_picks_up(scripted, tmp_path):
+def test_resume_says_where_it_picks_up(scripted_endpoints, tmp_path):
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
+    stopped_run(db, scripted_endpoints)
     events = []
 
     async def main():
@@ -157,9 +156,9 @@ def test_a_lost_lease_stops_the_worker(tmp_path):
     assert lost.lost and lost.lease.pid == 7
 
 
-def test_an_evaluation_skips_a_sample_another_live_process_holds(scripted, tmp_path):
+def test_an_evaluation_skips_a_sample_another_live_process_holds(scripted_endpoints, tmp_path):
     """Not stored as failed (a re-run would then count it): left for its holder or a later run."""
-    scripted()
+    scripted_endpoints()
     db, results = tmp_path / "runs.db", ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
     problems = [Problem("p1", "What is a+b?", "33"), Problem("p2", "What is b+a?", "33")]
     run = RunPlan("scale-held", "scale", Dataset("handmade", problems), Setup("scale-held", context()))
@@ -186,13 +185,13 @@ def test_an_evaluation_skips_a_sample_another_live_process_holds(scripted, tmp_p
         results.close()
 
 
-def test_deleting_a_run_a_live_worker_holds_is_refused_and_keeps_it(scripted, tmp_path):
+def test_deleting_a_run_a_live_worker_holds_is_refused_and_keeps_it(scripted_endpoints, tmp_path):
     from typer.testing import CliRunner
 
     from scale_graph.cli import app
 
     db = tmp_path / "runs.db"
-    stopped_run(db, scripted)
+    stopped_run(db, scripted_endpoints)
     put_lease(db, "t", host="elsewhere", pid=4242, expires_in=100)
     refused = CliRunner().invoke(app, ["runs", "delete", "t", "--db", str(db)])
     assert refused.exit_code == 2, refused.output

@@ -7,14 +7,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from typer.testing import CliRunner
 
 from scale_graph.context import Context
-from tests.conftest import write_datasets
+from tests.support.cli import scale
+from tests.support.datasets import write_datasets
 
-from tests.system.test_eval_cli import cli_app
-
-runner = CliRunner()
 METHODS = ("scale", "cot", "majority", "inftythink")
 DEFAULTS = Context()
 
@@ -25,9 +22,8 @@ def preset_files(isolated):
 
 
 def evaluate(name: str, *extra: str) -> None:
-    result = runner.invoke(cli_app(), ["eval", "--dataset", "aime24", "--data-dir", "data", "--limit", "2",
-                                       "--samples", "2", "--method", ",".join(METHODS), "--name", name,
-                                       "--candidates", "2", *extra], catch_exceptions=False)
+    result = scale("eval", "--dataset", "aime24", "--data-dir", "data", "--limit", "2", "--samples", "2",
+                   "--method", ",".join(METHODS), "--name", name, "--candidates", "2", *extra)
     assert result.exit_code == 0, result.output
 
 

@@ -1,6 +1,6 @@
 """Concurrency on one SQLite file: 4 processes × 16 problems in flight at once, plus readers.
 
-Each process (tests/reliability_concurrency_driver.py) opens the database with
+Each process (tests/support/drivers/concurrency.py) opens the database with
 ``persistence.open_async`` and runs 16 problems with ``asyncio.gather`` against one fake server
 subprocess (50 ms latency); `scale runs list --json` reads the file while they write. No run may
 fail ("database is locked" or anything else), and all 64 must be finished and readable.
@@ -22,13 +22,18 @@ from pathlib import Path
 import pytest
 
 from scale_graph.persistence import open_async
-
-from tests.reliability_helpers import (CLI, ServerProcess, assert_one_error_line, endpoint_env, last_json,
-                                       request_bodies, scale)
+from tests.support.cli import CLI, scale_process
+from tests.support.reliability import (
+    ServerProcess,
+    assert_one_error_line,
+    endpoint_env,
+    last_json,
+    request_bodies,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
-DRIVER = Path(__file__).parents[1] / "reliability_concurrency_driver.py"
+DRIVER = Path(__file__).parents[1] / "support" / "drivers" / "concurrency.py"
 PROCESSES, PROBLEMS = 4, 16
 REQUESTS_PER_RUN = 8  # decompose, select, 3 × (assess, solve): 3 sub-problems, no cut-off thinking
 
@@ -54,7 +59,7 @@ def test_four_processes_sixteen_problems_each_on_one_database(tmp_path):
         deadline = time.monotonic() + 300
         while any(d.poll() is None for d in drivers) and time.monotonic() < deadline and len(readings) < 3:
             if db.exists():
-                readings.append(scale("runs", "list", "--json", env=env, timeout=300))
+                readings.append(scale_process("runs", "list", "--json", env=env, timeout=300))
             time.sleep(0.5)
         outputs = [d.communicate(timeout=300) for d in drivers]
         stats = server.stats()
@@ -70,7 +75,7 @@ def test_four_processes_sixteen_problems_each_on_one_database(tmp_path):
         assert reading.returncode == 0, reading.stderr
         assert "database is locked" not in reading.stderr
 
-    listed = scale("runs", "list", "--json", env=env, timeout=300)
+    listed = scale_process("runs", "list", "--json", env=env, timeout=300)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert len(rows) == PROCESSES * PROBLEMS
@@ -79,11 +84,11 @@ def test_four_processes_sixteen_problems_each_on_one_database(tmp_path):
         [r for r in rows if r["status"] != "done"][:3]
     # every run made exactly its own calls: none lost, none repeated
     assert stats["requests"] == PROCESSES * PROBLEMS * REQUESTS_PER_RUN
-    shown = scale("runs", "show", "p3-15", "--json", env=env, timeout=300)
+    shown = scale_process("runs", "show", "p3-15", "--json", env=env, timeout=300)
     assert shown.returncode == 0 and last_json(shown.stdout)["status"] == "done"
 
 
-RACE_DRIVER = Path(__file__).parents[1] / "reliability_open_race_driver.py"
+RACE_DRIVER = Path(__file__).parents[1] / "support" / "drivers" / "open_race.py"
 RACERS, ROUNDS = 6, 12
 
 
@@ -119,7 +124,7 @@ def test_two_resumes_of_one_run_at_once_one_refuses_and_each_call_is_made_once(t
     with ServerProcess("--latency", "0") as server:
         env = endpoint_env(server.base_url, db, candidates=2)
         server.inject("refuse", times=50, stage="difficulty")  # stops the run before its first assess
-        stopped = scale("solve", "What is 2+3?", "--thread-id", "r", env=env, timeout=300)
+        stopped = scale_process("solve", "What is 2+3?", "--thread-id", "r", env=env, timeout=300)
         assert stopped.returncode == 1, stopped.stderr
         server.reset()
         server.configure(latency=2.0)  # the first resume works ~12 s: the second comes meanwhile
@@ -130,7 +135,7 @@ def test_two_resumes_of_one_run_at_once_one_refuses_and_each_call_is_made_once(t
             if first.poll() is not None:
                 break
             time.sleep(0.05)
-        second = scale("runs", "resume", "r", "--json", env=env, timeout=300)
+        second = scale_process("runs", "resume", "r", "--json", env=env, timeout=300)
         out, err = first.communicate(timeout=300)
         stats = server.stats()
     assert first.returncode == 0, err

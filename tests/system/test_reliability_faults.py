@@ -21,9 +21,8 @@ from typer.testing import CliRunner
 
 from scale_graph.cli import app
 from scale_graph.servers import chat
-from tests.fake_openai import FakeOpenAIServer
-
-from tests.reliability_helpers import difficulty_by_index
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.reliability import difficulty_by_index
 
 pytestmark = pytest.mark.timeout(60)
 

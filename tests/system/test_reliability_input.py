@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from scale_graph.cli import app
-from tests.fake_openai import FakeOpenAIServer
-
-from tests.reliability_helpers import CLI, assert_one_error_line
+from tests.support.cli import CLI
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.reliability import assert_one_error_line
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -35,12 +35,19 @@ from pathlib import Path
 import pytest
 
 from scale_graph import build_graph
-from scale_graph.persistence import open_async, open_sync
 from scale_graph.journal import calls_namespace
+from scale_graph.persistence import open_async, open_sync
 from scale_graph.runs import show_run
-
-from tests.reliability_helpers import (CLI, TRACEBACK, KillingServer, comparable, difficulty_by_index, endpoint_env,
-                                       kill_on_database_event, last_json, request_bodies, scale)
+from tests.support.cli import CLI, TRACEBACK, scale_process
+from tests.support.reliability import (
+    KillingServer,
+    comparable,
+    difficulty_by_index,
+    endpoint_env,
+    kill_on_database_event,
+    last_json,
+    request_bodies,
+)
 
 PROBLEM = "What is 2+3?"
 THREAD = "k"
@@ -127,7 +134,7 @@ def baseline(tmp: Path) -> dict:
     server = new_server()
     try:
         env = endpoint_env(server.base_url, tmp / "baseline.db", **RUN)
-        done = scale("solve", PROBLEM, "--thread-id", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
+        done = scale_process("solve", PROBLEM, "--thread-id", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
         assert done.returncode == 0, done.stderr
         stats = server.stats()
         result = {"json": last_json(done.stdout), "requests": stats["requests"], "arrivals": server.arrivals,
@@ -137,7 +144,7 @@ def baseline(tmp: Path) -> dict:
         rewound.parent.mkdir()
         rewind_into_finalize(tmp / "baseline.db", rewound)
         result["rewound_where"] = stopped_where(rewound, tmp / "rewound" / "inspect")[0]
-        resumed = scale("runs", "resume", THREAD, "--json", env={**env, "SCALE_DB": str(rewound)}, timeout=PROCESS_TIMEOUT)
+        resumed = scale_process("runs", "resume", THREAD, "--json", env={**env, "SCALE_DB": str(rewound)}, timeout=PROCESS_TIMEOUT)
         assert resumed.returncode == 0, resumed.stderr
         result["rewound_json"] = last_json(resumed.stdout)
         result["rewound_shown"] = shown_in_process(rewound)
@@ -171,7 +178,7 @@ def kill_and_resume(tmp: Path, number: int, point: tuple) -> dict:
             time.sleep(0.02)
         at_kill = server.stats()
         where, journalled = stopped_where(db, work / "inspect")
-        resumed = scale("runs", "resume", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
+        resumed = scale_process("runs", "resume", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
         stats = server.stats()
         return {"code": code, "stderr": (work / "solve.err").read_text(errors="replace"),
                 "requests_at_kill": at_kill["requests"], "where": where, "journalled": journalled,
@@ -237,7 +244,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path):
 
 
 # ---- every checkpoint boundary: SIGKILL and SIGINT just before each checkpoint write -----------------
-DRIVER = Path(__file__).parents[1] / "reliability_kill_driver.py"
+DRIVER = Path(__file__).parents[1] / "support" / "drivers" / "kill.py"
 EXIT = {"KILL": -signal.SIGKILL, "INT": 130}
 
 
@@ -257,8 +264,8 @@ def boundary_run(tmp: Path, number: int, name: str) -> dict:
         env = endpoint_env(server.base_url, work / "runs.db", **RUN)
         killed = driven(number, name, work, ["solve", PROBLEM, "--thread-id", THREAD, "--json"], env)
         where, _ = stopped_where(work / "runs.db", work / "inspect")
-        listed = scale("runs", "list", "--json", env=env, timeout=PROCESS_TIMEOUT)
-        resumed = scale("runs", "resume", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
+        listed = scale_process("runs", "list", "--json", env=env, timeout=PROCESS_TIMEOUT)
+        resumed = scale_process("runs", "resume", THREAD, "--json", env=env, timeout=PROCESS_TIMEOUT)
         return {"killed": killed, "where": where, "listed": listed, "resumed": resumed,
                 "arrivals": list(server.arrivals), "bodies": request_bodies(server.stats()["log"]),
                 "shown": shown_in_process(work / "runs.db") if resumed.returncode == 0 else None}
@@ -333,7 +340,7 @@ def boundary_eval(tmp: Path, dataset: Path, number: int, name: str) -> dict:
         env = endpoint_env(server.base_url)
         killed = driven(number, name, work, eval_args(work, dataset), env)
         after_kill = stored_results(work / "results.db")
-        again = scale(*eval_args(work, dataset), env=env, timeout=PROCESS_TIMEOUT)
+        again = scale_process(*eval_args(work, dataset), env=env, timeout=PROCESS_TIMEOUT)
         return {"killed": killed, "after_kill": after_kill, "again": again,
                 "stored": stored_results(work / "results.db"), "bodies": request_bodies(server.stats()["log"])}
     finally:

@@ -131,7 +131,8 @@ def test_a_fifo_is_refused_instead_of_waiting_forever(endpoint_env, fake_server,
     import os
     import subprocess
 
-    from tests.reliability_helpers import CLI, assert_one_error_line
+    from tests.support.cli import CLI
+    from tests.support.reliability import assert_one_error_line
 
     os.mkfifo(tmp_path / "fifo")
     done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path,
@@ -147,7 +148,7 @@ def test_an_unreachable_postgresql_is_one_line_naming_host_port_and_cause(endpoi
     import socket
     import subprocess
 
-    from tests.reliability_helpers import CLI
+    from tests.support.cli import CLI
 
     with socket.socket() as probe:  # a port nobody listens on once closed
         probe.bind(("127.0.0.1", 0))
@@ -163,11 +164,11 @@ def test_an_unreachable_postgresql_is_one_line_naming_host_port_and_cause(endpoi
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
-def test_a_database_deleted_mid_run_stops_it_with_one_line(endpoint_env, scripted, tmp_path, how):
+def test_a_database_deleted_mid_run_stops_it_with_one_line(endpoint_env, scripted_endpoints, tmp_path, how):
     """The open file stays writable after `rm`: without a check the run would end "done", saved nowhere."""
     import shutil
 
-    from tests.conftest import default_respond
+    from tests.support.chat import default_respond
 
     db = tmp_path / "runs.db"
 
@@ -180,7 +181,7 @@ def test_a_database_deleted_mid_run_stops_it_with_one_line(endpoint_env, scripte
                 (tmp_path / "copy.db").replace(db)
         return default_respond(call)
 
-    scripted(respond)
+    scripted_endpoints(respond)
     result = cli("solve", "What is a+b?", "--db", str(db), "--thread-id", "gone")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]  # progress lines, then the error

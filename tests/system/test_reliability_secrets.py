@@ -20,9 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_openai import FakeOpenAIServer
-
-from tests.reliability_helpers import CLI, KillingServer, assert_one_error_line, endpoint_env, last_json, scale
+from tests.support.cli import CLI, scale_process
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.reliability import (
+    KillingServer,
+    assert_one_error_line,
+    endpoint_env,
+    last_json,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,7 +47,7 @@ class Recorder:
         self.numbers = itertools.count(1)  # thread-safe
 
     def __call__(self, *args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-        result = scale(*args, env=env, cwd=cwd, timeout=300)
+        result = scale_process(*args, env=env, cwd=cwd, timeout=300)
         stem = self.folder / f"{next(self.numbers):02d}-{args[0]}-{args[1] if len(args) > 1 else ''}".replace("/", "_")
         stem.with_suffix(".stdout").write_text(result.stdout)
         stem.with_suffix(".stderr").write_text(result.stderr)

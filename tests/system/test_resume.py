@@ -11,8 +11,8 @@ import pytest
 from scale_graph import build_graph
 from scale_graph.persistence import open_sync
 from scale_graph.servers.chat import EndpointError
-
-from tests.conftest import context, default_respond
+from tests.support.chat import default_respond
+from tests.support.run_context import context
 
 CONFIG = {"configurable": {"thread_id": "t1"}}
 
@@ -33,7 +33,7 @@ def failing_once(at_key):
 def test_resume_after_injected_failure_repeats_nothing(scripted, tmp_path, at_key):
     fake = scripted(failing_once(at_key))
     with open_sync(tmp_path / "runs.db") as (saver, store):
-        graph = build_graph(saver, store)
+        graph = build_graph(saver, store, chat=fake)
         with pytest.raises(EndpointError):
             graph.invoke({"problem": "What is a+b?"}, CONFIG, context=context(), durability="sync")
         calls_before = [c.key for c in fake.calls]
@@ -65,7 +65,7 @@ def test_journal_spares_finished_calls_of_an_interrupted_node(scripted, tmp_path
 
     fake = scripted(respond)
     with open_sync(tmp_path / "runs.db") as (saver, store):
-        graph = build_graph(saver, store)
+        graph = build_graph(saver, store, chat=fake)
         with pytest.raises(EndpointError):
             graph.invoke({"problem": "p"}, CONFIG, context=context(threshold=0.0), durability="sync")
         graph.invoke(None, CONFIG, context=context(threshold=0.0), durability="sync")
@@ -114,7 +114,7 @@ def test_a_fork_with_edited_state_makes_new_calls(scripted, tmp_path):
     from langgraph.checkpoint.memory import InMemorySaver
 
     fake = scripted()
-    graph = build_graph(InMemorySaver())
+    graph = build_graph(InMemorySaver(), chat=fake)
     graph.invoke({"problem": "p"}, CONFIG, context=context())
     before_assess = [s for s in graph.get_state_history(CONFIG) if s.next == ("assess",)][-1]  # right after select
     forked = graph.update_state(before_assess.config, {"subproblems": ["other a", "other b", "other c"]})
@@ -148,7 +148,7 @@ def test_killed_before_each_checkpoint_write_resumes_to_the_end(scripted, tmp_pa
                 return await put(*args, **kwargs)
 
             saver.aput = aput
-            graph = build_graph(saver, store)
+            graph = build_graph(saver, store, chat=fake)
             try:
                 return await start(graph, store, "What is a+b?", context(), "t1"), len(written)
             except Killed:
@@ -156,7 +156,7 @@ def test_killed_before_each_checkpoint_write_resumes_to_the_end(scripted, tmp_pa
 
     async def resumed(db):
         async with open_async(db) as (saver, store):
-            graph = build_graph(saver, store)
+            graph = build_graph(saver, store, chat=fake)
             before = [(row["status"], row["answer"]) for row in await list_runs(graph, store)]
             values = await resume(graph, store, "t1")
             after = [(row["status"], row["answer"]) for row in await list_runs(graph, store)]

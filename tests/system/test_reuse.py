@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from scale_graph import journal, reuse, runner
 from scale_graph.cli.evaluate import eval_command, report_command
@@ -22,13 +20,14 @@ from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.servers.chat import ChatCall
 from scale_graph.setup import resolve
-from tests import fake_openai
-from tests.conftest import DATASETS, write_datasets
+from tests.support.cli import scale
+from tests.support.datasets import DATASETS, write_datasets
+from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.fake_openai import replies as fake_replies
 
 THRESHOLDS = "0.2,0.3,0.5,0.7,0.9"
 #: Difficulty by sub-problem number: τ 0.2 routes 2-2-2, 0.3 and 0.5 route 1-2-2, 0.7 1-1-2, 0.9 1-1-1.
 DIFFICULTY = {1: 0.25, 2: 0.6, 3: 0.85}
-cli = CliRunner()
 
 
 def difficulty_of(body: dict[str, Any]) -> float:
@@ -45,22 +44,11 @@ def server(fake_server, endpoint_env, tmp_path):
     return fake_server
 
 
-def app() -> typer.Typer:
-    local = typer.Typer(pretty_exceptions_enable=False)
-    local.command("eval")(eval_command)
-    local.command("report")(report_command)
-    return local
-
-
-def scale(*args: str) -> Any:
-    return cli.invoke(app(), list(args), catch_exceptions=False)
-
-
-def server_tokens(server: fake_openai.FakeOpenAIServer) -> tuple[int, int]:
+def server_tokens(server: FakeOpenAIServer) -> tuple[int, int]:
     """(requests, completion tokens) the server answered since its last reset: each logged request
     replayed through the fake's own deterministic answer (its stats count requests, not tokens)."""
     log = [entry for entry in server.stats()["log"] if entry["status"] == 200]
-    tokens = sum(fake_openai._completion(entry["body"], entry["stage"], server.config, difficulty_of(entry["body"]),
+    tokens = sum(fake_replies._completion(entry["body"], entry["stage"], server.config, difficulty_of(entry["body"]),
                                          entry["fault"], "replay")["usage"]["completion_tokens"] for entry in log)
     return len(log), tokens
 
@@ -204,6 +192,6 @@ def test_reuse_switch_does_not_change_a_run_identity(server):
 
 
 def test_reuse_group_with_no_reuse_is_one_line_error(server):
-    result = cli.invoke(app(), ["eval", "--dataset", "amc23", "--data-dir", "data", "--no-reuse", "--reuse-group", "x"])
+    result = scale("eval", "--dataset", "amc23", "--data-dir", "data", "--no-reuse", "--reuse-group", "x", catch_exceptions=True)
     assert result.exit_code != 0
     assert "give either --reuse-group or --no-reuse" in result.output and "Traceback" not in result.output

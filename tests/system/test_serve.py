@@ -23,15 +23,18 @@ from typer.testing import CliRunner
 
 from scale_graph.cli import app as cli_app
 from scale_graph.cli import serve_command
-from scale_graph.serve import MAX_BODY_BYTES, THREAD_HEADER, ServeLimits, create_app, server_for
+from scale_graph.serve import (
+    MAX_BODY_BYTES,
+    THREAD_HEADER,
+    ServeLimits,
+    create_app,
+    server_for,
+)
+from tests.support.ports import free_port
 
 PROBLEM = "What is 1+1?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:

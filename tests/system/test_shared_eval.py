@@ -10,8 +10,8 @@ import sys
 from collections import Counter
 
 from scale_graph.evaluation.store import ResultsStore
-from tests.conftest import write_datasets
-from tests.fake_openai import FakeOpenAIServer
+from tests.support.datasets import write_datasets
+from tests.support.fake_openai import FakeOpenAIServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,7 +56,7 @@ def test_a_sample_another_worker_stored_meanwhile_is_skipped_without_a_call(scri
     from scale_graph.evaluation.grading import Grade
     from scale_graph.evaluation.methods import Outcome, Setup
     from scale_graph.evaluation.runner import RunPlan, evaluate
-    from tests.conftest import context
+    from tests.support.run_context import context
 
     problems = [Problem("p1", "What is 1+1?", "2"), Problem("p2", "What is 2+2?", "4")]
     run = RunPlan("cot-shared", "cot", Dataset("handmade", problems), Setup("cot-shared", context()))

@@ -14,7 +14,6 @@ import importlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.reliability_helpers import REPO_ROOT
 from typer.testing import CliRunner
 
 import scale_graph.studio
 from scale_graph.cli import app as cli_app
+from tests.support.ports import free_port
+from tests.support.reliability import REPO_ROOT
 
 PROBLEM = "What is 1+1?"
 GRAPH_MODULE = importlib.import_module("scale_graph.graph")  # the package re-exports `graph`, hiding the module
@@ -40,10 +39,6 @@ OFFLINE_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scale(*args: str, env: dict | None = None) -> dict:
@@ -63,16 +58,16 @@ def langgraph_json(folder: Path) -> Path:
 
 
 # ---- the factories in-process ------------------------------------------------------------------
-def test_factories_open_the_scale_database(scripted, tmp_path, monkeypatch):
+def test_factories_open_the_scale_database(scripted_endpoints, tmp_path, monkeypatch):
     """What `langgraph dev` does with them: enter, run a graph on the yielded pair, exit."""
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.store.sqlite import AsyncSqliteStore
 
     from scale_graph import build_graph
     from scale_graph.runner import start
-    from tests.conftest import context
+    from tests.support.run_context import context
 
-    scripted()
+    scripted_endpoints()
     monkeypatch.setenv("SCALE_DB", str(tmp_path / "studio.db"))
 
     async def main():
@@ -161,7 +156,7 @@ def test_langgraph_dev_runs_land_in_the_scale_database(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALE_")}
     env.update(OFFLINE_ENV, SCALE_DB=str(db), SCALE_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
 
-    with process([sys.executable, "-m", "tests.fake_openai", "--port", "0"],
+    with process([sys.executable, "-m", "tests.support.fake_openai", "--port", "0"],
                  env={**env, "PYTHONPATH": str(REPO_ROOT)}, cwd=tmp_path, ready=fake_openai_ready,
                  timeout=30) as (fake_url, _):
         for system in (1, 2):

@@ -12,10 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import typer
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session
-from typer.testing import CliRunner
 
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import Grade, grade
@@ -25,13 +23,20 @@ from scale_graph.parsing import last_boxed
 from scale_graph.cli.traces import traces_app
 from scale_graph.traces.export import ExportOptions, natural_key, select, stats_path_for, statistics
 from scale_graph.traces.render import FORMATS, SubproblemTrace, Trace, record, render
-from scale_graph.traces.validate import assistant_text, check_record, survives_chat_template, user_text, validate_file, validate_lines
-from tests.conftest import DATASETS, write_datasets
+from scale_graph.traces.validate import (
+    assistant_text,
+    check_record,
+    survives_chat_template,
+    user_text,
+    validate_file,
+    validate_lines,
+)
+from tests.support.cli import scale
+from tests.support.datasets import DATASETS, write_datasets
 
 DATA = Path("data")  # written into the test's folder by the preset_files fixture (or `generated`)
 AIME = DATASETS["aime24"][:2]
 FIRST = AIME[0]["id"]
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
@@ -214,23 +219,8 @@ def test_checks_a_missing_boxed_answer_and_the_reference_count():
 
 
 # ---- SCALE runs against the fake server ------------------------------------------------------
-def cli_app() -> typer.Typer:
-    """The main app when it registers `traces`, else a local app with the traces group."""
-    from scale_graph.cli import app
-
-    if any(group.name == "traces" for group in app.registered_groups):
-        return app
-    local = typer.Typer(pretty_exceptions_enable=False)
-    local.add_typer(traces_app, name="traces")
-    return local
-
-
-def scale(*args: str):
-    return runner.invoke(cli_app(), ["traces", *map(str, args)], catch_exceptions=False)
-
-
 def ok(*args: str):
-    result = scale(*args)
+    result = scale("traces", *args)
     assert result.exit_code == 0, result.output
     return result
 
@@ -243,7 +233,7 @@ def lines(path: Path) -> list[dict]:
 def generated(tmp_path_factory):
     """Two AIME problems × 2 samples generated once against the fake server; problem 1's
     reference is then set to what its runs answered, so its traces count as correct."""
-    from tests.fake_openai import FakeOpenAIServer
+    from tests.support.fake_openai import FakeOpenAIServer
 
     folder = tmp_path_factory.mktemp("generated")
     with FakeOpenAIServer() as server, pytest.MonkeyPatch.context() as patch:
@@ -255,7 +245,7 @@ def generated(tmp_path_factory):
         for system in ("1", "2"):
             patch.setenv(f"SCALE_SYSTEM{system}_BASE_URL", server.base_url)
             patch.setenv(f"SCALE_SYSTEM{system}_MODEL", f"scale-system{system}")
-        result = scale("generate", "--dataset", "aime24", "--data-dir", DATA, "--limit", "2", "--samples", "2",
+        result = scale("traces", "generate", "--dataset", "aime24", "--data-dir", DATA, "--limit", "2", "--samples", "2",
                        "--out", "tr", "-k", "2", "--concurrency", "2")
         assert result.exit_code == 0, result.output
         assert "traces run tr (aime24)" in result.stdout and "4 trace(s) generated now" in result.stderr
@@ -412,7 +402,7 @@ def test_dedup_of_identical_checkpointed_runs(isolated, endpoint_env, fake_serve
     (["export", "tr", "--out", "x.jsonl", "--results-db", "none.db"], "results database none.db does not exist"),
 ])
 def test_export_errors_are_one_line(run_dir, args, message):
-    result = scale(*args)
+    result = scale("traces", *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
@@ -420,18 +410,18 @@ def test_export_errors_are_one_line(run_dir, args, message):
 
 
 def test_generate_errors_and_non_scale_runs(isolated, endpoint_env):
-    result = scale("generate", "--dataset", "nowhere.jsonl", "--out", "r")
+    result = scale("traces", "generate", "--dataset", "nowhere.jsonl", "--out", "r")
     assert result.exit_code == 2 and "neither a preset" in result.stderr
-    result = scale("generate", "--dataset", str(DATA / "aime24.jsonl"), "--out", "r", "--limit", "0")
+    result = scale("traces", "generate", "--dataset", str(DATA / "aime24.jsonl"), "--out", "r", "--limit", "0")
     assert result.exit_code == 2 and "--limit must be at least 1" in result.stderr
     store = ResultsStore()
     try:
         store.open_run("cot-run", "cot", "aime24", {})
     finally:
         store.close()
-    result = scale("export", "cot-run", "--out", "x.jsonl")
+    result = scale("traces", "export", "cot-run", "--out", "x.jsonl")
     assert result.exit_code == 2 and "traces come from SCALE runs only" in result.stderr
-    result = scale("generate", "--dataset", str(DATA / "aime24.jsonl"), "--out", "cot-run", "--limit", "1")
+    result = scale("traces", "generate", "--dataset", str(DATA / "aime24.jsonl"), "--out", "cot-run", "--limit", "1")
     assert result.exit_code == 2 and "evaluation 'cot-run' was run with method=cot, not scale" in result.stderr
 
 
@@ -459,7 +449,12 @@ def test_datasets_json_loader_reads_the_export(run_dir, fmt, monkeypatch):
 
 def _local_tokenizer():
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
-    from scale_graph.servers.local_model import LocalModelError, default_model_dir, is_prepared, prepare_local_model
+    from scale_graph.servers.local_model import (
+        LocalModelError,
+        default_model_dir,
+        is_prepared,
+        prepare_local_model,
+    )
 
     if not is_prepared(default_model_dir()):
         pytest.skip("the local SmolLM2 model is not converted yet (scale servers up, or prepare_local_model())")

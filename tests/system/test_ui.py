@@ -12,24 +12,18 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
-from typer.testing import CliRunner
 
 from scale_graph import runner
-from scale_graph.cli import app as cli_app
 from scale_graph.evaluation.store import ResultsStore
 from scale_graph.graph import build_graph
 from scale_graph.persistence import open_async
 from scale_graph.setup import resolve
 from scale_graph.ui.app import create_app
 from scale_graph.cli.ui import is_loopback
-from tests.conftest import write_datasets
+from tests.support.cli import scale
+from tests.support.datasets import write_datasets
 
-cli = CliRunner()
 PROBLEM = "What is 12 squared minus 119?"
-
-
-def scale(*args: str) -> Any:
-    return cli.invoke(cli_app, list(args))
 
 
 def scale_json(*args: str) -> Any:

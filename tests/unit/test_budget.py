@@ -14,7 +14,8 @@ from scale_graph.evaluation.methods import Setup, solve
 from scale_graph.nodes.route import route
 from scale_graph.progress import progress_line
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
-from tests.conftest import context, default_respond
+from tests.support.chat import ScriptedSystems, default_respond
+from tests.support.run_context import context
 
 PROBLEM = Problem("p1", "Find x.", "33")
 
@@ -43,8 +44,8 @@ def modelled_tokens(call: ChatCall, thinking_tokens: int = 3000, answer_tokens: 
     return min(answer_tokens + (thinking_tokens if call.thinking else 0), call.max_tokens) * call.n
 
 
-def run_scale(**options):
-    return build_graph().invoke({"problem": "What is a+b?"}, context=context(**options))
+def run_scale(chat: ScriptedSystems, **options):
+    return build_graph(chat=chat).invoke({"problem": "What is a+b?"}, context=context(**options))
 
 
 # ---- the clamp -------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def test_a_native_thinking_budget_shrinks_with_max_tokens_and_keeps_the_answers_
 
 def test_without_a_budget_the_requests_are_the_ones_made_before(scripted):
     fake = scripted()
-    run_scale()
+    run_scale(fake)
     # what every call asks without a budget: planner 1024 × k=3, System 2's own 32,768 per sub-problem
     assert [(c.key, c.max_tokens, c.n) for c in fake.calls] == [
         ("decompose/0", 1024, 3), ("select/0", 1024, 1), ("assess/0/0", 1024, 1), ("solve/0/0", 32768, 1),
@@ -109,7 +110,7 @@ def test_without_a_budget_the_requests_are_the_ones_made_before(scripted):
 
 def test_a_sub_problem_that_cannot_afford_system2_goes_to_system1_routed_by_budget(scripted):
     fake = scripted(modelled())
-    out = run_scale(budget=2000)
+    out = run_scale(fake, budget=2000)
     *earlier, last = out["steps"]
     assert all(step.get("routed_by_budget") and step["system"] == 1 for step in earlier)  # d=0.5 > τ, no room to think
     assert [c.system for c in fake.stage_calls("solve")] == [1, 1, 2]  # the last one gets all that is left
@@ -125,8 +126,8 @@ def test_allowances_follow_difficulty_and_the_last_keeps_what_is_left(scripted):
             return f'{{"difficulty": {next(difficulties)}}}'
         return modelled()(call)
 
-    scripted(respond)
-    out = run_scale(budget=20000)
+    fake = scripted(respond)
+    out = run_scale(fake, budget=20000)
     first, second, last = out["steps"]
     assert first["allowance"] > second["allowance"]  # harder sub-problem, larger share
     assert last["allowance"] == last["budget_left"]  # nothing held back after the last one
@@ -148,8 +149,8 @@ def test_a_run_that_reaches_its_budget_ends_with_its_last_boxed_answer_marked(sc
             return ChatReply([Choice("", "", "length")], completion_tokens=call.max_tokens)
         return default_respond(call)
 
-    scripted(respond)
-    out = run_scale(budget=2500, threshold=1.0)  # System 1 everywhere: a long answer runs into the total
+    fake = scripted(respond)
+    out = run_scale(fake, budget=2500, threshold=1.0)  # System 1 everywhere: a long answer runs into the total
     assert out["budget_reached"] is True
     assert out["answer"] == "11"
     assert any(w.startswith(budget.REACHED) for w in out["warnings"])
@@ -162,8 +163,8 @@ def run_method(method: str, **options):
 
 @pytest.mark.parametrize("method", ["cot", "majority", "inftythink"])
 @pytest.mark.parametrize("total", [2000, 6000])
-def test_every_baseline_stays_within_the_budget_and_answers(scripted, method, total):
-    fake = scripted(modelled(thinking_tokens=50_000))
+def test_every_baseline_stays_within_the_budget_and_answers(scripted_endpoints, method, total):
+    fake = scripted_endpoints(modelled(thinking_tokens=50_000))
     outcome = run_method(method, budget=total)
     assert outcome.error is None
     assert completion_tokens(fake) <= total
@@ -171,8 +172,8 @@ def test_every_baseline_stays_within_the_budget_and_answers(scripted, method, to
     assert outcome.budget_reached
 
 
-def test_cot_gets_the_whole_budget_and_majority_votes_share_it(scripted):
-    fake = scripted(modelled(thinking_tokens=50_000))
+def test_cot_gets_the_whole_budget_and_majority_votes_share_it(scripted_endpoints):
+    fake = scripted_endpoints(modelled(thinking_tokens=50_000))
     run_method("cot", budget=6000, system2_max_tokens=1000)
     assert fake.calls[0].max_tokens == 6000 - budget.ANSWER_RESERVE
     fake.calls.clear()
@@ -180,16 +181,16 @@ def test_cot_gets_the_whole_budget_and_majority_votes_share_it(scripted):
     assert (fake.calls[0].n, fake.calls[0].max_tokens) == (4, 1500 - budget.ANSWER_RESERVE)
 
 
-def test_inftythink_stops_iterating_before_the_next_iteration_would_cross_the_budget(scripted):
-    fake = scripted(modelled(thinking_tokens=50_000))
+def test_inftythink_stops_iterating_before_the_next_iteration_would_cross_the_budget(scripted_endpoints):
+    fake = scripted_endpoints(modelled(thinking_tokens=50_000))
     outcome = run_method("inftythink", budget=6000, inftythink_max_tokens=1500)
     reasoning = [c for c in fake.calls if c.key.startswith("reason")]
     assert 1 < len(reasoning) < 50 and outcome.iterations == len(reasoning)
     assert completion_tokens(fake) <= 6000
 
 
-def test_without_a_budget_baselines_send_what_they_sent_before(scripted):
-    fake = scripted(modelled(thinking_tokens=10))
+def test_without_a_budget_baselines_send_what_they_sent_before(scripted_endpoints):
+    fake = scripted_endpoints(modelled(thinking_tokens=10))
     run_method("majority", votes=8)
     assert [(c.n, c.max_tokens) for c in fake.calls] == [(8, 32768)]
 
@@ -215,8 +216,8 @@ def test_reasoning_effort_presets_and_max_completion_tokens_become_run_parameter
 
 
 def test_progress_events_say_what_is_left_after_each_sub_problem(scripted):
-    scripted(modelled())
-    events = [chunk for chunk in build_graph().stream({"problem": "What is a+b?"}, context=context(budget=20000),
+    fake = scripted(modelled())
+    events = [chunk for chunk in build_graph(chat=fake).stream({"problem": "What is a+b?"}, context=context(budget=20000),
                                                        stream_mode="custom") if chunk.get("event") == "budget"]
     assert [event["index"] for event in events] == [0, 1, 2]
     lefts = [event["left"] for event in events]
@@ -232,9 +233,9 @@ def test_the_budget_is_a_documented_bounded_run_parameter_studio_shows():
 
 
 @pytest.mark.parametrize("total", [1, 100, 700])
-def test_a_tiny_budget_is_never_an_error_nor_overspent(scripted, total):
-    fake = scripted(modelled())
-    out = run_scale(budget=total)
+def test_a_tiny_budget_is_never_an_error_nor_overspent(scripted_endpoints, total):
+    fake = scripted_endpoints(modelled())
+    out = run_scale(fake, budget=total)
     assert completion_tokens(fake) <= total and "answer" in out
     for method in ("cot", "majority", "inftythink"):
         fake.calls.clear()
@@ -242,15 +243,15 @@ def test_a_tiny_budget_is_never_an_error_nor_overspent(scripted, total):
         assert outcome.error is None and completion_tokens(fake) <= total
 
 
-def test_a_budget_larger_than_the_context_window_asks_only_what_the_window_leaves(scripted):
-    fake = scripted(modelled(thinking_tokens=10))
+def test_a_budget_larger_than_the_context_window_asks_only_what_the_window_leaves(scripted_endpoints):
+    fake = scripted_endpoints(modelled(thinking_tokens=10))
     run_method("cot", budget=100_000, context_window=32_768)
     (sent,) = fake.calls
     assert 16384 < sent.max_tokens < 32_768 - 20  # the budget asks what the window leaves after the prompt, no more
 
 
-def test_every_cut_vote_gets_its_answer_reserve_for_the_forced_answer(scripted):
-    fake = scripted(modelled(thinking_tokens=50_000, answer_tokens=2000))  # forced answers would run long
+def test_every_cut_vote_gets_its_answer_reserve_for_the_forced_answer(scripted_endpoints):
+    fake = scripted_endpoints(modelled(thinking_tokens=50_000, answer_tokens=2000))  # forced answers would run long
     outcome = run_method("majority", budget=6000, votes=8)
     forced = [c for c in fake.calls if c.key.startswith("force")]
     assert len(forced) == 4 and all(c.max_tokens >= budget.ANSWER_RESERVE for c in forced)
@@ -275,11 +276,11 @@ def test_a_run_resumed_after_a_failure_mid_node_makes_the_calls_it_would_have_ma
         return answer
 
     fake = scripted(respond(False))
-    run_scale(budget=6000, threshold=0.0)
+    run_scale(fake, budget=6000, threshold=0.0)
     uninterrupted = [(c.key, c.max_tokens, c.n) for c in fake.calls]
 
     fake = scripted(respond(True))
-    graph, config = build_graph(InMemorySaver(), InMemoryStore()), {"configurable": {"thread_id": "t"}}
+    graph, config = build_graph(InMemorySaver(), InMemoryStore(), chat=fake), {"configurable": {"thread_id": "t"}}
     with pytest.raises(EndpointError):
         graph.invoke({"problem": "What is a+b?"}, config, context=context(budget=6000, threshold=0.0))
     assert fake.calls[-1].key.startswith("force/2")

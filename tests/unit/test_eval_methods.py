@@ -10,7 +10,7 @@ from scale_graph import prompts
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.methods import Setup, solve
 from scale_graph.servers.chat import ChatReply, Choice
-from tests.conftest import context
+from tests.support.run_context import context
 
 PROBLEM = Problem("p1", "Find x.", "42")
 
@@ -27,8 +27,8 @@ def run(method: str, **options):
 COT_PROMPT = "Find x.\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
-def test_cot_sends_the_paper_prompt_with_thinking_and_reads_cut_reasoning(scripted):
-    fake = scripted(lambda call: reply(("", "… so x = \\boxed{42} and then", "length"), tokens=512))
+def test_cot_sends_the_paper_prompt_with_thinking_and_reads_cut_reasoning(scripted_endpoints):
+    fake = scripted_endpoints(lambda call: reply(("", "… so x = \\boxed{42} and then", "length"), tokens=512))
     outcome = run("cot", force_answer=False)
     (call,) = fake.calls
     assert call.messages == [("user", "Find x.\nPlease reason step by step, and put your final answer within \\boxed{}.")]
@@ -38,8 +38,8 @@ def test_cot_sends_the_paper_prompt_with_thinking_and_reads_cut_reasoning(script
                                                "reasoning_tokens": 0}}
 
 
-def test_majority_votes_over_equivalent_forms_in_one_n_request(scripted):
-    fake = scripted(lambda call: reply(("\\boxed{3}", "", "stop"), ("\\boxed{\\frac{1}{2}}", "", "stop"),
+def test_majority_votes_over_equivalent_forms_in_one_n_request(scripted_endpoints):
+    fake = scripted_endpoints(lambda call: reply(("\\boxed{3}", "", "stop"), ("\\boxed{\\frac{1}{2}}", "", "stop"),
                                        ("no answer", "", "stop"), ("\\boxed{0.5}", "", "stop"),
                                        ("\\boxed{1/2}", "", "stop"), ("\\boxed{3}", "", "stop")))
     outcome = run("majority", votes=6)
@@ -48,8 +48,8 @@ def test_majority_votes_over_equivalent_forms_in_one_n_request(scripted):
     assert outcome.iterations == 6 and outcome.usage["solve_system2"]["completion_tokens"] == 60
 
 
-def test_samples_get_their_own_seeds(scripted):
-    fake = scripted(lambda call: reply(("\\boxed{1}", "", "stop")))
+def test_samples_get_their_own_seeds(scripted_endpoints):
+    fake = scripted_endpoints(lambda call: reply(("\\boxed{1}", "", "stop")))
     setup = Setup("r", context())
     asyncio.run(solve("cot", PROBLEM, 0, setup))
     asyncio.run(solve("cot", PROBLEM, 1, setup))
@@ -72,8 +72,8 @@ def inftythink_script(cut_iterations: int):
     return respond
 
 
-def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(scripted):
-    fake = scripted(inftythink_script(cut_iterations=2))
+def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(scripted_endpoints):
+    fake = scripted_endpoints(inftythink_script(cut_iterations=2))
     outcome = run("inftythink")
     assert [c.key for c in fake.calls] == ["reason/1", "summary/1", "reason/2", "summary/2", "reason/3"]
     reason, summary = fake.calls[2], fake.calls[3]
@@ -90,15 +90,15 @@ def test_inftythink_summarises_cut_iterations_and_stops_on_a_boxed_answer(script
     assert outcome.usage["solve_system2"]["calls"] == 3 and outcome.usage["summarize"]["calls"] == 2
 
 
-def test_inftythink_stops_at_the_cap_with_the_last_reasoning_answer(scripted):
-    fake = scripted(inftythink_script(cut_iterations=99))
+def test_inftythink_stops_at_the_cap_with_the_last_reasoning_answer(scripted_endpoints):
+    fake = scripted_endpoints(inftythink_script(cut_iterations=99))
     outcome = run("inftythink", inftythink_max_iterations=4, force_answer=False)
     assert len(fake.calls) == 7 and fake.calls[-1].key == "reason/4"  # no summary after the last iteration
     assert outcome.answer == "4" and outcome.iterations == 4
 
 
-def test_inftythink_defaults_are_the_official_ones(scripted):
-    fake = scripted(inftythink_script(cut_iterations=60))
+def test_inftythink_defaults_are_the_official_ones(scripted_endpoints):
+    fake = scripted_endpoints(inftythink_script(cut_iterations=60))
     outcome = asyncio.run(solve("inftythink", PROBLEM, 0, Setup("r", context(force_answer=False))))
     reasons = [c for c in fake.calls if c.key.startswith("reason/")]
     assert len(reasons) == 50 and {c.max_tokens for c in reasons} == {8192} and outcome.iterations == 50
@@ -122,9 +122,9 @@ def forced_script(cut: str = "length"):
     ("majority", {"votes": 3}, 3),  # each sample that needs it
     ("inftythink", {"inftythink_max_iterations": 2}, 1),  # the last iteration only
 ])
-def test_every_method_forces_an_answer_when_thinking_ends_without_one(scripted, method, options, forced_calls):
+def test_every_method_forces_an_answer_when_thinking_ends_without_one(scripted_endpoints, method, options, forced_calls):
     """Only SCALE got the forced-answer follow-up: the baselines read a stray box from cut reasoning."""
-    fake = scripted(forced_script())
+    fake = scripted_endpoints(forced_script())
     outcome = run(method, **options)
     forced = fake.stage_calls("force/")
     assert len(forced) == forced_calls and outcome.answer == "42"
@@ -144,24 +144,24 @@ def test_every_method_forces_an_answer_when_thinking_ends_without_one(scripted, 
 
 @pytest.mark.parametrize("method, options", [("cot", {}), ("majority", {"votes": 3}),
                                              ("inftythink", {"inftythink_max_iterations": 2})])
-def test_the_policy_switch_turns_forcing_off_for_every_method(scripted, method, options):
-    fake = scripted(forced_script())
+def test_the_policy_switch_turns_forcing_off_for_every_method(scripted_endpoints, method, options):
+    fake = scripted_endpoints(forced_script())
     outcome = run(method, force_answer=False, **options)
     assert not fake.stage_calls("force/") and "force_answer" not in outcome.usage and outcome.answer == "41"
 
 
-def test_majority_forces_only_the_samples_that_need_it(scripted):
+def test_majority_forces_only_the_samples_that_need_it(scripted_endpoints):
     def respond(call):
         if call.key.startswith("force/"):
             return reply(("\\boxed{7}", "", "stop"))
         return reply(("\\boxed{7}", "done", "stop"), ("", "cut", "length"), ("\\boxed{8}", "done", "stop"))
 
-    fake = scripted(respond)
+    fake = scripted_endpoints(respond)
     outcome = run("majority", votes=3)
     assert [c.key for c in fake.stage_calls("force/")] == ["force/majority/1"] and outcome.answer == "7"
 
 
-def test_forced_follow_up_sees_the_tail_of_the_reasoning_that_fits(scripted):
+def test_forced_follow_up_sees_the_tail_of_the_reasoning_that_fits(scripted_endpoints):
     long_reasoning = "early " * 20000 + "LATEST RESULT"
 
     def respond(call):
@@ -169,7 +169,7 @@ def test_forced_follow_up_sees_the_tail_of_the_reasoning_that_fits(scripted):
             return reply(("\\boxed{42}", "", "stop"))
         return ChatReply(choices=[Choice("", long_reasoning, "length")], prompt_tokens=100, completion_tokens=512)
 
-    fake = scripted(respond)
+    fake = scripted_endpoints(respond)
     run("cot", context_window=4096)
     (forced,) = fake.stage_calls("force/")
     for call in (forced, forced.fallback):
@@ -177,25 +177,25 @@ def test_forced_follow_up_sees_the_tail_of_the_reasoning_that_fits(scripted):
         assert "LATEST RESULT" in text and len(text) < (4096 - 100 - 1024) * 3 + 500
 
 
-def test_degradations_from_the_chat_layer_are_kept_once(scripted):
+def test_degradations_from_the_chat_layer_are_kept_once(scripted_endpoints):
     def respond(call):
         return ChatReply(choices=[Choice("\\boxed{42}", "", "stop")], prompt_tokens=5, completion_tokens=5,
                          warnings=["degraded: sent without response_format", "System 2 endpoint: something else"])
 
-    scripted(respond)
+    scripted_endpoints(respond)
     assert run("cot").degraded == ["degraded: sent without response_format"]
 
 
-def test_a_failing_call_becomes_the_outcome_error(scripted):
+def test_a_failing_call_becomes_the_outcome_error(scripted_endpoints):
     from scale_graph.servers.chat import EndpointError
 
-    scripted(lambda call: EndpointError("System 2 endpoint http://x is unreachable after 3 retries"))
+    scripted_endpoints(lambda call: EndpointError("System 2 endpoint http://x is unreachable after 3 retries"))
     outcome = run("cot")
     assert outcome.error == "EndpointError: System 2 endpoint http://x is unreachable after 3 retries"
     assert outcome.answer is None and outcome.latency_s >= 0
 
 
-def test_a_sample_another_worker_started_meanwhile_is_resumed_not_failed(scripted, monkeypatch):
+def test_a_sample_another_worker_started_meanwhile_is_resumed_not_failed(scripted_endpoints, monkeypatch):
     """Found by bench/scaleout.py: between this worker's resume (no run yet) and its start, another
     worker of a shared evaluation started and finished the sample; the start then failed with
     "already exists" and the sample was counted as failed."""
@@ -206,7 +206,7 @@ def test_a_sample_another_worker_started_meanwhile_is_resumed_not_failed(scripte
     from scale_graph.evaluation import methods
     from scale_graph.graph import build_graph
 
-    scripted()
+    scripted_endpoints()
     store = InMemoryStore()
     graph = build_graph(InMemorySaver(), store)
     setup = Setup("team", context(), graph, store)

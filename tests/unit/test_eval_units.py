@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from scale_graph.errors import InputError
 from scale_graph.evaluation import datasets, grading
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.grading import grade
@@ -22,10 +23,9 @@ from scale_graph.evaluation.metrics import compute, run_metrics
 from scale_graph.evaluation.report import report
 from scale_graph.evaluation.runner import plan
 from scale_graph.evaluation.store import ResultsStore
-from scale_graph.errors import InputError
 from scale_graph.servers.chat import Choice
 from scale_graph.settings import ConfigError
-from tests.conftest import DATASETS, write_datasets
+from tests.support.datasets import DATASETS, write_datasets
 
 DATA = Path("data")  # written into each test's folder by the preset_files fixture
 

@@ -4,11 +4,18 @@ import pytest
 
 from scale_graph import prompts
 from scale_graph.forcing import forced_answer_call
-from scale_graph.history import (CHARS_PER_TOKEN, DEFAULT_CONTEXT_WINDOW, Carried, context_window, estimate_tokens,
-                                 fit_prompt, prompt_budget, shrunk_window)
+from scale_graph.history import (
+    CHARS_PER_TOKEN,
+    DEFAULT_CONTEXT_WINDOW,
+    Carried,
+    context_window,
+    estimate_tokens,
+    fit_prompt,
+    prompt_budget,
+    shrunk_window,
+)
 from scale_graph.servers.chat import Choice, ContextLengthError
-
-from tests.conftest import context
+from tests.support.run_context import context
 
 SUBPROBLEMS = ["find a", "find b", "find c", "find a+b+c"]
 

@@ -18,7 +18,7 @@ from langgraph.store.memory import InMemoryStore
 
 from scale_graph import build_graph, journal
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
-from tests.conftest import context
+from tests.support.run_context import context
 
 
 def full_reply() -> ChatReply:
@@ -84,9 +84,9 @@ class CountingStore(InMemoryStore):
 
 
 def test_history_is_read_from_the_replies_this_process_journalled(scripted):
-    scripted()
+    fake = scripted()
     store = CountingStore()
-    out = build_graph(None, store).invoke({"problem": "What is a+b?"}, {"configurable": {"thread_id": "t"}},
+    out = build_graph(None, store, chat=fake).invoke({"problem": "What is a+b?"}, {"configurable": {"thread_id": "t"}},
                                           context=context())
     assert [s["result"] for s in out["steps"]] == ["11", "22", "33"]  # assess/solve 2 and 3 saw their history
     keys = [key for step in out["steps"] for key in step["call_keys"]]
@@ -96,7 +96,7 @@ def test_history_is_read_from_the_replies_this_process_journalled(scripted):
 def test_history_comes_from_the_store_when_this_process_has_not_seen_it(scripted):
     fake = scripted()
     store = CountingStore()
-    graph = build_graph(InMemorySaver(), store)
+    graph = build_graph(InMemorySaver(), store, chat=fake)
     config = {"configurable": {"thread_id": "t"}}
     graph.invoke({"problem": "What is a+b?"}, config, context=context(), interrupt_after=["solve_system2"])
     journal._reply_caches.pop(store)  # as if another process had journalled sub-problem 1

@@ -14,7 +14,7 @@ from scale_graph.identity import differences, refusal
 from scale_graph.servers import identity
 from scale_graph.servers.chat import ChatCall
 from scale_graph.servers.endpoints import with_context_window
-from tests.conftest import context
+from tests.support.run_context import context
 
 VLLM = [{"id": "scale-system2", "root": "/m/qwq", "max_model_len": 32768}, {"id": "other", "root": "/m/x"}]
 

@@ -4,7 +4,7 @@ recognises each stage from them."""
 import pytest
 
 from scale_graph import prompts
-from tests.fake_openai import detect_stage
+from tests.support.fake_openai import detect_stage
 
 ASSESS = prompts.ASSESS.format(number=2).lower()
 DECOMPOSE = prompts.DECOMPOSE.format(max_subproblems=12).lower()

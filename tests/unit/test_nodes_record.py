@@ -9,8 +9,7 @@ from scale_graph.nodes.route import next_subproblem
 from scale_graph.nodes.solve import solve_system1
 from scale_graph.servers.chat import ChatCall, ChatReply, Choice
 from scale_graph.state import merge_step_batches, merge_steps
-
-from tests.conftest import context
+from tests.support.run_context import context
 
 
 def drive(logic, answer) -> tuple[dict, list[ChatCall]]:

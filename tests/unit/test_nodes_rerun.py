@@ -3,8 +3,7 @@
 from scale_graph import build_graph
 from scale_graph.journal import RUNS_NAMESPACE
 from scale_graph.persistence import open_sync
-
-from tests.conftest import context
+from tests.support.run_context import context
 
 CONFIG = {"configurable": {"thread_id": "my-run"}}
 
@@ -25,9 +24,9 @@ def respond_by_problem(call):
 
 
 def test_second_invoke_on_a_finished_thread_is_a_clean_new_run(scripted, tmp_path):
-    scripted(respond_by_problem)
+    fake = scripted(respond_by_problem)
     with open_sync(tmp_path / "runs.db") as (saver, store):
-        graph = build_graph(saver, store)
+        graph = build_graph(saver, store, chat=fake)
         first = graph.invoke({"problem": "first"}, CONFIG, context=context(parse_retries=0), durability="sync")
         assert first["answer"] == "one-2" and len(first["steps"]) == 3 and first["warnings"]
         second = graph.invoke({"problem": "second"}, CONFIG, context=context(parse_retries=0), durability="sync")
@@ -48,8 +47,8 @@ def test_second_ainvoke_on_a_finished_thread_is_a_clean_new_run(scripted):
 
     from langgraph.checkpoint.memory import InMemorySaver
 
-    scripted(respond_by_problem)
-    graph = build_graph(InMemorySaver())
+    fake = scripted(respond_by_problem)
+    graph = build_graph(InMemorySaver(), chat=fake)
 
     async def twice():
         await graph.ainvoke({"problem": "first"}, CONFIG, context=context(parse_retries=0))

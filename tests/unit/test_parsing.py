@@ -1,6 +1,13 @@
 import pytest
 
-from scale_graph.parsing import last_boxed, load_json, parse_choice, parse_decomposition, parse_difficulty, split_think
+from scale_graph.parsing import (
+    last_boxed,
+    load_json,
+    parse_choice,
+    parse_decomposition,
+    parse_difficulty,
+    split_think,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -11,8 +11,8 @@ from scale_graph.context import Context
 from scale_graph.evaluation.datasets import Problem
 from scale_graph.evaluation.methods import METHODS, Setup, solve
 from scale_graph.servers.chat import ChatReply, Choice
-
-from tests.conftest import context, default_respond
+from tests.support.chat import default_respond
+from tests.support.run_context import context
 
 PROBLEM = Problem("p1", "Find x.", "42")
 
@@ -40,9 +40,9 @@ def test_the_authors_sampling_is_one_switch_and_an_explicit_value_still_wins():
 
 
 @pytest.mark.parametrize("system_message", ["", "Be brief."])
-def test_every_method_sends_the_same_system_message(scripted, system_message):
+def test_every_method_sends_the_same_system_message(scripted_endpoints, system_message):
     """SCALE sent prompts.SYSTEM on every call, the baselines none."""
-    fake = scripted(lambda call: default_respond(call) if call.key.split("/")[0] in ("decompose", "select", "assess", "solve")
+    fake = scripted_endpoints(lambda call: default_respond(call) if call.key.split("/")[0] in ("decompose", "select", "assess", "solve")
                     else ChatReply(choices=[Choice("\\boxed{42}", "", "stop")] * call.n))
     run_scale(context(system_message=system_message))
     for method in ("cot", "majority", "inftythink"):
@@ -52,7 +52,7 @@ def test_every_method_sends_the_same_system_message(scripted, system_message):
     assert prompts.SYSTEM not in str([call.messages for call in fake.calls])
 
 
-def test_a_cut_system1_solve_gets_the_same_forced_answer_as_system2(scripted):
+def test_a_cut_system1_solve_gets_the_same_forced_answer_as_system2(scripted_endpoints):
     """A System 1 call cut at its budget got no forced answer."""
     def respond(call):
         if call.key.startswith("assess"):
@@ -63,7 +63,7 @@ def test_a_cut_system1_solve_gets_the_same_forced_answer_as_system2(scripted):
             return ChatReply(choices=[Choice("so the result is \\boxed{7}.", "", "stop")], completion_tokens=8)
         return default_respond(call)
 
-    fake = scripted(respond)
+    fake = scripted_endpoints(respond)
     out = run_scale(context())
     forced = fake.stage_calls("force/")
     assert len(forced) == 3 and all(call.system == 1 and call.continue_final for call in forced)
@@ -73,14 +73,14 @@ def test_a_cut_system1_solve_gets_the_same_forced_answer_as_system2(scripted):
     assert any("System 1 was cut before its boxed result on sub-problem 1" in w for w in out["warnings"])
 
 
-def test_without_forcing_a_cut_system2_solve_is_labelled_system2(scripted):
+def test_without_forcing_a_cut_system2_solve_is_labelled_system2(scripted_endpoints):
     """With --no-force-answer a cut System 2 solve was labelled 'System 1 answered … only in the reasoning field'."""
     def respond(call):
         if call.key.startswith("solve"):
             return ChatReply(choices=[Choice("", "thinking \\boxed{5} so far", "length")], completion_tokens=64)
         return default_respond(call)
 
-    scripted(respond)
+    scripted_endpoints(respond)
     out = run_scale(context(force_answer=False))
     messages = [w for w in out["warnings"] if "only in the reasoning field" in w]
     assert messages and all(w.startswith("solve: System 2 answered") for w in messages)
@@ -103,9 +103,9 @@ def empty_first(times: int):
 
 
 @pytest.mark.parametrize("empty, calls", [(1, 2), (5, 3)])
-def test_an_empty_reply_is_retried_the_same_number_of_times_by_every_method(scripted, empty, calls):
+def test_an_empty_reply_is_retried_the_same_number_of_times_by_every_method(scripted_endpoints, empty, calls):
     """SCALE's solve retried an empty reply up to 3 calls; the baselines made one."""
-    fake = scripted(empty_first(empty))
+    fake = scripted_endpoints(empty_first(empty))
     run_scale(context())
     scale_calls = len([c for c in fake.calls if c.key.startswith("solve/0/")])
     fake.calls.clear()
@@ -117,13 +117,13 @@ def test_an_empty_reply_is_retried_the_same_number_of_times_by_every_method(scri
     assert scale_calls == cot_calls == infty_calls == calls
 
 
-def test_majority_remakes_only_the_samples_that_came_back_empty(scripted):
+def test_majority_remakes_only_the_samples_that_came_back_empty(scripted_endpoints):
     def respond(call):
         if call.n > 1:
             return ChatReply(choices=[Choice("\\boxed{1}", "", "stop"), Choice("", "", "stop"), Choice("\\boxed{2}", "", "stop")])
         return ChatReply(choices=[Choice("\\boxed{2}", "", "stop")])
 
-    fake = scripted(respond)
+    fake = scripted_endpoints(respond)
     outcome = run_baseline("majority", context(votes=3))
     assert [c.key for c in fake.calls] == ["majority", "majority/1"] and outcome.answer == "2"
 
@@ -137,8 +137,8 @@ def test_majority_is_one_vote_per_problem_and_the_repeated_variant_keeps_its_nam
     assert METHODS["majority-repeated"] is METHODS["majority"]
 
 
-def test_thinking_calls_carry_the_native_budget_minus_the_answer_reserve(scripted):
-    fake = scripted(lambda call: ChatReply(choices=[Choice("\\boxed{42}", "", "stop")] * call.n))
+def test_thinking_calls_carry_the_native_budget_minus_the_answer_reserve(scripted_endpoints):
+    fake = scripted_endpoints(lambda call: ChatReply(choices=[Choice("\\boxed{42}", "", "stop")] * call.n))
     run_baseline("cot", context())
     run_baseline("cot", context(system2_max_tokens=192))  # the local profile's budget: half kept for the answer
     run_baseline("cot", context(thinking_budget=False))

@@ -1,23 +1,18 @@
 """Optional human review of the decomposition: interrupt after select, resume with a decision."""
 
-import json
-
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
-from typer.testing import CliRunner
 
 from scale_graph import build_graph
-from scale_graph.cli import app
-
-from tests.conftest import context
+from tests.support.run_context import context
 
 CONFIG = {"configurable": {"thread_id": "rv"}}
 
 
 def test_review_off_by_default_never_pauses(scripted):
-    scripted()
-    graph = build_graph(InMemorySaver())
+    fake = scripted()
+    graph = build_graph(InMemorySaver(), chat=fake)
     graph.invoke({"problem": "p"}, CONFIG, context=context())
     assert not graph.get_state(CONFIG).interrupts
 
@@ -29,7 +24,7 @@ def test_review_off_by_default_never_pauses(scripted):
 ])
 def test_review_pauses_and_resumes(scripted, decision, expected, method):
     fake = scripted()
-    graph = build_graph(InMemorySaver())
+    graph = build_graph(InMemorySaver(), chat=fake)
     graph.invoke({"problem": "p"}, CONFIG, context=context(review=True))
     snapshot = graph.get_state(CONFIG)
     assert snapshot.next == ("review",)
@@ -43,7 +38,7 @@ def test_review_pauses_and_resumes(scripted, decision, expected, method):
 def test_bad_review_decision_is_asked_again_and_the_run_stays_resumable(scripted):
     """LangGraph keeps every resume value: a bad one that raised would fail every later resume."""
     fake = scripted()
-    graph = build_graph(InMemorySaver())
+    graph = build_graph(InMemorySaver(), chat=fake)
     graph.invoke({"problem": "p"}, CONFIG, context=context(review=True))
     for bad in ([], [f"step {i}" for i in range(100)], 42):
         graph.invoke(Command(resume=bad), CONFIG, context=context(review=True))
@@ -52,22 +47,3 @@ def test_bad_review_decision_is_asked_again_and_the_run_stays_resumable(scripted
         assert snapshot.interrupts[0].value["error"].startswith("review: resume with 'accept' or 1 to 12 sub-problem")
     out = graph.invoke(Command(resume=["x", "y"]), CONFIG, context=context(review=True))
     assert out["subproblems"] == ["x", "y"] and out["answer"] and out["selection"]["method"] == "human"
-
-
-def test_cli_review_then_accept_or_edit(endpoint_env, tmp_path):
-    runner = CliRunner()
-    paused = runner.invoke(app, ["solve", "What is 1+1?", "-k", "2", "--review", "--thread-id", "a", "--json"])
-    assert paused.exit_code == 0, paused.output
-    assert json.loads(paused.stdout)["status"] == "awaiting review"
-    assert "scale runs resume a --accept" in paused.stderr
-    refused = runner.invoke(app, ["runs", "resume", "a"])
-    assert refused.exit_code == 2 and "waiting for review" in refused.stderr
-    done = runner.invoke(app, ["runs", "resume", "a", "--accept", "--json"])
-    assert done.exit_code == 0 and len(json.loads(done.stdout)["subproblems"]) == 3
-
-    runner.invoke(app, ["solve", "What is 1+1?", "-k", "2", "--review", "--thread-id", "b"])
-    edited = tmp_path / "steps.txt"
-    edited.write_text("first thing\n\nsecond thing\n")
-    done = runner.invoke(app, ["runs", "resume", "b", "--subproblems-file", str(edited), "--json"])
-    assert done.exit_code == 0, done.output
-    assert [s["text"] for s in json.loads(done.stdout)["subproblems"]] == ["first thing", "second thing"]

@@ -186,12 +186,12 @@ def test_resume_keeps_saved_parameters_but_current_endpoints(monkeypatch, no_ser
     assert (context.threshold, context.system1_base_url) == (0.9, "http://new/v1")
 
 
-def test_a_context_without_endpoints_is_completed_by_the_settings(scripted, monkeypatch, no_servers):
+def test_a_context_without_endpoints_is_completed_by_the_settings(scripted_endpoints, monkeypatch, no_servers):
     """Studio and graph.invoke(context={...}): LangGraph turns the dict into a Context; what the
     caller set wins, everything else comes from the settings (endpoints included)."""
     from scale_graph.graph import build_graph
 
-    fake = scripted()
+    fake = scripted_endpoints()
     monkeypatch.setenv("SCALE_SYSTEM1_BASE_URL", "http://env/v1")
     monkeypatch.setenv("SCALE_SYSTEM1_MODEL", "m1")
     monkeypatch.setenv("SCALE_SYSTEM2_BASE_URL", "http://env/v1")

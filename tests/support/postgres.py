@@ -13,7 +13,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.support.ports import free_port
 
 PASSWORD = "pg-Secret-4711"
 
@@ -33,10 +34,6 @@ def _bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -101,7 +98,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres",
                         "--pwfile", str(folder / "pw"), "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
                        check=True, capture_output=True, timeout=120)
-        server = PostgresServer(folder, _free_port(), bindir, as_user)
+        server = PostgresServer(folder, free_port(), bindir, as_user)
         server.start()
     except (subprocess.CalledProcessError, OSError, KeyError) as exc:
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Driver of the open race test: open fresh databases at the same moment as other processes.
 
-    python tests/reliability_open_race_driver.py FOLDER NAME ROUNDS
+    python tests/support/drivers/open_race.py FOLDER NAME ROUNDS
 
 For round r it writes ``FOLDER/ready-r-NAME``, waits for ``FOLDER/go-r`` and then opens (and
 closes) ``FOLDER/db-r.db`` with ``persistence.open_async``, so every process sets the same new

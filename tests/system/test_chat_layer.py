@@ -20,7 +20,7 @@ from scale_graph.servers.chat import (
     Systems,
 )
 from scale_graph.servers.endpoints import Endpoint
-from tests.fake_openai import CONTEXT_LIMIT, FakeOpenAIServer
+from tests.support.fake_openai import CONTEXT_LIMIT, FakeOpenAIServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,9 +34,9 @@ def clean_memory(monkeypatch):
 
 
 @pytest.fixture
-def server():
-    with FakeOpenAIServer() as fake:
-        yield fake
+def server(fake_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    """The shared fake server (conftest), under the name these tests use."""
+    return fake_server
 
 
 def systems(server: FakeOpenAIServer, *, retries: int = 1, key: str | None = None, **options) -> Systems:

@@ -16,15 +16,14 @@ import openai
 import pytest
 
 from scale_graph import prompts
-from tests.reliability_helpers import REPO_ROOT
-
-from tests.fake_openai import (
+from tests.support.fake_openai import (
     FAULTS,
     FakeOpenAIConfig,
     FakeOpenAIServer,
     answer_for,
     detect_stage,
 )
+from tests.support.reliability import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,9 +47,9 @@ SOLVE = user("Solve: what is 2+2?")
 
 
 @pytest.fixture
-def server():
-    with FakeOpenAIServer() as srv:
-        yield srv
+def server(fake_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    """The shared fake server (conftest), under the name these tests use."""
+    return fake_server
 
 
 @pytest.fixture
@@ -514,7 +513,7 @@ def test_128_concurrent_requests_share_the_latency(server):
 def test_subprocess_mode_and_control_endpoints(tmp_path):
     port_file = tmp_path / "port"
     command = [
-        sys.executable, "-m", "tests.fake_openai", "--port", "0", "--port-file", str(port_file),
+        sys.executable, "-m", "tests.support.fake_openai", "--port", "0", "--port-file", str(port_file),
         "--latency", "0.01", "--difficulties", "0.3,0.9", "--no-supports-n", "--reasoning-field", "inline",
     ]  # fmt: skip
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) as proc:

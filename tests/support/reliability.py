@@ -26,18 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scale_graph.context import ENDPOINT_FIELDS
-from tests.fake_openai import FakeOpenAIServer, detect_stage
-
-CLI = [sys.executable, "-m", "scale_graph.cli"]
-TRACEBACK = "Traceback (most recent call last)"
-
-
-def scale(*args: str, env: dict[str, str], timeout: float = 120, cwd: str | os.PathLike | None = None,
-          input: bytes | None = None) -> subprocess.CompletedProcess:
-    """``scale ARGS`` in a subprocess; stdout/stderr as text (undecodable bytes replaced)."""
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, timeout=timeout, cwd=cwd, input=input)
-    return subprocess.CompletedProcess(done.args, done.returncode,
-                                       done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))
+from tests.support.cli import TRACEBACK
+from tests.support.fake_openai import FakeOpenAIServer, detect_stage
 
 
 def endpoint_env(base_url: str, db: str | os.PathLike | None = None, **extra: Any) -> dict[str, str]:
@@ -104,12 +94,16 @@ def call_label(body: dict[str, Any]) -> str:
         return "decompose"
     if stage == "selection":
         return "select"
-    text = body["messages"][-1].get("content")
+    messages = body["messages"]
+    # a forced answer continues the model's own reply (an assistant message last, forcing.py);
+    # the System 1 fallback pastes the cut work into a prompt instead
+    continued = messages[-1].get("role") == "assistant" and len(messages) > 1
+    text = messages[-2 if continued else -1].get("content")
     match = _NUMBERED.search(text if isinstance(text, str) else "")
     number = match.group(1) if match else "?"
     if stage == "difficulty":
         return f"assess#{number}"
-    if "cut off before you finished" in (text or ""):
+    if continued or "cut off before you finished" in (text or ""):
         return f"force#{number}"
     return f"solve#{number}"
 
@@ -259,14 +253,14 @@ def request_bodies(log: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(entry["body"], sort_keys=True) for entry in log if entry["status"] == 200]
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m tests.fake_openai` runs from here
+REPO_ROOT = Path(__file__).resolve().parents[2]  # `python -m tests.support.fake_openai` runs from here
 
 
 class ServerProcess:
-    """``python -m tests.fake_openai`` as a subprocess, driven over HTTP."""
+    """``python -m tests.support.fake_openai`` as a subprocess, driven over HTTP."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", "0", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_openai", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
         line = self.proc.stdout.readline()
         if not line.startswith("READY "):

@@ -1,7 +1,7 @@
 """Session fixture ``vllm_server``: one real local vLLM server (the ``local`` profile) per test
 session. Import it into ``tests/conftest.py``::
 
-    from tests.vllm_fixture import vllm_server  # noqa: F401
+    from tests.support.vllm import vllm_server  # noqa: F401
 
 It yields the endpoints dict of :func:`scale_graph.servers.manager.up`::
 
@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+
 _SHARED: dict = {"refs": 0, "endpoints": None, "state_dir": None}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _missing() -> list[str]:
@@ -61,7 +58,7 @@ def vllm_server(tmp_path_factory):
                 pytest.fail(message + " (SCALE_REQUIRE_VLLM is set)", pytrace=False)
             pytest.skip(message)
         state_dir = Path(tmp_path_factory.mktemp("vllm-state"))
-        port = int(os.environ.get("SCALE_VLLM_TEST_PORT") or _free_port())
+        port = int(os.environ.get("SCALE_VLLM_TEST_PORT") or free_port())
         timeout = float(os.environ.get("SCALE_VLLM_TEST_TIMEOUT") or 600)
         try:
             endpoints = manager.up(

@@ -1,7 +1,7 @@
 """Driver of the checkpoint-boundary kill test: ``scale ARGS`` that signals itself just before
 its N-th checkpoint write.
 
-    python tests/reliability_kill_driver.py N SIGNAL COUNT_FILE -- ARGS...
+    python tests/support/drivers/kill.py N SIGNAL COUNT_FILE -- ARGS...
 
 Before the N-th ``AsyncSqliteSaver.aput`` (the checkpoint write of a step; the node's writes are
 saved already) the process sends itself SIGNAL (``KILL``: dies on the spot; ``INT``: what Ctrl-C

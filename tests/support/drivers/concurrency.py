@@ -1,6 +1,6 @@
 """Driver of the concurrency test: one process, N problems in flight at once on one database.
 
-    python tests/reliability_concurrency_driver.py DB PREFIX COUNT
+    python tests/support/drivers/concurrency.py DB PREFIX COUNT
 
 Endpoints come from the environment (SCALE_SYSTEM{1,2}_*). Prints one JSON line:
 ``{"done": [...thread ids...], "failures": ["Type: message", ...], "seconds": …}``.

@@ -6,7 +6,7 @@ import sqlite3
 from scale_graph import Context, build_graph
 from scale_graph.persistence import open_async
 from scale_graph.runner import start
-from tests.fake_openai import FakeOpenAIServer
+from tests.support.fake_openai import FakeOpenAIServer
 
 
 def test_database_grows_with_the_text_not_with_its_square(tmp_path):
