@@ -54,7 +54,11 @@ THREAD = "k"
 LATENCY = 0.15
 SERVER = {"latency": LATENCY, "subproblem_count": 4, "reasoning_bytes": 800}
 DIFFICULTIES = [0.1, 0.8, 0.1, 0.9]
-RUN = {"candidates": 3, "system2_max_tokens": 100}  # 100 tokens = 400 chars < 800: System 2 is cut off
+# 100 tokens = 400 chars < 800: System 2 is cut off. Native thinking budgets off: they are probed on the
+# first thinking call of each invocation (servers/capabilities.py), so against this server, which ignores the
+# field, a resumed process would send it once more than the uninterrupted one; this test pins the
+# forced-answer follow-up path, where both send the same requests.
+RUN = {"candidates": 3, "system2_max_tokens": 100, "thinking_budget": "false"}
 REQUESTS = 12
 IN_FLIGHT = LATENCY / 2
 PROCESS_TIMEOUT = 300  # generous: the machine may be shared; normally a few seconds
