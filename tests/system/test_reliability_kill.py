@@ -341,7 +341,7 @@ def boundary_eval(tmp: Path, dataset: Path, number: int, name: str) -> dict:
     work.mkdir()
     server = new_server()
     try:
-        env = endpoint_env(server.base_url)
+        env = endpoint_env(server.base_url, thinking_budget=RUN["thinking_budget"])
         killed = driven(number, name, work, eval_args(work, dataset), env)
         after_kill = stored_results(work / "results.db")
         again = scale_process(*eval_args(work, dataset), env=env, timeout=PROCESS_TIMEOUT)
@@ -362,7 +362,8 @@ def test_eval_signalled_at_every_checkpoint_boundary_stores_the_uninterrupted_an
     (tmp_path / "base").mkdir()
     server = new_server()
     try:
-        base = driven(0, "KILL", tmp_path / "base", eval_args(tmp_path / "base", dataset), endpoint_env(server.base_url))
+        base = driven(0, "KILL", tmp_path / "base", eval_args(tmp_path / "base", dataset),
+                      endpoint_env(server.base_url, thinking_budget=RUN["thinking_budget"]))
         assert base.returncode == 0, base.stderr
         base_bodies = request_bodies(server.stats()["log"])
     finally:
