@@ -47,7 +47,7 @@ def test_two_identical_baseline_evaluations_make_each_call_once(isolated):
     assert len(results) == 9 and all(result.error is None for result in results)
 
 
-def test_a_sample_another_worker_stored_meanwhile_is_skipped_without_a_call(scripted, isolated):
+def test_a_sample_another_worker_stored_meanwhile_is_skipped_without_a_call(scripted_endpoints, isolated):
     """Checked once a slot is free, not only when the command started: a worker of a shared
     evaluation does not redo (nor re-grade and re-store) what another one finished meanwhile."""
     import asyncio
@@ -71,7 +71,7 @@ def test_a_sample_another_worker_stored_meanwhile_is_skipped_without_a_call(scri
                 results.save(run_id, other, 0, Outcome(answer=other.answer), Grade(True, "ok"))
             return "So the answer is \\boxed{2}."
 
-        scripted(respond)
+        scripted_endpoints(respond)
         totals = asyncio.run(evaluate([run], results, samples=1, checkpoint_db=isolated / "runs.db", concurrency=1))
         stored = {result.problem_id: result.answer for result in results.runs(["cot-shared"])[0].results}
     assert len(asked) == 1
