@@ -336,7 +336,9 @@ async def held(backend: Backend, thread_id: str, ttl: float = TTL_S,
         renewer.cancel()
         with suppress(asyncio.CancelledError, Exception):
             await renewer
-        if not lost:
-            with suppress(Exception):  # unreleased, it expires (or its dead pid frees it, or this process takes it back) anyway
-                await backend.execute(RELEASE, _params(lease))
-        forget(lease)
+        try:
+            if not lost:
+                with suppress(Exception):  # unreleased, it expires (or its dead pid frees it, or this process takes it back) anyway
+                    await backend.execute(RELEASE, _params(lease))
+        finally:  # a release cancelled mid-statement too: the row, if it stays, is this process's orphan
+            forget(lease)
