@@ -5,7 +5,7 @@ Endpoints are resolved exactly as the package resolves them: ``SCALE_SYSTEM{1,2}
 ``_MODEL``, else the config file, else the servers recorded by ``scale servers up``. Without
 endpoints, or when they do not answer ``GET /models``, the benchmark prints SKIP and exits 0.
 
-The problems (default: the first 3 of /work/shared/data/aime24.jsonl) are solved one after the
+The problems (`--data FILE.jsonl`, required: {"id","problem","answer"} lines; the first 3) are solved one after the
 other by each method through the package's evaluation methods (``scale`` = the checkpointed
 workflow on a temporary SQLite file, ``cot`` = one System 2 call). Every chat call is timed at
 the package's chat layer (``Systems.acall``); the server's Prometheus ``/metrics`` (vLLM:
@@ -34,7 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-DEFAULT_DATA = "/work/shared/data/aime24.jsonl"
 QUICK = {"planner_max_tokens": "160", "max_subproblems": "3", "parse_retries": "0", "force_answer_max_tokens": "128"}
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
 WANTED = {"queries": "prefix_cache_queries", "hits": "prefix_cache_hits",
@@ -161,7 +160,7 @@ async def run_method(method: str, problems, context, db: Path, metric_urls: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--data", required=True, help="a JSONL dataset (id, problem, answer per line)")
     parser.add_argument("--problems", type=int, default=3)
     parser.add_argument("--methods", default="scale,cot")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
